@@ -1,0 +1,155 @@
+"""Shared helpers for the dashboard pages: page frame, paths, cached loaders, job manager.
+
+Lives in a sub-folder of ``pages/`` because Streamlit's legacy page discovery lists every
+``pages/*.py`` file (even ones starting with ``_``) but does not look into sub-folders.
+Pages import it as ``from pages._ui import ...`` (Streamlit puts the app's folder on sys.path).
+Loaders are cached by small identifiers (dataset name, checkpoint path + mtime), never tensors.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from smoothviz.errors import SmoothvizError
+
+ROOT = Path(__file__).resolve().parents[2]
+CHECKPOINT_DIRS = (ROOT / "assets", ROOT / "runs" / "checkpoints")
+PAGES = {
+    "overview": "app.py",
+    "theory": "pages/1_Theory.py",
+    "certify": "pages/2_Certify.py",
+    "compare": "pages/3_Compare_runs.py",
+    "explorer": "pages/4_Sample_explorer.py",
+    "playground": "pages/5_2D_playground.py",
+    "train": "pages/6_Train.py",
+}
+
+
+def setup_page(title: str, icon: str = "🎯") -> None:
+    """Page config and the shared sidebar footer; call first in every page."""
+    st.set_page_config(page_title=f"{title} · smoothviz", page_icon=icon, layout="wide")
+    with st.sidebar:
+        st.caption(f"Results store: `{display_path(db_path())}`")
+
+
+def display_path(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def db_path() -> Path:
+    """The results database: ``$SMOOTHVIZ_DB`` or ``runs/smoothviz.db`` in the repository."""
+    env = os.environ.get("SMOOTHVIZ_DB")
+    return Path(env) if env else ROOT / "runs" / "smoothviz.db"
+
+
+def get_store():
+    """A ``Store`` on the current database (a fresh handle per call: SQLite handles are per thread)."""
+    from smoothviz.store import Store
+
+    path = db_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Store(path)
+
+
+@st.cache_resource
+def _job_manager(jobs_dir: str):
+    from smoothviz.jobs import JobManager
+
+    return JobManager(jobs_dir)
+
+
+def job_manager():
+    """The process-wide job manager; its files live in ``jobs/`` next to the database."""
+    return _job_manager(str(db_path().parent / "jobs"))
+
+
+@st.cache_resource(max_entries=3, show_spinner="Loading dataset…")
+def load_dataset(name: str):
+    """The dataset ``name`` (cached for all sessions; raises ``DatasetUnavailable`` if missing)."""
+    from smoothviz import data
+
+    return data.load_dataset(name)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading checkpoint…")
+def _load_model(path: str, mtime: float, device: str, dataset: str | None):
+    from smoothviz import models
+
+    return models.load_checkpoint(path, device=device, expected_dataset=dataset)
+
+
+def load_model(path: str | Path, device: str = "cpu", dataset: str | None = None):
+    """``(model, meta)`` of a checkpoint, cached by path and modification time."""
+    p = Path(path)
+    return _load_model(str(p), p.stat().st_mtime if p.exists() else 0.0, device, dataset)
+
+
+@st.cache_data(ttl=10, show_spinner=False)
+def list_checkpoints(dataset: str | None = None) -> list[tuple[str, dict]]:
+    """Checkpoints under assets/ and runs/checkpoints/ (optionally of one dataset), with their meta."""
+    from smoothviz import models
+
+    found = models.list_checkpoints(dirs=tuple(str(d) for d in CHECKPOINT_DIRS), dataset=dataset)
+    return [(str(path), dict(meta)) for path, meta in found]
+
+
+def checkpoint_label(path: str, meta: dict | None = None) -> str:
+    """Short label for a checkpoint: file name with arch and sigma from its meta."""
+    name = Path(path).name
+    if not meta:
+        return name
+    bits = [str(meta.get(k)) for k in ("arch", "sigma") if meta.get(k)]
+    return f"{name} ({', '.join(bits)})" if bits else name
+
+
+def show_error(exc: BaseException) -> None:
+    """A user error as a red box with its one-line message (no traceback)."""
+    if isinstance(exc, SmoothvizError):
+        st.error(str(exc), icon="⚠️")
+    else:
+        st.error(f"{type(exc).__name__}: {exc}", icon="⚠️")
+
+
+def query_int(key: str, default: int | None = None) -> int | None:
+    """An integer from the URL query string (``default`` when absent or malformed)."""
+    value = st.query_params.get(key)
+    try:
+        return int(value) if value not in (None, "") else default
+    except (TypeError, ValueError):
+        return default
+
+
+def query_ints(key: str) -> list[int]:
+    """Comma-separated integers from the URL query string (malformed items skipped)."""
+    out: list[int] = []
+    for item in str(st.query_params.get(key, "")).split(","):
+        try:
+            out.append(int(item))
+        except ValueError:
+            continue
+    return out
+
+
+def set_query(**values: Any) -> None:
+    """Write values into the URL query string (``None`` removes a key); unchanged keys are not rewritten."""
+    for key, value in values.items():
+        if value is None:
+            if key in st.query_params:
+                del st.query_params[key]
+        elif st.query_params.get(key) != str(value):
+            st.query_params[key] = str(value)
+
+
+def run_label(row: Any) -> str:
+    """``#id name`` of a run row (dict or pandas Series)."""
+    get = row.get if hasattr(row, "get") else (lambda k, d=None: getattr(row, k, d))
+    name = get("name") or ""
+    return f"#{int(get('id'))} {name}".strip()

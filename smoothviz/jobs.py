@@ -1,0 +1,261 @@
+"""Background jobs for the dashboard: the CLI runs in a subprocess, tracked by files on disk.
+
+A page script is stopped by any widget interaction, so long work (certify, train) runs as
+``python -m smoothviz <verb> ...`` in its own process group. Each job keeps
+``<jobs_dir>/<job_id>.json`` (command, pid, start time), ``.log`` (stdout and stderr) and, once it
+ends, ``.rc`` (exit code). Any ``JobManager`` pointed at the same folder finds a job by its id, so
+a browser reload or a fresh server sees running and finished jobs alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from smoothviz.errors import InvalidArgument
+
+RUNNING, DONE, FAILED, CANCELLED, LOST = "running", "done", "failed", "cancelled", "lost"
+_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclass
+class Job:
+    """What is known about one job from its files."""
+
+    id: str
+    kind: str
+    argv: list[str]
+    pid: int
+    started: float
+    run_id: int | None = None
+    db: str | None = None
+    progress_file: str | None = None
+    cancel_requested: bool = False
+    returncode: int | None = None
+    status: str = RUNNING
+    extra: dict = field(default_factory=dict)
+
+
+def _pid_alive(pid: int) -> bool:
+    """True while ``pid`` is a live (not zombie) process."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        state = stat.read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+class JobManager:
+    """Start, follow and cancel CLI subprocesses; state lives in ``jobs_dir`` (no Streamlit here)."""
+
+    def __init__(self, jobs_dir: str | Path) -> None:
+        self.jobs_dir = Path(jobs_dir)
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ files
+    def _path(self, job_id: str, suffix: str) -> Path:
+        if not _ID.match(job_id):
+            raise InvalidArgument(f"job id {job_id!r} has characters other than letters, digits, '_', '.', '-'")
+        return self.jobs_dir / f"{job_id}{suffix}"
+
+    def _write_meta(self, job: Job) -> None:
+        path = self._path(job.id, ".json")
+        tmp = path.with_suffix(".json.tmp")
+        meta = {k: v for k, v in asdict(job).items() if k not in ("returncode", "status")}
+        tmp.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------------ start
+    def start(
+        self,
+        kind: str,
+        cli_args: list[str],
+        *,
+        job_id: str | None = None,
+        run_id: int | None = None,
+        db: str | Path | None = None,
+        progress_file: str | Path | None = None,
+        cwd: str | Path | None = None,
+        extra: dict | None = None,
+    ) -> Job:
+        """Run ``python -m smoothviz <cli_args>`` in the background; a job with this id still running is returned as is."""
+        job_id = job_id or f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        with self._lock:
+            existing = self.get(job_id)
+            if existing is not None and existing.status == RUNNING:
+                return existing
+            for suffix in (".rc", ".log"):
+                self._path(job_id, suffix).unlink(missing_ok=True)
+            argv = [sys.executable, "-m", "smoothviz", *map(str, cli_args)]
+            log = open(self._path(job_id, ".log"), "wb")  # noqa: SIM115 - handed to the child
+            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            try:
+                proc = subprocess.Popen(
+                    argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    cwd=str(cwd) if cwd else None, env=env, start_new_session=True,
+                )
+            finally:
+                log.close()
+            job = Job(
+                id=job_id, kind=kind, argv=argv, pid=proc.pid, started=time.time(), run_id=run_id,
+                db=str(db) if db is not None else None,
+                progress_file=str(progress_file) if progress_file is not None else None,
+                extra=dict(extra or {}),
+            )
+            self._write_meta(job)
+            self._procs[job_id] = proc
+            threading.Thread(target=self._reap, args=(job_id, proc), daemon=True).start()
+            return job
+
+    def start_certify(self, run_id: int, db: str | Path, device: str | None = None,
+                      cwd: str | Path | None = None) -> Job:
+        """Execute (or resume) run ``run_id`` of the store at ``db`` with ``smoothviz certify --run``."""
+        args = ["certify", "--run", str(int(run_id)), "--db", str(db)]
+        if device:
+            args += ["--device", device]
+        return self.start("certify", args, job_id=certify_job_id(run_id), run_id=int(run_id), db=db, cwd=cwd)
+
+    def _reap(self, job_id: str, proc: subprocess.Popen) -> None:
+        rc = proc.wait()
+        path = self._path(job_id, ".rc")
+        tmp = path.with_suffix(".rc.tmp")
+        tmp.write_text(str(rc))
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------------ query
+    def get(self, job_id: str) -> Job | None:
+        """The job with this id as its files describe it, or None if there is none."""
+        path = self._path(job_id, ".json")
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        job = Job(**{k: v for k, v in meta.items() if k in Job.__dataclass_fields__})
+        proc = self._procs.get(job_id)
+        if proc is not None:
+            proc.poll()
+        rc_path = self._path(job_id, ".rc")
+        if rc_path.exists():
+            try:
+                job.returncode = int(rc_path.read_text().strip())
+            except ValueError:
+                job.returncode = None
+        if job.returncode is not None:
+            job.status = CANCELLED if job.cancel_requested else (DONE if job.returncode == 0 else FAILED)
+        elif proc is not None and proc.returncode is not None:
+            job.returncode = proc.returncode
+            job.status = CANCELLED if job.cancel_requested else (DONE if proc.returncode == 0 else FAILED)
+        elif proc is None and not _pid_alive(job.pid):
+            job.status = CANCELLED if job.cancel_requested else LOST
+        else:
+            job.status = RUNNING
+        return job
+
+    def jobs(self, kind: str | None = None) -> list[Job]:
+        """All jobs in the folder, newest first (optionally of one kind)."""
+        found = [self.get(p.stem) for p in self.jobs_dir.glob("*.json")]
+        out = [j for j in found if j is not None and (kind is None or j.kind == kind)]
+        return sorted(out, key=lambda j: j.started, reverse=True)
+
+    def is_running(self, job_id: str) -> bool:
+        """True while the job's process is alive."""
+        job = self.get(job_id)
+        return job is not None and job.status == RUNNING
+
+    def log_tail(self, job_id: str, max_chars: int = 4000) -> str:
+        """The last ``max_chars`` characters of the job's combined stdout/stderr."""
+        path = self._path(job_id, ".log")
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                size = fh.tell()
+                fh.seek(max(0, size - max_chars))
+                return fh.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def read_progress(self, job_id: str) -> dict | None:
+        """The JSON progress file of a job started with ``progress_file`` (None until it exists)."""
+        job = self.get(job_id)
+        if job is None or not job.progress_file:
+            return None
+        try:
+            return json.loads(Path(job.progress_file).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def wait(self, job_id: str, timeout: float | None = None, poll: float = 0.2) -> Job | None:
+        """Block until the job is no longer running (or ``timeout`` seconds pass); returns its state."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            if job is None or job.status != RUNNING:
+                return job
+            if end is not None and time.monotonic() >= end:
+                return job
+            time.sleep(poll)
+
+    # ------------------------------------------------------------------ cancel
+    def cancel(self, job_id: str, grace_s: float = 5.0) -> bool:
+        """Stop a running job; False if it was not running.
+
+        A certify job is first asked through the store's cancel flag (it stops between batches
+        and records ``cancelled``); whatever still runs after ``grace_s`` seconds gets SIGTERM.
+        """
+        job = self.get(job_id)
+        if job is None or job.status != RUNNING:
+            return False
+        job.cancel_requested = True
+        self._write_meta(job)
+        if job.kind == "certify" and job.run_id is not None and job.db:
+            from smoothviz.store import Store
+
+            Store(job.db).request_cancel(job.run_id)
+            threading.Thread(target=self._terminate_later, args=(job, grace_s), daemon=True).start()
+        else:
+            self._terminate(job)
+        return True
+
+    def _terminate_later(self, job: Job, grace_s: float) -> None:
+        end = time.monotonic() + grace_s
+        while time.monotonic() < end:
+            if not self.is_running(job.id):
+                return
+            time.sleep(0.1)
+        self._terminate(job)
+        if job.kind == "certify" and job.run_id is not None and job.db:
+            self.wait(job.id, timeout=10.0)
+            from smoothviz.store import Store
+
+            store = Store(job.db)
+            if store.run(job.run_id).get("status") in ("pending", "running"):
+                store.set_status(job.run_id, "cancelled", "stopped by the dashboard")
+
+    def _terminate(self, job: Job) -> None:
+        try:
+            os.killpg(job.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def certify_job_id(run_id: int) -> str:
+    """The job id under which the dashboard executes store run ``run_id``."""
+    return f"certify-run{int(run_id)}"
