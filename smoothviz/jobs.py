@@ -246,7 +246,7 @@ class JobManager:
             from smoothviz.store import Store
 
             store = Store(job.db)
-            if store.run(job.run_id).get("status") in ("pending", "running"):
+            if store.run(job.run_id).get("status") in ("pending", "running", "interrupted"):
                 store.set_status(job.run_id, "cancelled", "stopped by the dashboard")
 
     def _terminate(self, job: Job) -> None:

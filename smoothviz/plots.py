@@ -190,11 +190,12 @@ def sound_vs_naive_scatter(points: Mapping[str, tuple[np.ndarray, np.ndarray]]) 
 def per_class_figure(per_class: Mapping[str, pd.DataFrame], radius: float) -> go.Figure:
     """Grouped bars: certified accuracy per class at one radius, one colour per run.
 
-    ``per_class[label]`` has columns ``class`` and ``certified_accuracy``.
+    ``per_class[label]`` has columns ``class`` (or ``name``) and ``certified_accuracy``.
     """
     fig = go.Figure()
     for i, (label, df) in enumerate(per_class.items()):
-        fig.add_trace(go.Bar(x=df["class"].astype(str), y=df["certified_accuracy"].to_numpy(float), name=label,
+        names = df["name"] if "name" in df.columns else df["class"]
+        fig.add_trace(go.Bar(x=names.astype(str).tolist(), y=df["certified_accuracy"].to_numpy(float), name=label,
                              marker_color=colour(i)))
     fig.update_layout(barmode="group")
     return _layout(fig, f"Certified accuracy per class at radius {radius:g}", "class", ACCURACY_AXIS,

@@ -17,7 +17,6 @@ import streamlit as st
 from smoothviz.errors import SmoothvizError
 
 ROOT = Path(__file__).resolve().parents[2]
-CHECKPOINT_DIRS = (ROOT / "assets", ROOT / "runs" / "checkpoints")
 PAGES = {
     "overview": "app.py",
     "theory": "pages/1_Theory.py",
@@ -50,13 +49,16 @@ def db_path() -> Path:
     return Path(env) if env else ROOT / "runs" / "smoothviz.db"
 
 
-def get_store():
-    """A ``Store`` on the current database (a fresh handle per call: SQLite handles are per thread)."""
+@st.cache_resource
+def _store(path: str):
     from smoothviz.store import Store
 
-    path = db_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
     return Store(path)
+
+
+def get_store():
+    """The ``Store`` on the current database, shared by all sessions (it is thread-safe)."""
+    return _store(str(db_path()))
 
 
 @st.cache_resource
@@ -92,13 +94,30 @@ def load_model(path: str | Path, device: str = "cpu", dataset: str | None = None
     return _load_model(str(p), p.stat().st_mtime if p.exists() else 0.0, device, dataset)
 
 
+def checkpoint_dirs() -> tuple[Path, ...]:
+    """Where checkpoints are looked for: ``$SMOOTHVIZ_CHECKPOINTS`` (os.pathsep-separated dirs), else
+    assets/ and the training folder next to the database (runs/checkpoints/ by default)."""
+    env = os.environ.get("SMOOTHVIZ_CHECKPOINTS")
+    if env:
+        return tuple(Path(p) for p in env.split(os.pathsep) if p)
+    return (ROOT / "assets", train_checkpoint_dir())
+
+
+def train_checkpoint_dir() -> Path:
+    """Where the dashboard writes newly trained checkpoints (runs/checkpoints/ next to the database)."""
+    return db_path().parent / "checkpoints"
+
+
 @st.cache_data(ttl=10, show_spinner=False)
-def list_checkpoints(dataset: str | None = None) -> list[tuple[str, dict]]:
-    """Checkpoints under assets/ and runs/checkpoints/ (optionally of one dataset), with their meta."""
+def _list_checkpoints(dirs: tuple[str, ...], dataset: str | None) -> list[tuple[str, dict]]:
     from smoothviz import models
 
-    found = models.list_checkpoints(dirs=tuple(str(d) for d in CHECKPOINT_DIRS), dataset=dataset)
-    return [(str(path), dict(meta)) for path, meta in found]
+    return [(str(path), dict(meta)) for path, meta in models.list_checkpoints(dirs=dirs, dataset=dataset)]
+
+
+def list_checkpoints(dataset: str | None = None) -> list[tuple[str, dict]]:
+    """Checkpoints in ``checkpoint_dirs()`` (optionally of one dataset), with their meta (cached 10 s)."""
+    return _list_checkpoints(tuple(str(d) for d in checkpoint_dirs()), dataset)
 
 
 def checkpoint_label(path: str, meta: dict | None = None) -> str:
@@ -153,3 +172,27 @@ def run_label(row: Any) -> str:
     get = row.get if hasattr(row, "get") else (lambda k, d=None: getattr(row, k, d))
     name = get("name") or ""
     return f"#{int(get('id'))} {name}".strip()
+
+
+def parse_indices(text: str, size: int) -> list[int]:
+    """Test-point indices from text like ``0-9,15,20`` (sorted, unique, each in [0, size))."""
+    from smoothviz.errors import InvalidArgument
+
+    out: set[int] = set()
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        lo_text, dash, hi_text = part.partition("-")
+        try:
+            lo = int(lo_text)
+            hi = int(hi_text) if dash else lo
+        except ValueError:
+            raise InvalidArgument(f"indices: {part!r} is not an index or a range a-b") from None
+        if lo > hi:
+            raise InvalidArgument(f"indices: range {part!r} runs backwards")
+        if lo < 0 or hi >= size:
+            raise InvalidArgument(f"indices: {part!r} is outside the test set (0 to {size - 1})")
+        out.update(range(lo, hi + 1))
+    if not out:
+        raise InvalidArgument("indices: no index given")
+    return sorted(out)
