@@ -1,0 +1,90 @@
+"""Certified-accuracy analysis on hand-checkable frames and against a brute-force loop."""
+
+from __future__ import annotations
+
+import math
+
+import mpmath
+import numpy as np
+import pandas as pd
+import pytest
+
+from smoothviz import analysis
+from smoothviz.errors import InvalidArgument
+
+# idx 2 abstains, idx 3 is wrong with a large radius (never counts), idx 5 is correct at radius 0.
+FRAME = pd.DataFrame({
+    "idx": [0, 1, 2, 3, 4, 5],
+    "label": [0, 1, 0, 1, 2, 2],
+    "predict": [0, 1, -1, 0, 2, 2],
+    "correct": [True, True, False, False, True, True],
+    "radius": [0.5, 0.2, 0.0, 0.7, 1.0, 0.0],
+    "naive_radius": [0.6, 0.3, 0.0, 0.8, 1.2, 0.1],
+})
+
+
+def test_table_at_radii() -> None:
+    table = analysis.accuracy_table(FRAME, radii=(0, 0.25, 0.5, 0.75, 1.0, 1.01))
+    assert table["radius"].tolist() == [0, 0.25, 0.5, 0.75, 1.0, 1.01]
+    assert table["certified_accuracy"].tolist() == pytest.approx([4 / 6, 2 / 6, 2 / 6, 1 / 6, 1 / 6, 0])
+    naive = analysis.accuracy_table(FRAME, radii=(0.25,), use="naive_radius")
+    assert naive["certified_accuracy"].item() == pytest.approx(3 / 6)
+    with pytest.raises(InvalidArgument):
+        analysis.accuracy_table(FRAME, use="bogus")
+
+
+def test_curve_is_the_step_function() -> None:
+    curve = analysis.accuracy_curve(FRAME)
+    assert curve["radius"].tolist() == [0.0, 0.2, 0.5, 1.0]
+    assert curve["certified_accuracy"].tolist() == pytest.approx([4 / 6, 3 / 6, 2 / 6, 1 / 6])
+
+
+def test_curve_matches_brute_force_on_random_frames() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        m = int(rng.integers(1, 40))
+        df = pd.DataFrame({
+            "correct": rng.random(m) < 0.7,
+            "radius": np.round(rng.exponential(0.5, m), 2),
+            "predict": rng.integers(-1, 3, m),
+        })
+        radii = np.linspace(0, 2, 41)
+        curve = analysis.accuracy_curve(df, radii=radii)
+        brute = [sum(c and r >= t for c, r in zip(df.correct, df.radius)) / m for t in radii]
+        assert curve["certified_accuracy"].tolist() == pytest.approx(brute)
+
+
+def test_acr_and_abstention() -> None:
+    assert analysis.average_certified_radius(FRAME) == pytest.approx(1.7 / 6)
+    assert analysis.average_certified_radius(FRAME, use="naive_radius") == pytest.approx(2.2 / 6)
+    assert analysis.abstention_rate(FRAME) == pytest.approx(1 / 6)
+
+
+def test_per_class_and_fairness_gaps() -> None:
+    per_class = analysis.per_class_accuracy(FRAME, 0.25, class_names=["zero", "one", "two", "three"])
+    assert per_class["name"].tolist() == ["zero", "one", "two", "three"]
+    assert per_class["count"].tolist() == [2, 2, 2, 0]
+    acc = per_class["certified_accuracy"].tolist()
+    assert acc[:3] == pytest.approx([0.5, 0.0, 0.5]) and math.isnan(acc[3])
+    gaps = analysis.fairness_gaps(per_class)
+    assert gaps["max_minus_min"] == pytest.approx(0.5)
+    assert gaps["std"] == pytest.approx(math.sqrt(2 / 36))
+
+
+def test_empty_and_mismatched_inputs() -> None:
+    assert math.isnan(analysis.certified_accuracy([], [], 0.0))
+    with pytest.raises(InvalidArgument):
+        analysis.certified_accuracy([0.1, 0.2], [True], 0.0)
+
+
+def test_run_ceiling_against_mpmath() -> None:
+    mpmath.mp.dps = 40
+    p = mpmath.power(mpmath.mpf("0.001"), mpmath.mpf(1) / 100000)
+    expected = float(mpmath.mpf("0.25") * mpmath.sqrt(2) * mpmath.erfinv(2 * p - 1))
+    run = {"n": 100000, "alpha": 0.001, "sigma_max": 0.25, "sigma_params": {}}
+    assert analysis.run_ceiling(run) == pytest.approx(expected, rel=1e-10)
+    assert 3.7 * 0.25 < expected < 3.9 * 0.25  # the 3.8 sigma of the architecture notes
+    constant = {"n": 100000, "alpha": 0.001, "sigma_max": None,
+                "sigma_params": {"kind": "constant", "sigma": 0.25}}
+    assert analysis.run_ceiling(constant) == pytest.approx(expected, rel=1e-10)
+    assert math.isnan(analysis.run_ceiling({"n": None, "alpha": None, "sigma_max": 0.5}))
