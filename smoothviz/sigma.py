@@ -1,0 +1,283 @@
+"""Sigma functions sigma(x) for (input-dependent) randomized smoothing and their semi-elasticity r.
+
+``constant:S`` is Cohen et al. 2019 (r = 0). ``knn:SIGMA_B,R,K`` is the design of Sukenik et al.,
+ICML 2022, Sec. 6: sigma(x) = sigma_b * exp(r * (mean distance from x to its k nearest training
+points - m)). The mean kNN distance is 1-Lipschitz in x, so ln sigma is r-Lipschitz, i.e. sigma is
+r-semi-elastic; clipping to [sigma_min, sigma_max] keeps that property.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from smoothviz.errors import SigmaSpecError
+
+# Bytes one distance entry costs while a block is alive (cdist output, top-k buffers, masks).
+_BYTES_PER_ENTRY = 16
+_CPU_BUDGET = 256 * 2**20
+_MAX_TRAIN_CHUNK = 8192
+
+
+class SigmaFunction:
+    """Base class: ``sigma(x)`` for a batch [B, ...] -> [B] on x's device; ``r`` its semi-elasticity."""
+
+    r: float = 0.0
+    spec: str = ""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def params(self) -> dict:
+        """JSON-able parameters (the parsed spec with defaults such as m resolved)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec!r})"
+
+
+class Constant(SigmaFunction):
+    """sigma(x) = sigma for every x (Cohen et al. 2019); semi-elasticity 0."""
+
+    def __init__(self, sigma: float):
+        _check_positive("sigma", sigma, f"constant:{sigma}")
+        self.sigma = float(sigma)
+        self.r = 0.0
+        self.spec = canonical_spec(self.params())
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full((x.shape[0],), self.sigma, dtype=torch.float32, device=x.device)
+
+    def params(self) -> dict:
+        return {"kind": "constant", "sigma": self.sigma}
+
+
+def default_chunk_size(device: torch.device) -> int:
+    """Entries of one [points x training points] distance block that fit a memory budget.
+
+    CPU: 256 MiB; CUDA: an eighth of the free memory, at most 2 GiB.
+    """
+    budget = _CPU_BUDGET
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = min(free // 8, 2 * 2**30)
+    return max(1, int(budget // _BYTES_PER_ENTRY))
+
+
+class KNN(SigmaFunction):
+    """sigma(x) = clip(sigma_b * exp(r * (d_k(x) - m)), sigma_min, sigma_max) (Sukenik et al. 2022).
+
+    d_k(x) is the mean Euclidean distance from x to its k nearest training points, computed on the
+    device in blocks of at most ``chunk_size`` distances. ``m`` defaults to the mean of d_k over
+    the training set where each training point excludes itself.
+    """
+
+    def __init__(
+        self,
+        train_x: torch.Tensor,
+        sigma_b: float,
+        r: float,
+        k: int = 20,
+        m: float | None = None,
+        sigma_min: float | None = None,
+        sigma_max: float | None = None,
+        chunk_size: int | None = None,
+        device: str | torch.device | None = None,
+    ):
+        spec = f"knn:{sigma_b},{r},{k}"
+        _check_positive("sigma_b", sigma_b, spec)
+        _check_finite_nonneg("r", r, spec)
+        if isinstance(k, bool) or int(k) != k or k < 1:
+            raise SigmaSpecError(f"sigma spec {spec!r}: k must be an integer >= 1")
+        n_train = int(train_x.shape[0])
+        if k > n_train:
+            raise SigmaSpecError(f"sigma spec {spec!r}: k={k} exceeds the {n_train} training points")
+        for name, value in (("min", sigma_min), ("max", sigma_max)):
+            if value is not None:
+                _check_positive(name, value, spec)
+        if sigma_min is not None and sigma_max is not None and sigma_min > sigma_max:
+            raise SigmaSpecError(f"sigma spec {spec!r}: min={sigma_min} exceeds max={sigma_max}")
+        self.device = torch.device(device) if device is not None else train_x.device
+        flat = train_x.reshape(n_train, -1).to(self.device, torch.float32)
+        # Centering the data before the matrix-product distance formula reduces cancellation.
+        self._center = flat.mean(dim=0, keepdim=True)
+        self._train = (flat - self._center).contiguous()
+        self.sigma_b, self.r, self.k = float(sigma_b), float(r), int(k)
+        self.sigma_min = None if sigma_min is None else float(sigma_min)
+        self.sigma_max = None if sigma_max is None else float(sigma_max)
+        self.chunk_size = int(chunk_size) if chunk_size else default_chunk_size(self.device)
+        if self.chunk_size < 1:
+            raise SigmaSpecError(f"chunk_size must be >= 1, got {chunk_size}")
+        self._train_distance: torch.Tensor | None = None
+        if m is None:
+            m = float(self.training_mean_distance().double().mean())
+        elif not math.isfinite(m):
+            raise SigmaSpecError(f"sigma spec {spec!r}: m must be finite")
+        self.m = float(m)
+        self.spec = canonical_spec(self.params())
+
+    @property
+    def num_train(self) -> int:
+        """Number of training points the distances refer to."""
+        return int(self._train.shape[0])
+
+    def mean_distance(self, x: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean distance from each row of x to its k nearest training points, on x's device.
+
+        ``exclude[b]`` >= 0 names a training index that row b must skip (x[b] is that training
+        point); -1 skips nothing.
+        """
+        out_device = x.device
+        flat = x.reshape(x.shape[0], -1).to(self.device, torch.float32) - self._center
+        if exclude is not None:
+            exclude = exclude.to(self.device, torch.long)
+        n = self.num_train
+        train_chunk = min(n, _MAX_TRAIN_CHUNK, self.chunk_size)
+        point_chunk = max(1, self.chunk_size // train_chunk)
+        result = torch.empty(flat.shape[0], dtype=torch.float32, device=self.device)
+        for p0 in range(0, flat.shape[0], point_chunk):
+            xb = flat[p0: p0 + point_chunk]
+            rows = torch.arange(xb.shape[0], device=self.device)
+            best = torch.full((xb.shape[0], self.k), math.inf, device=self.device)
+            for t0 in range(0, n, train_chunk):
+                block = torch.cdist(xb, self._train[t0: t0 + train_chunk])
+                if exclude is not None:
+                    rel = exclude[p0: p0 + point_chunk] - t0
+                    hit = (rel >= 0) & (rel < block.shape[1])
+                    block[rows[hit], rel[hit]] = math.inf
+                best = torch.topk(torch.cat([best, block], dim=1), self.k, dim=1, largest=False).values
+            result[p0: p0 + xb.shape[0]] = best.mean(dim=1)
+        return result.to(out_device)
+
+    def training_mean_distance(self) -> torch.Tensor:
+        """d_k of every training point with itself excluded (computed once, cached)."""
+        if self._train_distance is None:
+            idx = torch.arange(self.num_train, device=self.device)
+            self._train_distance = self.mean_distance(self._train + self._center, exclude=idx)
+        return self._train_distance
+
+    def from_distance(self, d: torch.Tensor) -> torch.Tensor:
+        """sigma as a function of the mean kNN distance d (the paper's formula, then clipping)."""
+        s = self.sigma_b * torch.exp(self.r * (d - self.m))
+        if self.sigma_min is not None or self.sigma_max is not None:
+            s = s.clamp(min=self.sigma_min, max=self.sigma_max)
+        return s
+
+    def __call__(self, x: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        return self.from_distance(self.mean_distance(x, exclude=exclude))
+
+    def training_sigma(self) -> torch.Tensor:
+        """sigma of every training point with itself excluded from its neighbours (for training)."""
+        return self.from_distance(self.training_mean_distance())
+
+    def params(self) -> dict:
+        return {
+            "kind": "knn", "sigma_b": self.sigma_b, "r": self.r, "k": self.k, "m": self.m,
+            "sigma_min": self.sigma_min, "sigma_max": self.sigma_max,
+        }
+
+
+def _check_positive(name: str, value: float, spec: str) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) \
+            or not math.isfinite(value) or value <= 0:
+        raise SigmaSpecError(f"sigma spec {spec!r}: {name} must be a finite number > 0, got {value}")
+
+
+def _check_finite_nonneg(name: str, value: float, spec: str) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) \
+            or not math.isfinite(value) or value < 0:
+        raise SigmaSpecError(f"sigma spec {spec!r}: {name} must be a finite number >= 0, got {value}")
+
+
+def _number(text: str, name: str, spec: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise SigmaSpecError(f"sigma spec {spec!r}: {name}={text.strip()!r} is not a number") from None
+
+
+_USAGE = "expected 'constant:SIGMA' or 'knn:SIGMA_B,R,K[,m=M][,min=A][,max=B]'"
+
+
+def parse_sigma_spec(spec: str) -> dict:
+    """Parse ``constant:0.25`` or ``knn:SIGMA_B,R,K[,m=M][,min=A][,max=B]`` into a dict.
+
+    Returns {"kind": "constant", "sigma"} or {"kind": "knn", "sigma_b", "r", "k", "m",
+    "sigma_min", "sigma_max"} (absent options are None). SigmaSpecError names what is wrong.
+    """
+    if not isinstance(spec, str) or ":" not in spec:
+        raise SigmaSpecError(f"sigma spec {spec!r}: {_USAGE}")
+    kind, _, rest = spec.strip().partition(":")
+    kind = kind.strip().lower()
+    parts = [p.strip() for p in rest.split(",")] if rest.strip() else []
+    if kind == "constant":
+        if len(parts) != 1:
+            raise SigmaSpecError(f"sigma spec {spec!r}: constant takes exactly one value (sigma)")
+        sigma = _number(parts[0], "sigma", spec)
+        _check_positive("sigma", sigma, spec)
+        return {"kind": "constant", "sigma": sigma}
+    if kind != "knn":
+        raise SigmaSpecError(f"sigma spec {spec!r}: unknown kind {kind!r}; {_USAGE}")
+    positional = [p for p in parts if "=" not in p]
+    options = [p for p in parts if "=" in p]
+    if len(positional) != 3 or parts[:3] != positional:
+        raise SigmaSpecError(f"sigma spec {spec!r}: knn takes SIGMA_B,R,K then optional "
+                             "m=, min=, max=")
+    sigma_b = _number(positional[0], "sigma_b", spec)
+    r = _number(positional[1], "r", spec)
+    k_value = _number(positional[2], "k", spec)
+    _check_positive("sigma_b", sigma_b, spec)
+    _check_finite_nonneg("r", r, spec)
+    if not k_value.is_integer() or k_value < 1:
+        raise SigmaSpecError(f"sigma spec {spec!r}: k must be an integer >= 1, got {positional[2]}")
+    out = {"kind": "knn", "sigma_b": sigma_b, "r": r, "k": int(k_value),
+           "m": None, "sigma_min": None, "sigma_max": None}
+    keys = {"m": "m", "min": "sigma_min", "max": "sigma_max"}
+    for option in options:
+        key, _, value = (s.strip() for s in option.partition("="))
+        if key not in keys:
+            raise SigmaSpecError(f"sigma spec {spec!r}: unknown option {key!r} (m, min, max)")
+        if out[keys[key]] is not None:
+            raise SigmaSpecError(f"sigma spec {spec!r}: option {key!r} given twice")
+        number = _number(value, key, spec)
+        if key == "m":
+            if not math.isfinite(number):
+                raise SigmaSpecError(f"sigma spec {spec!r}: m must be finite")
+        else:
+            _check_positive(key, number, spec)
+        out[keys[key]] = number
+    if out["sigma_min"] is not None and out["sigma_max"] is not None \
+            and out["sigma_min"] > out["sigma_max"]:
+        raise SigmaSpecError(f"sigma spec {spec!r}: min exceeds max")
+    return out
+
+
+def canonical_spec(params: dict) -> str:
+    """The spec string for parsed parameters; ``parse_sigma_spec`` gives the same parameters back."""
+    if params["kind"] == "constant":
+        return f"constant:{params['sigma']!r}"
+    text = f"knn:{params['sigma_b']!r},{params['r']!r},{params['k']}"
+    for key, name in (("m", "m"), ("sigma_min", "min"), ("sigma_max", "max")):
+        if params.get(key) is not None:
+            text += f",{name}={params[key]!r}"
+    return text
+
+
+def build_sigma(
+    spec: str,
+    train_x: torch.Tensor | None = None,
+    device: str | torch.device | None = None,
+    chunk_size: int | None = None,
+) -> SigmaFunction:
+    """A sigma function from its spec; knn needs the training inputs (on ``device`` if given)."""
+    params = parse_sigma_spec(spec)
+    if params["kind"] == "constant":
+        return Constant(params["sigma"])
+    if train_x is None:
+        raise SigmaSpecError(f"sigma spec {spec!r}: knn needs the training data of the dataset")
+    return KNN(
+        train_x, params["sigma_b"], params["r"], params["k"], m=params["m"],
+        sigma_min=params["sigma_min"], sigma_max=params["sigma_max"],
+        chunk_size=chunk_size, device=device,
+    )

@@ -1,0 +1,273 @@
+"""Gaussian noise augmentation training with a constant or input-dependent sigma(x).
+
+Each training point x gets noise N(0, sigma(x)^2 I) in pixel space (Cohen et al. 2019, Sec. 3.1
+trains the base classifier under the smoothing noise; Sukenik et al. 2022, Sec. 6 do the same with
+sigma(x), where a training point's own kNN distance leaves the point itself out). Training is
+seeded per epoch so that a run resumed from its epoch checkpoint ends with the same weights.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from smoothviz.data import DATASET_INFO, Dataset
+from smoothviz.device import resolve_device
+from smoothviz.errors import Cancelled, InvalidArgument
+from smoothviz.models import build_model, read_checkpoint, save_checkpoint
+from smoothviz.sigma import KNN, SigmaFunction, build_sigma
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("cosine", "step")
+DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3}
+RESUME_FORMAT = "smoothviz-resume"
+_EVAL_BATCH = 1000
+
+
+def resume_path(out: str | Path) -> Path:
+    """The per-epoch checkpoint kept next to ``out`` until training finishes."""
+    out = Path(out)
+    return out.with_name(out.name + ".resume")
+
+
+def git_commit() -> str:
+    """``git rev-parse HEAD`` of the source tree, or "unknown"."""
+    try:
+        proc = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+            capture_output=True, text=True, timeout=10, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    text = proc.stdout.strip()
+    return text if proc.returncode == 0 and text else "unknown"
+
+
+def learning_rate(base: float, schedule: str, step: int, total: int) -> float:
+    """Per-iteration learning rate: cosine annealing to 0, or /10 at 50% and 75% of training."""
+    if schedule == "cosine":
+        return base * 0.5 * (1.0 + math.cos(math.pi * step / max(total, 1)))
+    return base * 0.1 ** ((step >= total // 2) + (step >= (3 * total) // 4))
+
+
+def _noise_scale(sigma: torch.Tensor, ndim: int) -> torch.Tensor:
+    return sigma.view(-1, *([1] * (ndim - 1)))
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> float:
+    """Accuracy of ``model`` on (x, y); with ``sigma`` [B], on x + one draw of N(0, sigma^2 I)."""
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(x), _EVAL_BATCH):
+        xb = x[i: i + _EVAL_BATCH].to(device)
+        if sigma is not None:
+            noise = torch.randn(xb.shape, generator=generator, device=device)
+            xb = xb + noise * _noise_scale(sigma[i: i + _EVAL_BATCH].to(device), xb.ndim)
+        correct += int((model(xb).argmax(dim=1) == y[i: i + _EVAL_BATCH].to(device)).sum())
+    return correct / max(len(x), 1)
+
+
+def _validate(dataset: Dataset, epochs: int, batch_size: int, lr: float, optimizer: str,
+              schedule: str, momentum: float, weight_decay: float) -> None:
+    if epochs < 1:
+        raise InvalidArgument(f"epochs must be >= 1, got {epochs}")
+    if batch_size < 1:
+        raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise InvalidArgument(f"lr must be a finite number > 0, got {lr}")
+    if optimizer not in OPTIMIZERS:
+        raise InvalidArgument(f"optimizer {optimizer!r}: choose from {', '.join(OPTIMIZERS)}")
+    if schedule not in SCHEDULES:
+        raise InvalidArgument(f"schedule {schedule!r}: choose from {', '.join(SCHEDULES)}")
+    if not 0 <= momentum < 1:
+        raise InvalidArgument(f"momentum must be in [0, 1), got {momentum}")
+    if not (weight_decay >= 0 and math.isfinite(weight_decay)):
+        raise InvalidArgument(f"weight_decay must be >= 0, got {weight_decay}")
+    if len(dataset.train_x) == 0 or len(dataset.test_x) == 0:
+        raise InvalidArgument(f"dataset {dataset.name!r} has an empty split")
+
+
+def _load_resume(path: Path, config: dict) -> dict | None:
+    """The resume state when it belongs to the same configuration, else None."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # an unreadable resume file is discarded, training starts afresh
+        return None
+    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT \
+            or state.get("config") != config:
+        return None
+    return state
+
+
+def _save_resume(path: Path, config: dict, epoch: int, model: nn.Module,
+                 opt: torch.optim.Optimizer, seconds: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save({
+        "format": RESUME_FORMAT, "config": config, "epoch": epoch, "seconds": seconds,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": opt.state_dict(),
+    }, tmp)
+    os.replace(tmp, path)
+
+
+def _finished_meta(out: Path, config: dict) -> dict | None:
+    """Meta of an existing checkpoint at ``out`` trained with exactly this configuration."""
+    if not out.is_file():
+        return None
+    try:
+        meta = read_checkpoint(out)["meta"]
+    except Exception:  # anything unreadable is simply retrained and overwritten
+        return None
+    return meta if meta.get("train_args") == config else None
+
+
+def train_model(
+    dataset: Dataset,
+    arch: str,
+    sigma_spec: str,
+    epochs: int,
+    out: str | Path,
+    batch_size: int = 128,
+    lr: float | None = None,
+    optimizer: str = "sgd",
+    seed: int = 0,
+    device: str = "auto",
+    progress: Callable[[dict], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    resume: bool = True,
+    schedule: str = "cosine",
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+) -> dict:
+    """Train ``arch`` on ``dataset`` under Gaussian noise of sigma(x); save to ``out``; return meta.
+
+    After each epoch the state goes to ``resume_path(out)``; calling again with the same arguments
+    continues from there (and returns at once when ``out`` already holds this exact training).
+    ``progress`` receives dicts with done/total batches, epoch, loss, rate, eta and a message;
+    ``cancel`` is polled between batches and raises Cancelled (the last epoch stays resumable).
+    """
+    out = Path(out)
+    lr = float(DEFAULT_LR.get(optimizer, 1e-3) if lr is None else lr)
+    _validate(dataset, epochs, batch_size, lr, optimizer, schedule, momentum, weight_decay)
+    config = {
+        "dataset": dataset.name, "arch": arch, "sigma": sigma_spec, "epochs": int(epochs),
+        "batch_size": int(batch_size), "lr": lr, "optimizer": optimizer, "schedule": schedule,
+        "momentum": float(momentum), "weight_decay": float(weight_decay), "seed": int(seed),
+        "num_train": int(len(dataset.train_x)),
+    }
+    report = progress or (lambda info: None)
+    if resume:
+        done_meta = _finished_meta(out, config)
+        if done_meta is not None:
+            report({"done": epochs, "total": epochs, "status": "done", "epoch": epochs,
+                    "epochs": epochs, "message": f"{out} already holds this training"})
+            return done_meta
+    dev = resolve_device(device)
+    info = DATASET_INFO.get(dataset.name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(arch, dataset.input_shape, dataset.num_classes,
+                            mean=info.mean if info else None, std=info.std if info else None)
+    model = model.to(dev)
+    sigma_fn: SigmaFunction = build_sigma(sigma_spec, dataset.train_x, device=dev)
+    train_x, train_y = dataset.train_x.to(dev), dataset.train_y.to(dev)
+    if isinstance(sigma_fn, KNN):
+        train_sigma = sigma_fn.training_sigma().to(dev)
+    else:
+        train_sigma = sigma_fn(train_x)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
+    else:
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+    rpath = resume_path(out)
+    start_epoch, seconds = 0, 0.0
+    state = _load_resume(rpath, config) if resume else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch, seconds = int(state["epoch"]), float(state["seconds"])
+
+    n = len(train_x)
+    per_epoch = math.ceil(n / batch_size)
+    total = per_epoch * epochs
+    loss_fn = nn.CrossEntropyLoss()
+    t_start = time.monotonic()
+    done_at_start = start_epoch * per_epoch
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        epoch_t0 = time.monotonic()
+        order_gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        noise_gen = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + epoch + 7_919)
+        order = torch.randperm(n, generator=order_gen).to(dev)
+        loss_sum, correct = 0.0, 0
+        for b in range(per_epoch):
+            if cancel is not None and cancel():
+                raise Cancelled(f"training cancelled in epoch {epoch + 1}; rerun to resume "
+                                f"from epoch {epoch}")
+            step = epoch * per_epoch + b
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(lr, schedule, step, total)
+            idx = order[b * batch_size: (b + 1) * batch_size]
+            xb, yb = train_x[idx], train_y[idx]
+            noise = torch.randn(xb.shape, generator=noise_gen, device=dev)
+            logits = model(xb + noise * _noise_scale(train_sigma[idx], xb.ndim))
+            loss = loss_fn(logits, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += float(loss) * len(idx)
+            correct += int((logits.argmax(dim=1) == yb).sum())
+            done = step + 1
+            elapsed = time.monotonic() - t_start
+            rate = (done - done_at_start) / elapsed if elapsed > 0 else None
+            report({
+                "done": done, "total": total, "status": "running", "epoch": epoch + 1,
+                "epochs": epochs, "loss": loss_sum / min((b + 1) * batch_size, n),
+                "rate": rate, "eta": (total - done) / rate if rate else None,
+                "message": f"epoch {epoch + 1}/{epochs}",
+            })
+        seconds += time.monotonic() - epoch_t0
+        epoch_msg = (f"epoch {epoch + 1}/{epochs}: loss {loss_sum / n:.4f}, "
+                     f"noisy train accuracy {correct / n:.4f}")
+        report({"done": (epoch + 1) * per_epoch, "total": total, "status": "running",
+                "epoch": epoch + 1, "epochs": epochs, "event": "epoch", "message": epoch_msg})
+        _save_resume(rpath, config, epoch + 1, model, opt, seconds)
+
+    eval_gen = torch.Generator(device=dev).manual_seed(seed + 20_231)
+    test_sigma = sigma_fn(dataset.test_x.to(dev))
+    clean = evaluate(model, dataset.test_x, dataset.test_y)
+    noisy = evaluate(model, dataset.test_x, dataset.test_y, test_sigma, eval_gen)
+    meta = {
+        "dataset": dataset.name, "arch": arch, "input_shape": list(dataset.input_shape),
+        "num_classes": dataset.num_classes, "class_names": list(dataset.class_names),
+        "sigma": sigma_fn.spec, "sigma_params": sigma_fn.params(), "r": float(sigma_fn.r),
+        "epochs": int(epochs), "clean_accuracy": clean, "noisy_accuracy": noisy,
+        "test_sigma_min": float(test_sigma.min()), "test_sigma_max": float(test_sigma.max()),
+        "train_args": config, "git_commit": git_commit(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "train_seconds": round(seconds, 2), "device": str(dev), "torch_version": str(torch.__version__),
+    }
+    save_checkpoint(out, model.cpu(), meta)
+    rpath.unlink(missing_ok=True)
+    report({"done": total, "total": total, "status": "done", "epoch": epochs, "epochs": epochs,
+            "message": f"clean accuracy {clean:.4f}, noisy accuracy {noisy:.4f} -> {out}"})
+    return meta
