@@ -1,0 +1,446 @@
+"""Monte Carlo engine: CERTIFY and PREDICT of Cohen et al. (2019) with sigma(x) per point.
+
+Cohen, Rosenfeld, Kolter, "Certified Adversarial Robustness via Randomized Smoothing", ICML 2019,
+Section 3.2 (the public code's ``core.py`` restates it):
+
+    CERTIFY(f, sigma, x, n0, n, alpha):
+        counts0 <- SAMPLEUNDERNOISE(f, x, n0, sigma)
+        cA      <- top index in counts0
+        counts  <- SAMPLEUNDERNOISE(f, x, n, sigma)
+        pA      <- LOWERCONFBOUND(counts[cA], n, 1 - alpha)
+        if pA > 1/2 return prediction cA and radius R(pA) else ABSTAIN
+
+    PREDICT(f, sigma, x, n, alpha):
+        counts  <- SAMPLEUNDERNOISE(f, x, n, sigma)
+        cA, cB  <- top two indices in counts
+        nA, nB  <- counts[cA], counts[cB]
+        if BINOMPVALUE(nA, nA + nB, 0.5) <= alpha return cA else ABSTAIN
+
+Here sigma = sigma(x) may depend on the point; R(pA) is the sound input-dependent radius of
+Sukenik et al. (2022) (Cohen's sigma*Phi^-1(pA) when r = 0), with the naive radius kept for
+comparison.
+
+Engine design: many points are sampled in one forward batch on the device; noise is drawn on the
+device; votes are counted on the device with ``scatter_add_`` at point*num_classes + class. The
+noise of each point comes in blocks of ``NOISE_BLOCK`` rows, each block drawn from the generator
+reseeded with a seed derived from (seed, idx, stage, block): the counts of a point then depend
+only on (seed, idx), not on the batch size, the chunking, or which other points share a batch,
+so a resumed run reproduces a clean run exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from smoothviz import bounds
+from smoothviz.errors import Cancelled, CheckpointError, InvalidArgument
+
+ABSTAIN = -1
+NOISE_BLOCK = 1024  # rows of noise per independently seeded block
+STAGE_SELECTION, STAGE_ESTIMATION, STAGE_PREDICT = 0, 1, 2
+DEFAULT_N0 = 100
+DEFAULT_N = 100_000
+DEFAULT_ALPHA = 0.001
+
+Classifier = Callable[[Tensor], Tensor]
+ProgressFn = Callable[[dict], None]
+CancelFn = Callable[[], bool]
+
+
+@dataclass
+class PointResult:
+    """CERTIFY's outcome for one point (predict = -1 when abstaining)."""
+
+    idx: int
+    label: int
+    predict: int
+    correct: bool
+    p_a_lower: float
+    sigma: float
+    radius: float
+    naive_radius: float
+    counts: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class PredictResult:
+    """PREDICT's outcome for one point (predict = -1 when the binomial test is not significant)."""
+
+    idx: int
+    label: int
+    predict: int
+    correct: bool
+    count_a: int
+    count_b: int
+    p_value: float
+    sigma: float
+    counts: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (e.g. seed, idx, stage, block); stable across runs and hosts."""
+    text = ",".join(str(int(p)) for p in parts).encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
+
+
+def block_sizes(num: int) -> list[int]:
+    """Rows of each noise block of one point's ``num`` samples."""
+    full, rest = divmod(int(num), NOISE_BLOCK)
+    return [NOISE_BLOCK] * full + ([rest] if rest else [])
+
+
+def argmax_classifier(model: nn.Module) -> Classifier:
+    """The base classifier f: a noisy batch -> int64 labels (argmax of the logits) on the device."""
+
+    def classify(batch: Tensor) -> Tensor:
+        return model(batch).argmax(1)
+
+    return classify
+
+
+def _check_sigma(sigma: Tensor, points: int) -> None:
+    if sigma.shape != (points,):
+        raise InvalidArgument(f"sigma has shape {tuple(sigma.shape)}, expected ({points},)")
+
+
+def count_votes(
+    classify: Classifier,
+    x: Tensor,
+    sigma: Tensor,
+    nums: Sequence[int],
+    num_classes: int,
+    batch_size: int,
+    generator: torch.Generator,
+    seeds: Sequence[int] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+    new_input: Callable[[int], Tensor] | None = None,
+) -> Tensor:
+    """SAMPLEUNDERNOISE for several points at once: int64 votes [P, num_classes] on x's device.
+
+    Point p gets ``nums[p]`` samples x[p] + sigma[p] * eps. Noise order: for p in order, for each
+    block of ``block_sizes(nums[p])``: ``torch.randn((rows, *shape), generator=generator)``, the
+    generator first reseeded with ``derive_seed(seeds[p], block)`` when ``seeds`` is given (else
+    drawn in sequence). Consecutive rows of that stream fill batches of ``batch_size``; each batch
+    is classified in one call of ``classify`` and its votes added on the device (no host sync).
+    ``on_batch(rows)`` runs after each batch (progress, cancellation); ``new_input(m)`` gives the
+    buffer a batch is written into (e.g. in the model's memory format).
+    """
+    if batch_size < 1:
+        raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
+    device, shape = x.device, tuple(x.shape[1:])
+    points = x.shape[0]
+    _check_sigma(sigma, points)
+    if len(nums) != points or (seeds is not None and len(seeds) != points):
+        raise InvalidArgument("nums and seeds need one entry per point")
+    counts = torch.zeros(points * num_classes, dtype=torch.int64, device=device)
+    total = int(sum(nums))
+    if total == 0:
+        return counts.view(points, num_classes)
+    rows_max = min(batch_size, total)
+    noise = torch.empty((rows_max, *shape), device=device, dtype=x.dtype)
+    ones = torch.ones(rows_max, dtype=torch.int64, device=device)
+    sigma = sigma.to(device=device, dtype=x.dtype)
+    spread = (-1,) + (1,) * len(shape)
+
+    owners: list[int] = []
+    lengths: list[int] = []
+    filled = 0
+
+    def flush() -> None:
+        nonlocal filled
+        owner = torch.repeat_interleave(
+            torch.tensor(owners, dtype=torch.int64).to(device, non_blocking=True),
+            torch.tensor(lengths, dtype=torch.int64).to(device, non_blocking=True),
+            output_size=filled,
+        )
+        out = new_input(filled) if new_input is not None else None
+        batch = torch.addcmul(
+            x.index_select(0, owner), sigma.index_select(0, owner).view(spread), noise[:filled],
+            out=out,
+        )
+        labels = classify(batch)
+        if labels.shape != (filled,):
+            raise CheckpointError(f"classifier returned labels of shape {tuple(labels.shape)} for {filled} inputs")
+        counts.scatter_add_(0, owner * num_classes + labels, ones[:filled])
+        if on_batch is not None:
+            on_batch(filled)
+        owners.clear()
+        lengths.clear()
+        filled = 0
+
+    for p in range(points):
+        for b, rows in enumerate(block_sizes(nums[p])):
+            if seeds is not None:
+                generator.manual_seed(derive_seed(seeds[p], b))
+            if rows <= rows_max - filled:
+                torch.randn((rows, *shape), generator=generator, device=device, dtype=x.dtype,
+                            out=noise[filled:filled + rows])
+                block = None
+            else:
+                block = torch.randn((rows, *shape), generator=generator, device=device, dtype=x.dtype)
+            start = 0
+            while start < rows:
+                take = min(rows - start, rows_max - filled)
+                if block is not None:
+                    noise[filled:filled + take].copy_(block[start:start + take])
+                owners.append(p)
+                lengths.append(take)
+                filled += take
+                start += take
+                if filled == rows_max:
+                    flush()
+    if filled:
+        flush()
+    return counts.view(points, num_classes)
+
+
+def sample_counts(
+    model: nn.Module | Classifier,
+    x: Tensor,
+    sigma: Tensor,
+    num: int,
+    num_classes: int,
+    batch_size: int,
+    generator: torch.Generator,
+    seeds: Sequence[int] | None = None,
+) -> Tensor:
+    """Votes of ``num`` noisy samples of each point: int64 [B, num_classes] counted on the device.
+
+    ``model`` is an nn.Module (argmax of its logits) or a classifier returning labels.
+    """
+    classify = argmax_classifier(model) if isinstance(model, nn.Module) else model
+    with torch.inference_mode():
+        return count_votes(classify, x, sigma, [int(num)] * x.shape[0], num_classes, batch_size,
+                           generator, seeds)
+
+
+def _validate(n0: int | None, n: int, alpha: float, batch_size: int) -> None:
+    if n < 1:
+        raise InvalidArgument(f"n must be >= 1, got {n}")
+    if n0 is not None and not 1 <= n0 <= n:
+        raise InvalidArgument(f"n0 must be in [1, n={n}], got {n0}")
+    if not 0.0 < alpha < 1.0:
+        raise InvalidArgument(f"alpha must be in (0, 1), got {alpha}")
+    if batch_size < 1:
+        raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
+
+
+def default_chunk_points(batch_size: int, samples_per_point: int) -> int:
+    """Points per chunk: about eight full batches, so the chunk's last partial batch costs little."""
+    return max(1, math.ceil(8 * batch_size / max(1, samples_per_point)))
+
+
+class _Progress:
+    """Rate and ETA in points, from samples done, for the engine's progress callback."""
+
+    def __init__(self, total_points: int, samples_per_point: int, progress: ProgressFn | None,
+                 cancel: CancelFn | None) -> None:
+        self.total = total_points
+        self.per_point = samples_per_point
+        self.progress = progress
+        self.cancel = cancel
+        self.samples = 0
+        self.done = 0
+        self.t0 = time.perf_counter()
+
+    def on_batch(self, rows: int) -> None:
+        self.samples += rows
+        if self.cancel is not None and self.cancel():
+            raise Cancelled("cancelled")
+        self.report()
+
+    def point_done(self, count: int) -> None:
+        self.done += count
+        self.samples = self.done * self.per_point
+        self.report()
+
+    def report(self) -> None:
+        if self.progress is None:
+            return
+        elapsed = time.perf_counter() - self.t0
+        equiv = self.samples / self.per_point
+        rate = equiv / elapsed if elapsed > 0 and equiv > 0 else None
+        eta = (self.total - equiv) / rate if rate else None
+        self.progress({"done": self.done, "total": self.total, "rate": rate, "eta": eta,
+                       "samples": self.samples, "elapsed": elapsed})
+
+
+def _prepare(model: nn.Module | Classifier, device: torch.device) -> tuple[Classifier, Callable[[int], Tensor] | None]:
+    if isinstance(model, nn.Module):
+        return argmax_classifier(model.to(device).eval()), None
+    return model, getattr(model, "new_input", None)
+
+
+def iter_certify(
+    model: nn.Module | Classifier,
+    x: Tensor,
+    labels: Sequence[int] | Tensor,
+    idx: Sequence[int],
+    sigma_fn: Callable[[Tensor], Tensor],
+    n0: int,
+    n: int,
+    alpha: float,
+    num_classes: int,
+    batch_size: int,
+    device: torch.device | str,
+    seed: int,
+    r: float,
+    dim: int,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+    chunk_points: int | None = None,
+) -> Iterator[PointResult]:
+    """CERTIFY every point, yielding each PointResult as soon as its chunk is done.
+
+    Selection and estimation samples of a chunk of points share forward batches (they are
+    independent draws: stage 0 and stage 1 seeds). Raises Cancelled when ``cancel()`` turns true
+    (checked after every batch); points already yielded stay valid.
+    """
+    _validate(n0, n, alpha, batch_size)
+    device = torch.device(device)
+    labels = [int(v) for v in (labels.tolist() if isinstance(labels, Tensor) else labels)]
+    idx = [int(i) for i in idx]
+    if not (len(labels) == len(idx) == x.shape[0]):
+        raise InvalidArgument("x, labels and idx must have one entry per point")
+    classify, new_input = _prepare(model, device)
+    generator = torch.Generator(device=device)
+    chunk = chunk_points or default_chunk_points(batch_size, n0 + n)
+    tracker = _Progress(len(idx), n0 + n, progress, cancel)
+    tracker.report()
+    for start in range(0, len(idx), chunk):
+        stop = min(start + chunk, len(idx))
+        t0 = time.perf_counter()
+        xs = x[start:stop].to(device=device, dtype=torch.float32)
+        m = stop - start
+        with torch.inference_mode():
+            sig = sigma_fn(xs).to(device=device, dtype=torch.float32).reshape(-1)
+            _check_sigma(sig, m)
+            # virtual points: first the m selection samplings, then the m estimation samplings
+            votes = count_votes(
+                classify, torch.cat([xs, xs]), torch.cat([sig, sig]), [n0] * m + [n] * m,
+                num_classes, batch_size, generator,
+                [derive_seed(seed, i, STAGE_SELECTION) for i in idx[start:stop]]
+                + [derive_seed(seed, i, STAGE_ESTIMATION) for i in idx[start:stop]],
+                on_batch=tracker.on_batch, new_input=new_input,
+            ).cpu().numpy()
+        sigmas = sig.cpu().numpy().astype(np.float64)
+        if not np.all(np.isfinite(sigmas) & (sigmas > 0)):
+            raise InvalidArgument(f"sigma function returned non-positive or non-finite values for points {idx[start:stop]}")
+        selection, estimation = votes[:m], votes[m:]
+        guess = selection.argmax(axis=1)  # first maximum on ties, as numpy documents
+        n_a = estimation[np.arange(m), guess]
+        p_a = np.asarray(bounds.clopper_pearson_lower(n_a, n, alpha), dtype=np.float64).reshape(m)
+        certified = p_a > 0.5
+        radius = np.zeros(m)
+        naive = np.zeros(m)
+        if certified.any():
+            radius[certified] = bounds.input_dependent_radius(p_a[certified], sigmas[certified], r, dim)
+            naive[certified] = bounds.naive_radius(p_a[certified], sigmas[certified])
+        seconds = (time.perf_counter() - t0) / m
+        for j in range(m):
+            predict = int(guess[j]) if certified[j] else ABSTAIN
+            yield PointResult(
+                idx=idx[start + j], label=labels[start + j], predict=predict,
+                correct=predict == labels[start + j], p_a_lower=float(p_a[j]), sigma=float(sigmas[j]),
+                radius=float(radius[j]), naive_radius=float(naive[j]),
+                counts=[int(c) for c in estimation[j]], seconds=seconds,
+            )
+        tracker.point_done(m)
+
+
+def certify_points(
+    model: nn.Module | Classifier,
+    x: Tensor,
+    labels: Sequence[int] | Tensor,
+    idx: Sequence[int],
+    sigma_fn: Callable[[Tensor], Tensor],
+    n0: int,
+    n: int,
+    alpha: float,
+    num_classes: int,
+    batch_size: int,
+    device: torch.device | str,
+    seed: int,
+    r: float,
+    dim: int,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+    chunk_points: int | None = None,
+) -> list[PointResult]:
+    """CERTIFY of Cohen et al. with sigma(x) per point; the list of every point's result."""
+    return list(iter_certify(model, x, labels, idx, sigma_fn, n0, n, alpha, num_classes, batch_size,
+                             device, seed, r, dim, progress, cancel, chunk_points))
+
+
+def predict_points(
+    model: nn.Module | Classifier,
+    x: Tensor,
+    labels: Sequence[int] | Tensor,
+    idx: Sequence[int],
+    sigma_fn: Callable[[Tensor], Tensor],
+    n: int,
+    alpha: float,
+    num_classes: int,
+    batch_size: int,
+    device: torch.device | str,
+    seed: int,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+    chunk_points: int | None = None,
+) -> list[PredictResult]:
+    """PREDICT of Cohen et al.: abstain unless the top class beats the runner-up at level alpha."""
+    _validate(None, n, alpha, batch_size)
+    device = torch.device(device)
+    labels = [int(v) for v in (labels.tolist() if isinstance(labels, Tensor) else labels)]
+    idx = [int(i) for i in idx]
+    if not (len(labels) == len(idx) == x.shape[0]):
+        raise InvalidArgument("x, labels and idx must have one entry per point")
+    if num_classes < 2:
+        raise InvalidArgument(f"num_classes must be >= 2, got {num_classes}")
+    classify, new_input = _prepare(model, device)
+    generator = torch.Generator(device=device)
+    chunk = chunk_points or default_chunk_points(batch_size, n)
+    tracker = _Progress(len(idx), n, progress, cancel)
+    tracker.report()
+    out: list[PredictResult] = []
+    for start in range(0, len(idx), chunk):
+        stop = min(start + chunk, len(idx))
+        t0 = time.perf_counter()
+        xs = x[start:stop].to(device=device, dtype=torch.float32)
+        m = stop - start
+        with torch.inference_mode():
+            sig = sigma_fn(xs).to(device=device, dtype=torch.float32).reshape(-1)
+            _check_sigma(sig, m)
+            votes = count_votes(
+                classify, xs, sig, [n] * m, num_classes, batch_size, generator,
+                [derive_seed(seed, i, STAGE_PREDICT) for i in idx[start:stop]],
+                on_batch=tracker.on_batch, new_input=new_input,
+            ).cpu().numpy()
+        # top two classes; a stable sort keeps the lower class index first on ties
+        order = np.argsort(-votes, axis=1, kind="stable")
+        top, second = order[:, 0], order[:, 1]
+        n_a = votes[np.arange(m), top]
+        n_b = votes[np.arange(m), second]
+        pvalue = np.asarray(bounds.binomial_test_pvalue(n_a, n_b), dtype=np.float64).reshape(m)
+        sigmas = sig.cpu().numpy().astype(np.float64)
+        seconds = (time.perf_counter() - t0) / m
+        for j in range(m):
+            predict = int(top[j]) if pvalue[j] <= alpha else ABSTAIN
+            out.append(PredictResult(
+                idx=idx[start + j], label=labels[start + j], predict=predict,
+                correct=predict == labels[start + j], count_a=int(n_a[j]), count_b=int(n_b[j]),
+                p_value=float(pvalue[j]), sigma=float(sigmas[j]),
+                counts=[int(c) for c in votes[j]], seconds=seconds,
+            ))
+        tracker.point_done(m)
+    return out
