@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +42,12 @@ import torch
 from torch import Tensor, nn
 
 from smoothviz import bounds
-from smoothviz.errors import Cancelled, CheckpointError, InvalidArgument
+from smoothviz.data import Dataset, load_dataset
+from smoothviz.device import resolve_device
+from smoothviz.errors import Cancelled, CheckpointError, InvalidArgument, SmoothvizError, StoreError
+from smoothviz.models import load_checkpoint
+from smoothviz.sigma import build_sigma
+from smoothviz.store import Store, file_sha256
 
 ABSTAIN = -1
 NOISE_BLOCK = 1024  # rows of noise per independently seeded block
@@ -272,6 +278,7 @@ class _Progress:
         rate = equiv / elapsed if elapsed > 0 and equiv > 0 else None
         eta = (self.total - equiv) / rate if rate else None
         self.progress({"done": self.done, "total": self.total, "rate": rate, "eta": eta,
+                       "fraction": equiv / self.total if self.total else 1.0,
                        "samples": self.samples, "elapsed": elapsed})
 
 
@@ -444,3 +451,122 @@ def predict_points(
             ))
         tracker.point_done(m)
     return out
+
+
+class _ThrottledCancel:
+    """Combine a caller's cancel flag with the store's, reading the store at most every 0.5 s."""
+
+    def __init__(self, store: Store, run_id: int, cancel: CancelFn | None) -> None:
+        self.store, self.run_id, self.cancel = store, run_id, cancel
+        self.last = -math.inf
+
+    def __call__(self) -> bool:
+        if self.cancel is not None and self.cancel():
+            return True
+        now = time.monotonic()
+        if now - self.last < 0.5:
+            return False
+        self.last = now
+        return self.store.cancel_requested(self.run_id)
+
+
+def select_split(dataset: Dataset, split: str) -> tuple[Tensor, Tensor]:
+    """(inputs, labels) of the ``test`` or ``train`` split."""
+    if split == "test":
+        return dataset.test_x, dataset.test_y
+    if split == "train":
+        return dataset.train_x, dataset.train_y
+    raise InvalidArgument(f"split {split!r}: expected 'test' or 'train'")
+
+
+def run_certification(
+    store: Store,
+    run_id: int,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+    device: str | None = None,
+    batch_size: int | None = None,
+) -> str:
+    """Execute or resume a certify run recorded in the store; returns its final status.
+
+    Loads the run's dataset, checkpoint (which must still have the recorded SHA-256) and sigma
+    function, skips points already stored, commits each point as its chunk finishes, and stops
+    when ``cancel()`` or the store's cancel flag turns true (status "cancelled"). ``device`` and
+    ``batch_size`` override the recorded ones (neither changes the counts' distribution; the
+    batch size does not change them at all). Errors set status "failed" and propagate.
+    """
+    run = store.run(run_id)
+    if run["kind"] != "certify":
+        raise StoreError(f"run {run_id} is an imported log; there is nothing to execute")
+    if run["status"] == "running" and run["pid"] != os.getpid():
+        raise StoreError(f"run {run_id} is already being executed by process {run['pid']} on {run['host']}")
+    store.set_status(run_id, "running")
+    try:
+        status = _execute(store, run, progress, _ThrottledCancel(store, run_id, cancel), device, batch_size)
+    except Cancelled:
+        done = len(store.done_indices(run_id))
+        store.set_status(run_id, "cancelled", f"cancelled after {done} of {run['total']} points")
+        return "cancelled"
+    except KeyboardInterrupt:
+        store.set_status(run_id, "interrupted", "interrupted by the user; rerun to resume")
+        raise
+    except SmoothvizError as exc:
+        store.set_status(run_id, "failed", str(exc))
+        raise
+    except BaseException as exc:
+        store.set_status(run_id, "failed", f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+        raise
+    return status
+
+
+def _execute(
+    store: Store,
+    run: dict,
+    progress: ProgressFn | None,
+    cancel: CancelFn,
+    device_spec: str | None,
+    batch_size: int | None,
+) -> str:
+    run_id = int(run["id"])
+    device = resolve_device(device_spec or run["device"] or "auto")
+    dataset = load_dataset(run["dataset"])
+    checkpoint = run["checkpoint"]
+    if run["checkpoint_sha256"] is not None and file_sha256(checkpoint) not in (None, run["checkpoint_sha256"]):
+        raise CheckpointError(f"{checkpoint} changed since run {run_id} was created (SHA-256 differs)")
+    model, _meta = load_checkpoint(checkpoint, device=device, expected_dataset=dataset.name)
+    sigma_fn = build_sigma(run["sigma_spec"], dataset.train_x, device=device)
+    store.set_sigma_params(run_id, sigma_fn.params())
+    xs, ys = select_split(dataset, run["split"])
+    indices = [int(i) for i in run["indices"]]
+    bad = [i for i in indices if not 0 <= i < xs.shape[0]]
+    if bad:
+        raise InvalidArgument(f"indices {bad[:5]} are outside the {run['split']} split (size {xs.shape[0]})")
+    done = store.done_indices(run_id)
+    todo = [i for i in indices if i not in done]
+    if todo:
+        select = torch.tensor(todo, dtype=torch.int64)
+        for result in iter_certify(
+            make_classifier(model, run["options"]), xs[select], ys[select], todo, sigma_fn,
+            int(run["n0"]), int(run["n"]), float(run["alpha"]), dataset.num_classes,
+            int(batch_size or run["batch_size"] or default_batch_size(device)), device,
+            int(run["seed"] or 0), float(sigma_fn.r), dataset.dim, progress=progress, cancel=cancel,
+        ):
+            store.add_result(run_id, result)
+    store.set_status(run_id, "done", f"{len(indices)} points certified")
+    return "done"
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Samples per forward pass when neither the run nor the caller gives one."""
+    return 8192 if device.type == "cuda" else 4096
+
+
+def make_classifier(model: nn.Module, options: dict | None) -> Classifier:
+    """The base classifier as the engine calls it; ``options`` are the run's evaluation options.
+
+    No evaluation options are defined yet: any given one is rejected rather than ignored, since
+    options that change the evaluated classifier are part of what the certificate is about.
+    """
+    if options:
+        raise InvalidArgument(f"unknown engine options {sorted(options)}")
+    return argmax_classifier(model)

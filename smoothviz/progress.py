@@ -21,7 +21,11 @@ def format_seconds(seconds: float | None) -> str:
 
 
 class ProgressBar:
-    """Callable progress reporter taking the engine's dict ``{done, total, rate, eta}``."""
+    """Callable progress reporter taking the engine's dict ``{done, total, rate, eta}``.
+
+    An optional ``fraction`` (work done, e.g. samples of a chunk not yet finished) moves the bar
+    between completed items.
+    """
 
     def __init__(
         self,
@@ -41,7 +45,7 @@ class ProgressBar:
     def line(self, info: dict) -> str:
         """The text of one progress line for ``info``."""
         done, total = int(info.get("done", 0)), int(info.get("total", 0))
-        frac = done / total if total else 1.0
+        frac = info.get("fraction", done / total if total else 1.0)
         filled = int(round(self.width * frac))
         bar = "#" * filled + "-" * (self.width - filled)
         rate = info.get("rate")

@@ -389,6 +389,11 @@ class Store:
             if cur.rowcount == 0:
                 raise StoreError(f"run {run_id} not found in {self.path}")
 
+    def set_sigma_params(self, run_id: int, params: dict) -> None:
+        """Record the sigma function's resolved parameters (e.g. the kNN offset m computed from data)."""
+        with self._write() as c:
+            c.execute("UPDATE runs SET sigma_params=? WHERE id=?", (_json(params), int(run_id)))
+
     def request_cancel(self, run_id: int) -> None:
         """Ask the process executing the run to stop after its current chunk."""
         with self._write() as c:

@@ -1,0 +1,188 @@
+"""``smoothviz certify``: CERTIFY test points with a checkpoint and sigma(x); results go to the store.
+
+Rerunning the same command resumes the run it created (same configuration, same store) and
+certifies only the points still missing; ``--run ID`` executes or resumes a run already in the
+store (the dashboard creates runs that way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from smoothviz import analysis
+from smoothviz.certify import DEFAULT_ALPHA, DEFAULT_N, DEFAULT_N0, run_certification, select_split
+from smoothviz.commands._args import open_probability, positive_int
+from smoothviz.data import canonical_name, load_dataset
+from smoothviz.device import resolve_device
+from smoothviz.errors import InvalidArgument
+from smoothviz.models import read_checkpoint
+from smoothviz.progress import ProgressBar, format_seconds
+from smoothviz.sigma import canonical_spec, parse_sigma_spec
+from smoothviz.store import DEFAULT_DB, Store
+
+NAME = "certify"
+HELP = "Certify test points (CERTIFY of Cohen et al. with constant or input-dependent sigma) into the store."
+
+
+def parse_indices(text: str, size: int) -> list[int]:
+    """Indices from text like ``0-9,15,20`` (sorted, unique, each in [0, size))."""
+    out: set[int] = set()
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        lo_text, dash, hi_text = part.partition("-")
+        try:
+            lo = int(lo_text)
+            hi = int(hi_text) if dash else lo
+        except ValueError:
+            raise InvalidArgument(f"--indices: {part!r} is not an index or a range a-b") from None
+        if lo > hi:
+            raise InvalidArgument(f"--indices: range {part!r} runs backwards")
+        if lo < 0 or hi >= size:
+            raise InvalidArgument(f"--indices: {part!r} is outside the split (0 to {size - 1})")
+        out.update(range(lo, hi + 1))
+    if not out:
+        raise InvalidArgument("--indices: no index given")
+    return sorted(out)
+
+
+def evenly_spaced(points: int, size: int) -> list[int]:
+    """``points`` indices spread evenly over [0, size) (all of them when points >= size)."""
+    if points >= size:
+        return list(range(size))
+    return sorted({int(i) for i in np.linspace(0, size - 1, points).round()})
+
+
+def parse_radii(text: str) -> list[float]:
+    """Radii from ``0,0.25,0.5``; InvalidArgument names a bad entry."""
+    try:
+        radii = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise InvalidArgument(f"--radii {text!r}: expected comma-separated numbers") from None
+    if not radii or any(not np.isfinite(r) or r < 0 for r in radii):
+        raise InvalidArgument(f"--radii {text!r}: expected finite radii >= 0")
+    return radii
+
+
+def add_point_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments shared by certify and predict: data, model, sigma, points, engine, store."""
+    parser.add_argument("--dataset", default=None, help="dataset (default: the checkpoint's)")
+    parser.add_argument("--model", type=Path, default=None, help="checkpoint (.pt) to smooth")
+    parser.add_argument("--sigma", default=None,
+                        help="sigma function constant:S | knn:SIGMA_B,R,K[,m=M][,min=A][,max=B] "
+                             "(default: the one the checkpoint was trained with)")
+    parser.add_argument("--alpha", type=open_probability, default=DEFAULT_ALPHA,
+                        help=f"failure probability in (0, 1) (default {DEFAULT_ALPHA})")
+    parser.add_argument("--split", choices=("test", "train"), default="test")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--points", type=positive_int, default=None,
+                       help="number of points, evenly spaced over the split (default: all)")
+    group.add_argument("--indices", default=None, help="indices such as 0-99,150,200")
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help="noisy samples per forward pass (default 4096 on CPU, 8192 on CUDA)")
+    parser.add_argument("--seed", type=int, default=0, help="seed (each point's noise derives from it and its index)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_point_arguments(parser)
+    parser.add_argument("--n0", type=positive_int, default=DEFAULT_N0,
+                        help=f"selection samples per point (default {DEFAULT_N0})")
+    parser.add_argument("--n", type=positive_int, default=DEFAULT_N,
+                        help=f"estimation samples per point (default {DEFAULT_N})")
+    parser.add_argument("--name", default=None, help="run name (default: checkpoint, sigma and n)")
+    parser.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"results database (default {DEFAULT_DB})")
+    parser.add_argument("--run", default=None, metavar="RUN",
+                        help="execute or resume this run of the store (id or name); other settings are ignored")
+    parser.add_argument("--new", action="store_true",
+                        help="always create a new run, even when an identical one could be resumed")
+    parser.add_argument("--radii", default="0,0.25,0.5,0.75,1.0",
+                        help="radii of the summary table (default 0,0.25,0.5,0.75,1.0)")
+
+
+def resolve_points(args: argparse.Namespace) -> tuple[str, str, str, dict, list[int], Path]:
+    """(dataset, sigma spec, checkpoint path, checkpoint meta, indices, ...) from the arguments."""
+    if args.model is None:
+        raise InvalidArgument("--model: a checkpoint is required (or --run RUN for certify)")
+    meta = read_checkpoint(args.model)["meta"]
+    dataset = canonical_name(args.dataset or meta["dataset"])
+    spec_text = args.sigma or meta.get("sigma")
+    if not spec_text:
+        raise InvalidArgument("--sigma: the checkpoint records no sigma; give one")
+    spec = canonical_spec(parse_sigma_spec(spec_text))
+    ds = load_dataset(dataset)
+    xs, _ = select_split(ds, args.split)
+    size = int(xs.shape[0])
+    if args.indices is not None:
+        indices = parse_indices(args.indices, size)
+    else:
+        indices = evenly_spaced(args.points or size, size)
+    return dataset, spec, str(args.model), meta, indices, args.model
+
+
+def print_summary(store: Store, run_id: int, radii: list[float], seconds: float | None = None,
+                  stream=None) -> None:
+    """Run line, accuracy table at radii (sound, and naive when sigma varies), ACR, abstention."""
+    stream = stream or sys.stdout
+    run = store.run(run_id)
+    df = store.results(run_id)
+    took = f", {format_seconds(seconds)} this session" if seconds is not None else ""
+    print(f"run {run_id} ({run['name']}): {run['status']}, {run['done']}/{run['total']} points{took}", file=stream)
+    if not len(df):
+        return
+    sound = analysis.accuracy_table(df, radii)
+    naive = analysis.accuracy_table(df, radii, use="naive_radius")
+    varies = bool(run.get("r")) and not np.allclose(df["radius"], df["naive_radius"])
+    header = f"{'radius':>8}  {'certified accuracy':>18}" + (f"  {'naive (no guarantee)':>20}" if varies else "")
+    print(header, file=stream)
+    for (r, acc), nacc in zip(sound.itertuples(index=False), naive["certified_accuracy"]):
+        line = f"{r:>8.3g}  {acc:>18.3f}" + (f"  {nacc:>20.3f}" if varies else "")
+        print(line, file=stream)
+    ceiling = analysis.run_ceiling(run)
+    print(f"ACR {analysis.average_certified_radius(df):.3f}, abstention {analysis.abstention_rate(df):.1%}, "
+          f"mean {df['seconds'].mean():.3g} s/point, ceiling {ceiling:.3f}", file=stream)
+
+
+def run(args: argparse.Namespace) -> int:
+    radii = parse_radii(args.radii)
+    if args.n0 > args.n:
+        raise InvalidArgument(f"--n0 {args.n0} must not exceed --n {args.n}")
+    store = Store(args.db)
+    if args.run is not None:
+        run_id = store.resolve_run(args.run)
+        device_override = args.device if args.device != "auto" else None
+    else:
+        dataset, spec, checkpoint, _meta, indices, _ = resolve_points(args)
+        device = str(resolve_device(args.device))
+        params = parse_sigma_spec(spec)
+        name = args.name or f"{Path(checkpoint).stem} {spec} n={args.n}"
+        config = dict(
+            name=name, dataset=dataset, split=args.split, checkpoint=checkpoint, sigma_spec=spec,
+            n0=args.n0, n=args.n, alpha=args.alpha, device=device, indices=indices, seed=args.seed,
+            options={},
+        )
+        run_id = None if args.new else store.find_run(**config)
+        if run_id is None:
+            run_id = store.create_run(**config, sigma_params=params, r=float(params.get("r") or 0.0),
+                                      batch_size=args.batch_size)
+            print(f"run {run_id} created in {store.path}", file=sys.stderr)
+        else:
+            print(f"run {run_id}: resuming ({len(store.done_indices(run_id))} of {len(indices)} points stored)",
+                  file=sys.stderr)
+        device_override = None
+    bar = None if args.quiet else ProgressBar("points")
+    t0 = time.perf_counter()
+    try:
+        status = run_certification(store, run_id, progress=bar, device=device_override,
+                                   batch_size=args.batch_size)
+    finally:
+        if bar is not None:
+            bar.close()
+    print_summary(store, run_id, radii, time.perf_counter() - t0)
+    return 0 if status == "done" else 1

@@ -1,0 +1,80 @@
+"""``smoothviz table``: certified accuracy of stored runs at chosen radii (text or JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from smoothviz import analysis
+from smoothviz.commands.certify import parse_radii
+from smoothviz.store import DEFAULT_DB, Store
+
+NAME = "table"
+HELP = "Print the certified accuracy of runs at radii (plain text or --json)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="run id or unique run name (several to compare)")
+    parser.add_argument("--radii", default="0,0.25,0.5,0.75,1.0",
+                        help="comma-separated radii (default 0,0.25,0.5,0.75,1.0)")
+    parser.add_argument("--use", choices=("radius", "naive"), default="radius",
+                        help="sound radius (default) or the naive sigma(x)*Phi^-1(p_A), which is no guarantee")
+    parser.add_argument("--curve", action="store_true",
+                        help="print the full step curve (every distinct radius) instead of the radii")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"results database (default {DEFAULT_DB})")
+
+
+def _finite(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def run_report(store: Store, ref: str, radii: list[float], use: str, curve: bool) -> dict:
+    """The numbers ``table`` prints for one run."""
+    run_id = store.resolve_run(ref)
+    run = store.run(run_id)
+    df = store.results(run_id)
+    column = "naive_radius" if use == "naive" else "radius"
+    frame = analysis.accuracy_curve(df, use=column) if curve else analysis.accuracy_table(df, radii, use=column)
+    return {
+        "run": run_id, "name": run["name"], "dataset": run["dataset"], "sigma": run["sigma_spec"],
+        "n": run["n"], "alpha": run["alpha"], "status": run["status"], "points": int(len(df)),
+        "total": run["total"], "use": column,
+        "table": [{"radius": float(r), "certified_accuracy": _finite(a)} for r, a in frame.itertuples(index=False)],
+        "average_certified_radius": _finite(analysis.average_certified_radius(df, use=column)),
+        "abstention_rate": _finite(analysis.abstention_rate(df)),
+        "ceiling": _finite(analysis.run_ceiling(run)),
+    }
+
+
+def _fmt(x: float | None, spec: str = ".3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def run(args: argparse.Namespace) -> int:
+    radii = parse_radii(args.radii)
+    store = Store(args.db)
+    reports = [run_report(store, ref, radii, args.use, args.curve) for ref in args.runs]
+    if args.json:
+        print(json.dumps(reports if len(reports) > 1 else reports[0], indent=2))
+        return 0
+    if args.curve:
+        for rep in reports:
+            print(f"run {rep['run']} ({rep['name']}), {rep['use']}: {rep['points']} points")
+            print(f"{'radius':>10}  certified accuracy")
+            for row in rep["table"]:
+                print(f"{row['radius']:>10.4f}  {_fmt(row['certified_accuracy'])}")
+        return 0
+    name_w = max(4, *(len(str(r["name"])) for r in reports))
+    head = f"{'run':>4}  {'name':<{name_w}}  " + "  ".join(f"{'r=' + format(r, 'g'):>7}" for r in radii)
+    print(head + f"  {'ACR':>6}  {'abstain':>7}  {'points':>9}  {'ceiling':>7}")
+    for rep in reports:
+        cells = "  ".join(f"{_fmt(row['certified_accuracy']):>7}" for row in rep["table"])
+        print(f"{rep['run']:>4}  {rep['name']:<{name_w}}  {cells}  {_fmt(rep['average_certified_radius']):>6}  "
+              f"{_fmt(rep['abstention_rate'], '.1%'):>7}  {str(rep['points']) + '/' + str(rep['total']):>9}  "
+              f"{_fmt(rep['ceiling']):>7}")
+    if args.use == "naive":
+        print("(naive radius sigma(x)*Phi^-1(p_A): not a certificate when sigma depends on the input)")
+    return 0
