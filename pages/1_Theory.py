@@ -62,15 +62,15 @@ st.markdown(
 
 c1, c2, c3, c4 = st.columns(4)
 preset = c1.selectbox(
-    "Input dimension", list(PRESETS), index=2, format_func=lambda k: (
-        f"{PRESETS[k][0]} — N = {PRESETS[k][1]:,}" if PRESETS[k][1] else "custom"),
-    key="preset", bind="query-params",
+    "Input dimension (preset)", list(PRESETS), index=2, key="preset", bind="query-params",
+    help="; ".join(f"{k}: {v[0]}, N = {v[1]:,}" for k, v in PRESETS.items() if v[1]),
 )
 if preset == "custom":
     dim = int(c1.number_input("N (custom dimension)", min_value=2, max_value=MAX_DIM, value=1000, step=1,
                               key="dim", bind="query-params"))
 else:
     dim = int(PRESETS[preset][1])
+    c1.caption(f"{PRESETS[preset][0]}: N = {dim:,}")
 sigma0 = float(c2.slider("σ₀ (noise std at x₀, pixel units)", 0.01, 1.0, 0.25, 0.01, key="sigma0",
                          bind="query-params"))
 p_a = float(c3.number_input("p_A (lower bound on the top-class probability)", min_value=0.5,

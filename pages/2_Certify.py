@@ -7,7 +7,7 @@ import streamlit as st
 import torch
 
 from pages._ui import (
-    PAGES, ROOT, checkpoint_label, db_path, display_path, get_store, job_manager, list_checkpoints,
+    PAGES, ROOT, db_path, display_path, get_store, job_manager, list_checkpoints,
     load_dataset, parse_indices, query_int, run_label, set_query, setup_page, show_error,
 )
 from smoothviz import analysis, data, plots
@@ -125,11 +125,10 @@ if current_run is not None:
 st.subheader("New certification" if current_run is not None else "Configuration")
 names = data.dataset_names()
 c1, c2 = st.columns(2)
-dataset = c1.selectbox(
-    "Dataset", names, index=names.index(data.DEFAULT_DATASET),
-    format_func=lambda n: f"{n} — {data.DATASET_INFO[n].description}" if n in data.DATASET_INFO else n,
-    key="dataset", bind="query-params",
-)
+dataset = c1.selectbox("Dataset", names, index=names.index(data.DEFAULT_DATASET), key="dataset",
+                       bind="query-params")
+if dataset in data.DATASET_INFO:
+    c1.caption(data.DATASET_INFO[dataset].description)
 try:
     ds = load_dataset(dataset)
 except SmoothvizError as exc:
@@ -142,8 +141,7 @@ if not ckpts:
                f"Train page or with `python -m smoothviz train --dataset {dataset} ...`.")
     st.stop()
 metas = {display_path(p): m for p, m in ckpts}
-ckpt = c2.selectbox("Checkpoint", list(metas), format_func=lambda p: checkpoint_label(p, metas[p]), key="ckpt",
-                    bind="query-params")
+ckpt = c2.selectbox("Checkpoint", list(metas), key="ckpt", bind="query-params")
 meta = metas[ckpt]
 acc = meta.get("clean_accuracy")
 c2.caption(f"arch {meta.get('arch')} · trained with σ = `{meta.get('sigma')}`"

@@ -1,0 +1,202 @@
+"""Dashboard pages under Streamlit's AppTest: every page renders, widgets drive the figures."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from smoothviz import bounds, data, models
+from smoothviz.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE_FILES = ["app.py"] + sorted(f"pages/{p.name}" for p in (ROOT / "pages").glob("*.py") if p.name != "__init__.py")
+TIMEOUT = 120  # the first run of a page imports torch
+
+
+@pytest.fixture(autouse=True)
+def fresh_app_state(tmp_path, monkeypatch):
+    """A temporary results store per test, and no cache shared between tests."""
+    monkeypatch.setenv("SMOOTHVIZ_DB", str(tmp_path / "runs" / "test.db"))
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def open_page(page: str, **query: str) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    if page != "app.py":
+        at.switch_page(page)
+        for key, value in query.items():
+            at.query_params[key] = value
+        at.run()
+    return at
+
+
+def _decode(value):
+    """Plotly 6 sends numeric arrays as {"dtype", "bdata"(, "shape")}; turn them back into lists."""
+    if isinstance(value, dict) and "bdata" in value and "dtype" in value:
+        arr = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        if "shape" in value:
+            arr = arr.reshape([int(n) for n in str(value["shape"]).split(",")])
+        return arr.tolist()
+    if isinstance(value, dict):
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def figures(at: AppTest) -> list[dict]:
+    return [_decode(json.loads(el.proto.spec)) for el in at.get("plotly_chart")]
+
+
+def figure(at: AppTest, title_start: str) -> dict:
+    found = [f for f in figures(at) if f["layout"].get("title", {}).get("text", "").startswith(title_start)]
+    assert found, f"no figure titled {title_start!r}: {[f['layout'].get('title') for f in figures(at)]}"
+    return found[0]
+
+
+def fake_run(store: Store, spec: str, r: float, sigma: float, n: int = 1000, alpha: float = 0.001,
+             points: int = 30) -> int:
+    """A finished run with synthetic per-point results (the pages only read the store)."""
+    rng = np.random.default_rng(int(r * 1000) + points)
+    run_id = store.create_run(f"fake {spec}", "digits", "test", None, spec, {}, r, 100, n, alpha, "cpu",
+                              list(range(points)), 0, 100)
+    for i in range(points):
+        correct = bool(i % 5)
+        naive = float(rng.uniform(0, 0.6))
+        store.add_result(run_id, {
+            "idx": i, "label": i % 10, "predict": i % 10 if correct else -1, "correct": correct,
+            "p_a_lower": 0.9, "sigma": sigma, "radius": naive * (0.7 if r else 1.0), "naive_radius": naive,
+            "counts": [0] * 10, "seconds": 0.01,
+        })
+    store.set_status(run_id, "done")
+    return run_id
+
+
+@pytest.mark.parametrize("page", PAGE_FILES)
+def test_every_page_renders_without_exception(page):
+    at = open_page(page)
+    assert not at.exception, [e.message for e in at.exception]
+
+
+def test_overview_explains_and_reports_an_empty_store():
+    at = open_page("app.py")
+    assert len(at.get("latex")) >= 3
+    assert any("No runs yet" in el.value for el in at.info)
+
+
+def test_theory_dimension_choice_drives_the_figures():
+    at = open_page("pages/1_Theory.py")
+    radius_fig = figure(at, "Sound radius vs semi-elasticity")
+    assert [t["name"] for t in radius_fig["data"]] == ["N = 64", "N = 784", "N = 3,072", "N = 150,528"]
+    worst = figure(at, "Worst case")
+    cohen_trace = next(t for t in worst["data"] if t["name"] == "σ₁/σ₀ = 1")
+    assert cohen_trace["y"][0] == pytest.approx(0.99, abs=1e-9)  # no distance, same sigma: p_A itself
+
+    at.selectbox(key="preset").set_value("custom").run()
+    at.number_input(key="dim").set_value(1000).run()
+    assert not at.exception
+    radius_fig = figure(at, "Sound radius vs semi-elasticity")
+    assert "N = 1,000" in [t["name"] for t in radius_fig["data"]]
+    band = figure(at, "Admissible")
+    assert any(s.get("x0") == 1000 for s in band["layout"]["shapes"])
+
+    at.number_input(key="pa").set_value(0.9).run()
+    worst = figure(at, "Worst case")
+    cohen_trace = next(t for t in worst["data"] if t["name"] == "σ₁/σ₀ = 1")
+    assert cohen_trace["y"][0] == pytest.approx(0.9, abs=1e-9)
+    # the worst case at ratio 0.95 in N = 1000 starts below p_A (variance change alone costs probability)
+    low_trace = next(t for t in worst["data"] if t["name"] == "σ₁/σ₀ = 0.95")
+    expected = bounds.worst_case_probability(0.25, 0.25 * 0.95, 0.0, 0.9, 1000)
+    assert low_trace["y"][0] == pytest.approx(float(expected), rel=1e-9)
+
+
+def test_theory_reads_its_state_from_the_url():
+    at = open_page("pages/1_Theory.py", preset="digits", sigma0="0.5")
+    assert at.selectbox(key="preset").value == "digits"
+    assert at.slider(key="sigma0").value == pytest.approx(0.5)
+    band = figure(at, "Admissible")
+    assert any(s.get("x0") == 64 for s in band["layout"]["shapes"])
+
+
+def test_compare_shows_each_runs_ceiling_and_flags_input_dependent_runs(tmp_path):
+    store = Store(tmp_path / "runs" / "test.db")
+    const = fake_run(store, "constant:0.25", 0.0, 0.25, n=1000)
+    knn = fake_run(store, "knn:0.5,0.05,20", 0.05, 0.5, n=500)
+    at = open_page("pages/3_Compare_runs.py", runs=f"{const},{knn}")
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.multiselect(key="runs_pick").value == [const, knn]
+    water = figure(at, "Certified accuracy vs radius")
+    ceilings = {t["name"]: t["x"][0] for t in water["data"] if t["name"].startswith("ceiling")}
+    assert ceilings[f"ceiling #{const} fake constant:0.25"] == pytest.approx(
+        float(bounds.waterfall_ceiling(0.25, 1000, 0.001)))
+    assert ceilings[f"ceiling #{knn} fake knn:0.5,0.05,20"] == pytest.approx(
+        float(bounds.waterfall_ceiling(0.5, 500, 0.001)))
+    scatter = figure(at, "Sound vs naive radius per point")
+    assert [t["name"] for t in scatter["data"]][:-1] == [f"#{knn} fake knn:0.5,0.05,20"]
+    assert len(at.get("download_button")) == 2
+
+    at.multiselect(key="runs_pick").set_value([const]).run()
+    assert not any(f["layout"]["title"]["text"].startswith("Sound vs naive radius per point") for f in figures(at))
+
+
+def test_compare_on_an_empty_store_says_how_to_start():
+    at = open_page("pages/3_Compare_runs.py")
+    assert not at.exception
+    assert any("no runs yet" in el.value for el in at.info)
+
+
+@pytest.fixture
+def digits_checkpoint(tmp_path, monkeypatch):
+    info = data.DATASET_INFO["digits"]
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    model = models.build_model("mlp", info.input_shape, info.num_classes)
+    models.save_checkpoint(folder / "digits-mlp.pt", model, {
+        "dataset": "digits", "arch": "mlp", "input_shape": list(info.input_shape),
+        "num_classes": info.num_classes, "sigma": "knn:0.3,0.02,10", "sigma_params": {}, "r": 0.02,
+    })
+    monkeypatch.setenv("SMOOTHVIZ_CHECKPOINTS", str(folder))
+    return folder / "digits-mlp.pt"
+
+
+def test_certify_defaults_from_checkpoint_and_validates(digits_checkpoint):
+    at = open_page("pages/2_Certify.py")
+    assert not at.exception, [e.message for e in at.exception]
+    ck = at.selectbox(key="ckpt").value
+    assert ck.endswith("digits-mlp.pt")
+    assert at.radio(key=f"kind@{ck}").value == "knn"  # the checkpoint was trained with knn sigma
+    assert at.number_input(key=f"sigma_b@{ck}").value == pytest.approx(0.3)
+    assert at.number_input(key=f"r@{ck}").value == pytest.approx(0.02)
+    hist = figure(at, "σ(x) on the chosen test points")
+    assert len(hist["data"][0]["x"]) == 20
+    assert not at.button(key="run_button").disabled
+
+    at.number_input(key="n0").set_value(5000).run()
+    assert any("n0 = 5000 must not exceed n = 1000" in e.value for e in at.error)
+    assert at.button(key="run_button").disabled
+
+    at.number_input(key="n0").set_value(100).run()
+    at.text_input(key="indices").set_value("3-5,9999").run()
+    assert any("outside the test set" in e.value for e in at.error)
+    at.text_input(key="indices").set_value("3-5").run()
+    assert len(figure(at, "σ(x) on the chosen test points")["data"][0]["x"]) == 3
+
+
+def test_certify_shows_a_finished_run_from_the_url(tmp_path):
+    store = Store(tmp_path / "runs" / "test.db")
+    run_id = fake_run(store, "constant:0.25", 0.0, 0.25)
+    at = open_page("pages/2_Certify.py", run=str(run_id))
+    assert not at.exception, [e.message for e in at.exception]
+    assert any("Done: 30 points" in s.value for s in at.success)
+    assert figure(at, "Certified accuracy vs radius")
