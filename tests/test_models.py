@@ -1,0 +1,176 @@
+"""Architectures and checkpoints: weights-only loading, one-line errors, no code execution."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from smoothviz.errors import CheckpointError, InvalidArgument
+from smoothviz.models import ARCHITECTURES, build_model, list_checkpoints, load_checkpoint, save_checkpoint
+
+
+def _meta(dataset="digits", arch="cnn-small", shape=(1, 8, 8), classes=10):
+    return {"dataset": dataset, "arch": arch, "input_shape": list(shape), "num_classes": classes,
+            "sigma": "constant:0.25", "sigma_params": {"kind": "constant", "sigma": 0.25},
+            "r": 0.0, "epochs": 1, "clean_accuracy": 0.5, "noisy_accuracy": 0.4,
+            "train_args": {"seed": 0}, "git_commit": "unknown", "created": "2026-01-01T00:00:00"}
+
+
+@pytest.mark.parametrize("arch,shape", [
+    ("mlp", (2,)), ("mlp", (1, 8, 8)), ("cnn-small", (1, 8, 8)), ("lenet", (1, 28, 28)),
+    ("resnet20", (3, 32, 32)),
+])
+def test_architectures_map_inputs_to_logits(arch, shape):
+    torch.manual_seed(0)
+    model = build_model(arch, shape, 7).eval()
+    with torch.no_grad():
+        out = model(torch.rand(3, *shape))
+    assert out.shape == (3, 7) and torch.isfinite(out).all()
+
+
+def test_cifar_resnets_have_the_published_parameter_counts():
+    # He et al. 2016, Table 6: ResNet-20 has 0.27M parameters, ResNet-110 1.7M.
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert round(count(build_model("resnet20", (3, 32, 32), 10)) / 1e6, 2) == 0.27
+    assert round(count(build_model("resnet110", (3, 32, 32), 10)) / 1e6, 1) == 1.7
+
+
+def test_normalisation_is_inside_the_model():
+    model = build_model("mlp", (1, 8, 8), 10, mean=(0.3,), std=(0.4,))
+    x = torch.rand(5, 1, 8, 8)
+    assert torch.allclose(model[0](x), (x - 0.3) / 0.4)
+    assert {"0.mean", "0.std"} <= set(model.state_dict())
+
+
+@pytest.mark.parametrize("arch,shape,match", [
+    ("lenet", (1, 8, 8), "at least 16x16"),
+    ("cnn-small", (2,), "image inputs"),
+    ("vgg16", (3, 32, 32), "unknown arch 'vgg16'"),
+])
+def test_incompatible_arch_is_an_invalid_argument(arch, shape, match):
+    with pytest.raises(InvalidArgument, match=match):
+        build_model(arch, shape, 10)
+
+
+def test_roundtrip_keeps_outputs_and_meta_and_loads_weights_only(tmp_path):
+    torch.manual_seed(1)
+    model = build_model("cnn-small", (1, 8, 8), 10, mean=(0.3,), std=(0.4,)).eval()
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model, _meta())
+    raw = torch.load(path, weights_only=True)
+    assert raw["meta"]["dataset"] == "digits" and "state_dict" in raw
+    loaded, meta = load_checkpoint(path, expected_dataset="digits")
+    assert not loaded.training and meta == _meta()
+    x = torch.rand(4, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    assert torch.equal(loaded[0].mean, torch.tensor(0.3).view(1, 1, 1, 1))
+
+
+def test_meta_must_be_plain_data(tmp_path):
+    meta = _meta()
+    meta["bad"] = object()
+    with pytest.raises(InvalidArgument, match="JSON"):
+        save_checkpoint(tmp_path / "m.pt", build_model("mlp", (2,), 2), meta)
+
+
+def _assert_one_line(exc_info):
+    assert "\n" not in str(exc_info.value) and len(str(exc_info.value)) < 400
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="not found") as info:
+        load_checkpoint(tmp_path / "nope.pt")
+    _assert_one_line(info)
+
+
+def test_random_bytes_are_not_a_checkpoint(tmp_path):
+    path = tmp_path / "junk.pt"
+    path.write_bytes(bytes(range(256)) * 10)
+    with pytest.raises(CheckpointError, match="not a readable checkpoint") as info:
+        load_checkpoint(path)
+    _assert_one_line(info)
+
+
+def test_truncated_checkpoint(tmp_path):
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, build_model("cnn-small", (1, 8, 8), 10), _meta())
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    _assert_one_line(info)
+
+
+def test_plain_state_dict_is_foreign(tmp_path):
+    path = tmp_path / "foreign.pt"
+    torch.save(build_model("cnn-small", (1, 8, 8), 10).state_dict(), path)
+    with pytest.raises(CheckpointError, match="not a smoothviz checkpoint"):
+        load_checkpoint(path)
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("writer", ["pickle", "torch"])
+def test_malicious_pickle_is_refused_without_running_code(tmp_path, writer):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    payload = {"format": "smoothviz-checkpoint", "meta": _Evil(marker), "state_dict": {}}
+    if writer == "pickle":
+        with open(path, "wb") as fh:
+            pickle.dump(payload, fh)
+    else:
+        torch.save(payload, path)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    _assert_one_line(info)
+    assert not marker.exists()
+
+
+def test_weights_of_another_arch_are_rejected(tmp_path):
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, build_model("mlp", (1, 8, 8), 10), _meta(arch="cnn-small"))
+    with pytest.raises(CheckpointError, match="do not fit arch 'cnn-small'") as info:
+        load_checkpoint(path)
+    _assert_one_line(info)
+
+
+def test_checkpoint_for_another_dataset_is_rejected(tmp_path):
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, build_model("cnn-small", (1, 8, 8), 10), _meta())
+    with pytest.raises(CheckpointError, match="trained on 'digits', not on 'fashion-mnist'"):
+        load_checkpoint(path, expected_dataset="fashion-mnist")
+
+
+def test_unknown_arch_in_meta(tmp_path):
+    path = tmp_path / "m.pt"
+    torch.save({"format": "smoothviz-checkpoint", "version": 1,
+                "meta": _meta(arch="transformer"), "state_dict": {}}, path)
+    with pytest.raises(CheckpointError, match="unknown arch 'transformer'"):
+        load_checkpoint(path)
+
+
+def test_list_checkpoints_skips_unreadable_files(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    save_checkpoint(a / "digits.pt", build_model("cnn-small", (1, 8, 8), 10), _meta())
+    save_checkpoint(b / "moons.pt", build_model("mlp", (2,), 2),
+                    _meta(dataset="toy2d-moons", arch="mlp", shape=(2,), classes=2))
+    (a / "junk.pt").write_bytes(b"not a checkpoint")
+    torch.save({"a": torch.zeros(1)}, a / "foreign.pt")
+    (a / "digits.pt.resume").write_bytes(b"resume state")
+    found = list_checkpoints([a, b, tmp_path / "missing"])
+    assert [(p.name, m["dataset"]) for p, m in found] == [("digits.pt", "digits"),
+                                                           ("moons.pt", "toy2d-moons")]
+    assert [p.name for p, _ in list_checkpoints([a, b], dataset="toy2d-moons")] == ["moons.pt"]
+
+
+def test_architecture_tuple_matches_the_contract():
+    assert ARCHITECTURES == ("mlp", "cnn-small", "lenet", "resnet20", "resnet110")
