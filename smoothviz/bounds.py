@@ -144,11 +144,14 @@ def _chi2_nodes(dof: int, n: int) -> tuple[Array, Array]:
     return 2.0 * x, w / w.sum()
 
 
-def _set_prob(eta: Array, mu: Array, s: Array, w: Array, shift: Array, scale: Array) -> Array:
+def _set_prob(eta: Array, mu: Array, s: Array, w: Array, shift: Array, scale: Array,
+              complement: bool = False) -> Array:
     """P(S) under N(shift e1, scale^2 I) of the NP set with parameter eta, at chi-square nodes w.
 
     eta, mu, s, shift, scale have shape (P, 1); w has shape (P, n) (already multiplied by
-    scale^2). Returns shape (P, n): the conditional probability given ||v||^2 = w.
+    scale^2). Returns shape (P, n): the conditional probability given ||v||^2 = w, or with
+    complement=True that of the complement of S, each written as sums of normal tails so that
+    probabilities near 0 or 1 keep their relative precision.
     """
     b = 1.0 + 2.0 * s * eta * mu - w * mu * mu
     inside = b >= 0.0
@@ -156,10 +159,14 @@ def _set_prob(eta: Array, mu: Array, s: Array, w: Array, shift: Array, scale: Ar
     with np.errstate(divide="ignore"):
         two_m = 2.0 / mu
     ball = s > 0
-    main = special.ndtr((t - shift) / scale)
-    far = np.where(ball, -special.ndtr((-two_m - t - shift) / scale),
-                   special.ndtr((t - two_m + shift) / scale))
-    return np.where(inside, main + far, np.where(ball, 0.0, 1.0))
+    sign = -1.0 if complement else 1.0
+    main = special.ndtr(sign * (t - shift) / scale)
+    # ball: S = {far edge < u < t}; complement of a ball: S = {u < t} | {u > 2m - t}
+    low_tail = special.ndtr((-two_m - t - shift) / scale)
+    high_tail = special.ndtr((t - two_m + shift) / scale)
+    far = sign * np.where(ball, -low_tail, high_tail)
+    empty = np.where(ball, 0.0, 1.0)
+    return np.where(inside, main + far, 1.0 - empty if complement else empty)
 
 
 def _set_prob_deta(eta: Array, mu: Array, s: Array, w: Array) -> Array:
@@ -188,6 +195,8 @@ def _worst_integral(kappa: Array, km1: Array, delta: Array, p_a: Array, dim: int
     # eta with P0(S) = p_a: safeguarded Newton on a smooth increasing function, started at the
     # first-order expansion t ~ eta - s w mu / 2 around E[w] = dim - 1.
     eta = special.ndtri(p_a) + s * (dim - 1) * mu / 2.0
+    upper = p_a > 0.5
+    q_a = 1.0 - p_a  # exact for p_a >= 1/2
     lo = np.full_like(eta, -np.inf)
     hi = np.full_like(eta, np.inf)
     active = np.ones(eta.shape[0], dtype=bool)
@@ -196,7 +205,11 @@ def _worst_integral(kappa: Array, km1: Array, delta: Array, p_a: Array, dim: int
         if idx.size == 0:
             break
         e, m_, s_, w_ = eta[idx], mu[idx], s[idx], w0[idx]
-        f = _set_prob(e, m_, s_, w_, zero[idx], one[idx]) @ om - p_a[idx, 0]
+        # solve through the smaller of P0(S), P0(not S): Phi^-1 is ill-conditioned near 1
+        f = np.where(
+            upper[idx, 0],
+            q_a[idx, 0] - _set_prob(e, m_, s_, w_, zero[idx], one[idx], complement=True) @ om,
+            _set_prob(e, m_, s_, w_, zero[idx], one[idx]) @ om - p_a[idx, 0])
         fp = _set_prob_deta(e, m_, s_, w_) @ om
         f, fp = f[:, None], fp[:, None]
         lo[idx] = np.where(f < 0, np.maximum(lo[idx], e), lo[idx])
@@ -224,10 +237,11 @@ def _worst_ncx2(kappa: Array, km1: Array, delta: Array, p_a: Array, dim: int) ->
     lam1 = kappa * kappa * lam0
     ball = km1 > 0
     out = np.empty_like(p_a)
-    q = stats.ncx2.ppf(p_a[ball], dim, lam0[ball])
+    q_a = 1.0 - p_a  # exact for p_a >= 1/2, where the quantile needs the small tail
+    q = stats.ncx2.isf(q_a[ball], dim, lam0[ball])  # F^-1(p_a)
     out[ball] = stats.ncx2.cdf(q / kappa[ball] ** 2, dim, lam1[ball])
     c = ~ball
-    q = stats.ncx2.isf(p_a[c], dim, lam0[c])  # F^-1(1 - p_a) without forming 1 - p_a
+    q = stats.ncx2.ppf(q_a[c], dim, lam0[c])  # F^-1(1 - p_a)
     out[c] = stats.ncx2.sf(q / kappa[c] ** 2, dim, lam1[c])
     return out
 

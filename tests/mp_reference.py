@@ -8,7 +8,7 @@ Written from the definitions, sharing no code with smoothviz.bounds:
   of the normal probability of the u-interval cut out by the ball, with mpmath.quad; all
   formulas are the naive ones, made safe by working at 50 significant digits.
 
-Run ``python tests/mp_reference.py`` to regenerate tests/data/bounds_reference.json.
+Run ``python tests/mp_reference.py`` to regenerate tests/reference/bounds_reference.json.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import mpmath as mp
 
 DPS = 50
 POISSON_MAX_LAM = mp.mpf(20000)
-FIXTURE = Path(__file__).parent / "data" / "bounds_reference.json"
+FIXTURE = Path(__file__).parent / "reference" / "bounds_reference.json"
 
 
 def ncx2_cdf_poisson(x: mp.mpf, dof: int, lam: mp.mpf) -> mp.mpf:
