@@ -234,7 +234,7 @@ def train_model(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += float(loss) * len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(dim=1) == yb).sum())
             done = step + 1
             elapsed = time.monotonic() - t_start
