@@ -19,7 +19,7 @@ from smoothviz.certify import DEFAULT_ALPHA, DEFAULT_N, DEFAULT_N0, run_certific
 from smoothviz.commands._args import open_probability, positive_int
 from smoothviz.data import canonical_name, load_dataset
 from smoothviz.device import resolve_device
-from smoothviz.errors import InvalidArgument
+from smoothviz.errors import CheckpointError, InvalidArgument
 from smoothviz.models import read_checkpoint
 from smoothviz.progress import ProgressBar, format_seconds
 from smoothviz.sigma import canonical_spec, parse_sigma_spec
@@ -112,6 +112,8 @@ def resolve_points(args: argparse.Namespace) -> tuple[str, str, str, dict, list[
         raise InvalidArgument("--model: a checkpoint is required (or --run RUN for certify)")
     meta = read_checkpoint(args.model)["meta"]
     dataset = canonical_name(args.dataset or meta["dataset"])
+    if meta["dataset"] != dataset:
+        raise CheckpointError(f"{args.model} was trained on {meta['dataset']!r}, not on {dataset!r}")
     spec_text = args.sigma or meta.get("sigma")
     if not spec_text:
         raise InvalidArgument("--sigma: the checkpoint records no sigma; give one")
