@@ -86,7 +86,8 @@ m1, m2, m3, m4 = st.columns(4)
 m1.metric("Cohen radius σ₀Φ⁻¹(p_A)", f"{cohen:.4f}", help="Constant σ = σ₀ (r = 0).")
 m2.metric("Sound radius at r", f"{sound:.4f}", delta=f"{sound - cohen:+.4f} vs Cohen", delta_color="off")
 m3.metric("Naive radius σ(x)Φ⁻¹(p_A)", f"{cohen:.4f}", help="Not a guarantee for input-dependent σ.")
-m4.metric("Admissible σ₁/σ₀ at distance 0", f"[{low0:.4f}, {high0:.4f}]")
+m4.metric("σ₁/σ₀ still certified at distance 0", f"±{max(1 - low0, high0 - 1):.1%}",
+          help=f"Admissible band [{low0:.5f}, {high0:.5f}]: outside it even distance 0 is not certified.")
 
 st.subheader("Worst-case probability vs distance")
 ratios = st.multiselect("σ₁/σ₀ ratios", RATIO_CHOICES, default=[0.95, 0.99, 1.0, 1.01, 1.05], key="ratios")

@@ -8,9 +8,10 @@ import torch
 
 from pages._ui import (
     PAGES, ROOT, db_path, display_path, get_store, job_manager, list_checkpoints,
-    load_dataset, parse_indices, query_int, run_label, set_query, setup_page, show_error,
+    load_dataset, query_int, run_label, set_query, setup_page, show_error,
 )
 from smoothviz import analysis, data, plots
+from smoothviz.commands.certify import evenly_spaced, parse_indices
 from smoothviz.errors import SmoothvizError
 from smoothviz.jobs import RUNNING, certify_job_id
 from smoothviz.sigma import build_sigma, canonical_spec, parse_sigma_spec
@@ -213,14 +214,13 @@ points = int(q1.number_input(f"points (of {n_test} test points, evenly spaced)",
 index_text = q2.text_input("or indices (e.g. 0-9,15,20)", "", key="indices", bind="query-params")
 devices = ["auto", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
 device = q3.selectbox("device", devices, key="device", bind="query-params")
-batch_size = int(q4.number_input("batch size", 1, 100_000, 1000, 100, key="batch"))
+batch_size = int(q4.number_input("batch size (noisy samples per forward pass)", 1, 1_000_000, 4096, 256, key="batch"))
 name = st.text_input("run name", f"{dataset} {spec}", key="name")
 
 if n0 > n:
     errors.append(f"n0 = {n0} must not exceed n = {n} (n0 samples only pick the class; n estimate its probability).")
 try:
-    indices = parse_indices(index_text, n_test) if index_text.strip() else \
-        sorted({int(i) for i in np.linspace(0, n_test - 1, points).round()})
+    indices = parse_indices(index_text, n_test) if index_text.strip() else evenly_spaced(points, n_test)
 except SmoothvizError as exc:
     errors.append(str(exc))
     indices = []

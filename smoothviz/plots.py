@@ -35,8 +35,8 @@ def _layout(fig: go.Figure, title: str, x: str, y: str, **kwargs) -> go.Figure:
         title=title,
         xaxis_title=x,
         yaxis_title=y,
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
-        margin={"l": 60, "r": 20, "t": 70, "b": 50},
+        legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0},
+        margin={"l": 60, "r": 20, "t": 50, "b": 110},
         hovermode="closest",
         **kwargs,
     )

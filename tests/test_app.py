@@ -188,7 +188,7 @@ def test_certify_defaults_from_checkpoint_and_validates(digits_checkpoint):
 
     at.number_input(key="n0").set_value(100).run()
     at.text_input(key="indices").set_value("3-5,9999").run()
-    assert any("outside the test set" in e.value for e in at.error)
+    assert any("outside the split" in e.value for e in at.error)
     at.text_input(key="indices").set_value("3-5").run()
     assert len(figure(at, "σ(x) on the chosen test points")["data"][0]["x"]) == 3
 

@@ -173,26 +173,3 @@ def run_label(row: Any) -> str:
     name = get("name") or ""
     return f"#{int(get('id'))} {name}".strip()
 
-
-def parse_indices(text: str, size: int) -> list[int]:
-    """Test-point indices from text like ``0-9,15,20`` (sorted, unique, each in [0, size))."""
-    from smoothviz.errors import InvalidArgument
-
-    out: set[int] = set()
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        lo_text, dash, hi_text = part.partition("-")
-        try:
-            lo = int(lo_text)
-            hi = int(hi_text) if dash else lo
-        except ValueError:
-            raise InvalidArgument(f"indices: {part!r} is not an index or a range a-b") from None
-        if lo > hi:
-            raise InvalidArgument(f"indices: range {part!r} runs backwards")
-        if lo < 0 or hi >= size:
-            raise InvalidArgument(f"indices: {part!r} is outside the test set (0 to {size - 1})")
-        out.update(range(lo, hi + 1))
-    if not out:
-        raise InvalidArgument("indices: no index given")
-    return sorted(out)
