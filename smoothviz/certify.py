@@ -55,6 +55,7 @@ STAGE_SELECTION, STAGE_ESTIMATION, STAGE_PREDICT = 0, 1, 2
 DEFAULT_N0 = 100
 DEFAULT_N = 100_000
 DEFAULT_ALPHA = 0.001
+CANCEL_POLL_SECONDS = 0.5  # how often a running certification reads the store's cancel flag
 
 Classifier = Callable[[Tensor], Tensor]
 ProgressFn = Callable[[dict], None]
@@ -454,7 +455,7 @@ def predict_points(
 
 
 class _ThrottledCancel:
-    """Combine a caller's cancel flag with the store's, reading the store at most every 0.5 s."""
+    """Combine a caller's cancel flag with the store's, read at most every CANCEL_POLL_SECONDS."""
 
     def __init__(self, store: Store, run_id: int, cancel: CancelFn | None) -> None:
         self.store, self.run_id, self.cancel = store, run_id, cancel
@@ -464,7 +465,7 @@ class _ThrottledCancel:
         if self.cancel is not None and self.cancel():
             return True
         now = time.monotonic()
-        if now - self.last < 0.5:
+        if now - self.last < CANCEL_POLL_SECONDS:
             return False
         self.last = now
         return self.store.cancel_requested(self.run_id)
@@ -558,7 +559,7 @@ def _execute(
 
 def default_batch_size(device: torch.device) -> int:
     """Samples per forward pass when neither the run nor the caller gives one."""
-    return 8192 if device.type == "cuda" else 4096
+    return 8192 if device.type == "cuda" else 1024
 
 
 def make_classifier(model: nn.Module, options: dict | None) -> Classifier:

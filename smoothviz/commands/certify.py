@@ -84,7 +84,7 @@ def add_point_arguments(parser: argparse.ArgumentParser) -> None:
                        help="number of points, evenly spaced over the split (default: all)")
     group.add_argument("--indices", default=None, help="indices such as 0-99,150,200")
     parser.add_argument("--batch-size", type=positive_int, default=None,
-                        help="noisy samples per forward pass (default 4096 on CPU, 8192 on CUDA)")
+                        help="noisy samples per forward pass (default 1024 on CPU, 8192 on CUDA)")
     parser.add_argument("--seed", type=int, default=0, help="seed (each point's noise derives from it and its index)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
