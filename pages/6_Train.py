@@ -1,0 +1,220 @@
+"""Train: start a noise-augmented training job in the background, follow it, cancel it."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from pages._ui import ROOT, display_path, job_manager, set_query, setup_page, show_error, train_checkpoint_dir
+from smoothviz import plots_explore
+from smoothviz.data import DATASET_INFO, DEFAULT_DATASET
+from smoothviz.errors import InvalidArgument, SmoothvizError
+from smoothviz.jobs import CANCELLED, DONE, FAILED, LOST, RUNNING
+from smoothviz.models import ARCHITECTURES
+from smoothviz.train import DEFAULT_LR, OPTIMIZERS
+
+setup_page("Train", "🏋️")
+st.title("Train a base classifier")
+st.caption(
+    "Noise-augmented training (Gaussian noise of σ(x) added to every training input, as in Cohen et al. 2019) runs "
+    "as `python -m smoothviz train` in a background process: you can leave this page, reload it (the job id is in "
+    "the URL) or cancel it. Finished checkpoints land in the training folder (`runs/checkpoints/` by default) and "
+    "appear on the Certify page."
+)
+
+DEFAULT_ARCH = "default for the dataset"
+DEFAULT_EPOCHS = {"digits": 30, "fashion-mnist": 10, "mnist": 10, "cifar10": 90}
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def sigma_spec(kind: str, sigma: float, r: float, k: int) -> str:
+    """The sigma specification string the CLI takes."""
+    return f"constant:{sigma:g}" if kind == "constant" else f"knn:{sigma:g},{r:g},{int(k)}"
+
+
+def validate(dataset: str, arch: str, spec: str, name: str) -> Path:
+    """Check the choices before starting a process; the checkpoint path to write."""
+    from smoothviz.models import build_model
+    from smoothviz.sigma import parse_sigma_spec
+
+    parse_sigma_spec(spec)
+    info = DATASET_INFO[dataset]
+    build_model(arch, info.input_shape, info.num_classes)
+    if not _NAME.match(name):
+        raise InvalidArgument(f"checkpoint name {name!r}: use letters, digits, '_', '.', '-' only")
+    out = train_checkpoint_dir() / f"{name.removesuffix('.pt')}.pt"
+    if out.exists():
+        raise InvalidArgument(f"{display_path(out)} already exists; choose another checkpoint name")
+    return out
+
+
+def start_job(dataset: str, arch: str, spec: str, epochs: int, lr: float | None, optimizer: str,
+              batch_size: int, seed: int, device: str, out: Path) -> str:
+    """Start ``smoothviz train`` through the job manager; returns the job id."""
+    jm = job_manager()
+    job_id = f"train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    progress_file = jm.jobs_dir / "progress" / f"{job_id}.json"  # not beside the job files: jobs() reads *.json there
+    args = [
+        "train", "--dataset", dataset, "--arch", arch, "--sigma", spec, "--epochs", str(epochs),
+        "--optimizer", optimizer, "--batch-size", str(batch_size), "--seed", str(seed),
+        "--device", device, "--out", str(out), "--progress-file", str(progress_file),
+    ]
+    if lr is not None:
+        args += ["--lr", f"{lr:g}"]
+    jm.start(
+        "train", args, job_id=job_id, progress_file=progress_file, cwd=ROOT,
+        extra={"dataset": dataset, "arch": arch, "sigma": spec, "epochs": epochs, "out": str(out)},
+    )
+    return job_id
+
+
+# ---------------------------------------------------------------- the form
+q_dataset = st.query_params.get("dataset")
+datasets = list(DATASET_INFO)
+with st.form("train_form"):
+    c1, c2, c3 = st.columns(3)
+    with c1:
+        dataset = st.selectbox(
+            "Dataset", datasets, key="tr_dataset",
+            index=datasets.index(q_dataset) if q_dataset in datasets else datasets.index(DEFAULT_DATASET),
+            format_func=lambda d: f"{d} — {DATASET_INFO[d].description}",
+        )
+        arch_choice = st.selectbox("Architecture", [DEFAULT_ARCH, *ARCHITECTURES], key="tr_arch")
+        name = st.text_input("Checkpoint name", key="tr_name", placeholder="automatic: dataset-arch-sigma-time",
+                             help="Saved as NAME.pt in the training folder (runs/checkpoints/ by default)")
+    with c2:
+        kind = st.radio("σ function", ["constant", "knn"], horizontal=True, key="tr_kind",
+                        help="knn: σ(x) = σ_b·exp(r·(mean distance to the k nearest training points − m))")
+        sigma = st.number_input("σ (constant) or σ_b (knn)", min_value=0.001, max_value=5.0, value=0.25, step=0.05)
+        r = st.number_input("Semi-elasticity r (knn)", min_value=0.0, max_value=100.0, value=0.5, step=0.1)
+        k = st.number_input("k neighbours (knn)", min_value=1, max_value=500, value=20, step=1)
+    with c3:
+        epochs = st.number_input("Epochs", key="tr_epochs", min_value=1, max_value=1000, value=None, step=1,
+                                 placeholder="default for the dataset",
+                                 help=f"Defaults: {', '.join(f'{d} {e}' for d, e in DEFAULT_EPOCHS.items())}, toy2d 50")
+        optimizer = st.selectbox("Optimizer", OPTIMIZERS)
+        lr = st.number_input("Learning rate", min_value=1e-6, max_value=10.0, value=None, format="%.5f",
+                             placeholder=f"default: sgd {DEFAULT_LR['sgd']}, adam {DEFAULT_LR['adam']}")
+        batch_size = st.number_input("Batch size", min_value=1, max_value=4096, value=128, step=32)
+        seed = st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1)
+        device = st.selectbox("Device", ["auto", "cpu", "cuda"])
+    submitted = st.form_submit_button("Start training", type="primary")
+
+if submitted:
+    arch = DATASET_INFO[dataset].default_arch if arch_choice == DEFAULT_ARCH else arch_choice
+    spec = sigma_spec(kind, sigma, r, k)
+    n_epochs = int(epochs) if epochs is not None else DEFAULT_EPOCHS.get(dataset, 50)
+    auto = f"{dataset}-{arch}-{kind}-{sigma:g}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        out = validate(dataset, arch, spec, name.strip() or auto)
+        job_id = start_job(dataset, arch, spec, n_epochs, lr, optimizer, int(batch_size), int(seed), device, out)
+    except SmoothvizError as exc:
+        show_error(exc)
+    else:
+        st.session_state.train_job = job_id
+        set_query(job=job_id, dataset=dataset)
+
+# ---------------------------------------------------------------- the current job
+jm = job_manager()
+job_id = st.query_params.get("job") or st.session_state.get("train_job")
+if job_id:
+    try:
+        job = jm.get(job_id)
+    except SmoothvizError as exc:
+        show_error(exc)
+        job = None
+    if job is None:
+        st.warning(f"No training job with id `{job_id}` (its files may have been removed).", icon="⚠️")
+    else:
+        st.subheader(f"Job `{job.id}`")
+        extra = job.extra or {}
+        st.caption(
+            f"{extra.get('arch', '?')} on {extra.get('dataset', '?')} with σ `{extra.get('sigma', '?')}`, "
+            f"{extra.get('epochs', '?')} epochs → `{display_path(Path(extra.get('out', '?')))}`"
+        )
+
+        def progress_panel() -> None:
+            """Progress bar, rate and ETA of the running job, polled every second."""
+            current = jm.get(job_id)
+            prog = jm.read_progress(job_id) or {}
+            done, total = int(prog.get("done", 0)), int(prog.get("total", 0))
+            elapsed = time.time() - current.started
+            rate = done / elapsed if done and elapsed > 0 else None
+            eta = f"{(total - done) / rate:.0f} s" if rate and total else "?"
+            st.progress(
+                min(done / total, 1.0) if total else 0.0,
+                text=f"{done:,}/{total:,} batches · {prog.get('message', 'starting')} · "
+                f"{rate or 0:.1f} batches/s · ETA {eta}",
+            )
+            if st.button("Cancel training", key="train_cancel"):
+                jm.cancel(job_id)
+                st.rerun(scope="app")
+            if current.status != RUNNING:
+                st.rerun(scope="app")
+
+        if job.status == RUNNING:
+            st.fragment(run_every="1s")(progress_panel)()
+        else:
+            prog = jm.read_progress(job_id) or {}
+            message = prog.get("message", "")
+            if job.status == DONE:
+                st.success(f"Training finished: {message}", icon="✅")
+                out = extra.get("out")
+                if out and Path(out).exists():
+                    st.page_link("pages/2_Certify.py", label="Certify it on the Certify page", icon="🛡️")
+                    st.page_link("pages/4_Sample_explorer.py", label="Look at single points in the Sample explorer", icon="🔍")
+            elif job.status == CANCELLED:
+                st.warning(
+                    "Training was cancelled. Starting the same training again (same name and settings) resumes "
+                    "from the last finished epoch.",
+                    icon="⏹️",
+                )
+            elif job.status == FAILED:
+                lines = [ln for ln in jm.log_tail(job_id).splitlines() if ln.strip()]
+                st.error(f"Training failed: {message or (lines[-1] if lines else 'see the log below')}", icon="⚠️")
+            elif job.status == LOST:
+                st.warning("The training process disappeared without an exit code (the server may have restarted).")
+        history = plots_explore.epoch_history(jm.log_tail(job_id, max_chars=500_000))
+        if history:
+            st.plotly_chart(plots_explore.training_curves(history), key="train_curves")
+        with st.expander("Log"):
+            st.code(jm.log_tail(job_id) or "(empty)", language=None)
+
+# ---------------------------------------------------------------- earlier jobs
+jobs = jm.jobs(kind="train")
+if jobs:
+    st.subheader("Training jobs")
+    table = pd.DataFrame(
+        [
+            {
+                "job": j.id,
+                "status": j.status,
+                "dataset": (j.extra or {}).get("dataset"),
+                "arch": (j.extra or {}).get("arch"),
+                "σ": (j.extra or {}).get("sigma"),
+                "epochs": (j.extra or {}).get("epochs"),
+                "checkpoint": display_path(Path((j.extra or {}).get("out", ""))),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.started)),
+            }
+            for j in jobs
+        ]
+    )
+    st.dataframe(table, hide_index=True)
+
+
+    def _follow() -> None:
+        """Follow the picked job: into the session and the URL."""
+        pick = st.session_state.get("train_pick")
+        if pick:
+            st.session_state.train_job = pick
+            st.query_params["job"] = pick
+
+    st.selectbox(
+        "Show job", [j.id for j in jobs], index=None, placeholder="choose a job to follow",
+        key="train_pick", on_change=_follow,
+    )

@@ -1,0 +1,263 @@
+"""Sample explorer, 2-D playground and Train pages under AppTest: URL state, widgets -> figure JSON,
+messages instead of tracebacks, and a real training job from start to finished checkpoint."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import streamlit as st
+import torch
+from scipy.stats import norm
+from streamlit.testing.v1 import AppTest
+
+from smoothviz import bounds, data, models
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 120  # a page's first run imports torch and may train the playground's MLP
+
+
+@pytest.fixture(autouse=True)
+def fresh_state(tmp_path, monkeypatch):
+    """Own store, jobs and checkpoint folders per test; no caches shared between tests."""
+    monkeypatch.setenv("SMOOTHVIZ_DB", str(tmp_path / "runs" / "test.db"))
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+@pytest.fixture
+def digits_checkpoint(tmp_path, monkeypatch):
+    """An (untrained, seeded) digits MLP whose metadata says it was trained with a kNN sigma."""
+    info = data.DATASET_INFO["digits"]
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    torch.manual_seed(0)
+    model = models.build_model("mlp", info.input_shape, info.num_classes)
+    models.save_checkpoint(folder / "digits-mlp.pt", model, {
+        "dataset": "digits", "arch": "mlp", "input_shape": list(info.input_shape),
+        "num_classes": info.num_classes, "sigma": "knn:0.3,0.5,10", "sigma_params": {}, "r": 0.5,
+    })
+    monkeypatch.setenv("SMOOTHVIZ_CHECKPOINTS", str(folder))
+    return folder / "digits-mlp.pt"
+
+
+def open_page(page: str, **query: str) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    at.switch_page(page)
+    for key, value in query.items():
+        at.query_params[key] = value
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def _decode(value):
+    """Plotly sends numeric arrays as {"dtype", "bdata"(, "shape")}; turn them back into lists."""
+    if isinstance(value, dict) and "bdata" in value and "dtype" in value:
+        arr = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        if "shape" in value:
+            arr = arr.reshape([int(n) for n in str(value["shape"]).split(",")])
+        return arr.tolist()
+    if isinstance(value, dict):
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def figures(at: AppTest) -> dict[str, dict]:
+    """Every plotly figure on the page by title (images without a title are keyed by their first subplot title)."""
+    out = {}
+    for el in at.get("plotly_chart"):
+        fig = _decode(json.loads(el.proto.spec))
+        title = (fig["layout"].get("title") or {}).get("text") or fig["layout"]["annotations"][0]["text"]
+        out[title] = fig
+    return out
+
+
+def find(figs: dict[str, dict], start: str) -> dict:
+    hits = [f for t, f in figs.items() if t.startswith(start)]
+    assert hits, f"no figure titled {start!r} among {list(figs)}"
+    return hits[0]
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+# ---------------------------------------------------------------- sample explorer
+def test_explorer_from_url_with_knn_sigma(digits_checkpoint):
+    at = open_page("pages/4_Sample_explorer.py", idx="7", n="1000")
+    assert at.number_input(key="ex_idx").value == 7
+    assert at.text_input(key="ex_sigma").value == "knn:0.3,0.5,10"  # default from the checkpoint
+    figs = figures(at)
+    assert any(t.startswith("#7 · label") for t in figs)
+    nb = find(figs, "The k = 10 nearest training images")
+    assert [t["type"] for t in nb["data"]] == ["image"] * 10
+    noisy = find(figs, "16 noisy copies")
+    assert len(noisy["data"]) == 16
+    votes = find(figs, "Votes of the base classifier on n = 1,000")
+    assert sum(votes["data"][0]["y"]) == 1000
+    assert votes["layout"]["xaxis"]["title"]["text"] == "class"
+    radius = find(figs, "Certified L2 radius")["data"][0]["x"]
+    assert float(metric(at, "Sound radius")) == pytest.approx(radius[0], abs=1e-4)
+    assert float(metric(at, "Naive radius")) == pytest.approx(radius[1], abs=1e-4)
+    assert any("not a guarantee" in el.value for el in at.info)
+    assert at.query_params["ckpt"] == str(digits_checkpoint) or at.query_params["ckpt"].endswith("digits-mlp.pt")
+    assert at.query_params["sigma"] == "knn:0.3,0.5,10"
+
+    at.number_input(key="ex_idx").set_value(12).run()
+    assert at.query_params["idx"] == "12"
+    assert any(t.startswith("#12 · label") for t in figures(at))
+
+
+def test_explorer_constant_sigma_and_bad_spec(digits_checkpoint):
+    at = open_page("pages/4_Sample_explorer.py", sigma="constant:0.3", n="1000")
+    figs = figures(at)
+    assert not any(t.startswith("The k =") for t in figs)
+    assert any("Constant σ = 0.3000" in m.value for m in at.markdown)
+    assert float(metric(at, "σ(x)")) == pytest.approx(0.3)
+    # constant sigma: the sound and the naive radius are the same number
+    assert metric(at, "Sound radius") == metric(at, "Naive radius")
+
+    at.text_input(key="ex_sigma").set_value("knn:abc").run()
+    assert not at.exception
+    assert any("knn:abc" in e.value for e in at.error)
+
+
+def test_explorer_redirects_2d_data_and_reports_missing_checkpoints(tmp_path, monkeypatch):
+    empty = tmp_path / "none"
+    empty.mkdir()
+    monkeypatch.setenv("SMOOTHVIZ_CHECKPOINTS", str(empty))
+    at = open_page("pages/4_Sample_explorer.py", dataset="toy2d-moons")
+    assert any("2-D playground" in el.value for el in at.info)
+    assert at.selectbox(key="ex_dataset").value == "digits"
+    assert any("No checkpoint trained on **digits**" in w.value for w in at.warning)
+
+
+# ---------------------------------------------------------------- 2-D playground
+def test_playground_maps_circles_and_url_state():
+    at = open_page("pages/5_2D_playground.py", res="30", n="100", pts="4,9", r="3")
+    assert at.multiselect(key="pg_points").value == [4, 9]
+    assert at.number_input(key="pg_r").value == pytest.approx(3.0)
+    figs = figures(at)
+    base = find(figs, "Base classifier f")
+    assert np.asarray(base["data"][0]["z"]).shape == (30, 30)
+    ids = sorted(int(c) for t in base["data"][1:] for c in t.get("customdata", []))
+    assert ids == list(range(500))  # every test point is selectable by its index
+    sig = find(figs, "kNN σ(x) (σ_b = 0.1, r = 3, k = 10)")
+    assert sig["data"][0]["colorbar"]["title"]["text"] == "σ(x)"
+    const = find(figs, "Constant σ = 0.1")
+    knn = find(figs, "Input-dependent σ(x), r = 3")
+    for fig in (base, sig, const, knn):
+        assert fig["layout"]["xaxis"]["title"]["text"] and fig["layout"]["yaxis"]["title"]["text"]
+        assert all(t["type"] != "scattergl" for t in fig["data"])
+
+    table = at.dataframe[0].value
+    knn_rows = table[table["σ function"] == "kNN σ(x)"]
+    assert list(knn_rows["test #"]) == [4, 9]
+    certified = knn_rows[knn_rows["prediction"] != "abstain"]
+    assert len(certified) >= 1
+    # the circles drawn are the sound radii (solid) and the naive radii (dashed) of the table
+    solid = sorted({round((s["x1"] - s["x0"]) / 2, 9) for s in knn["layout"]["shapes"] if s["line"]["dash"] == "solid"})
+    dashed = sorted({round((s["x1"] - s["x0"]) / 2, 9) for s in knn["layout"]["shapes"] if s["line"]["dash"] == "dash"})
+    assert solid == pytest.approx(sorted(certified["sound radius"]), rel=1e-6)
+    assert dashed == pytest.approx(sorted(certified["naive radius (not a guarantee)"]), rel=1e-6)
+    for _, row in certified.iterrows():
+        sound = float(bounds.input_dependent_radius(row["p_A lower"], row["σ(x)"], 3.0, 2))
+        assert row["sound radius"] == pytest.approx(sound, rel=1e-9)
+    # constant sigma: one solid ring per certified point, Cohen's radius
+    const_rows = table[(table["σ function"] == "constant") & (table["prediction"] != "abstain")]
+    assert all(s["line"]["dash"] == "solid" for s in const["layout"]["shapes"])
+    assert len(const["layout"]["shapes"]) == 2 * len(const_rows)  # halo + line
+    for _, row in const_rows.iterrows():
+        assert row["sound radius"] == pytest.approx(0.1 * norm.ppf(row["p_A lower"]), rel=1e-7)
+
+
+def test_playground_form_drives_sigma_and_points():
+    at = open_page("pages/5_2D_playground.py", res="30", n="100", pts="1")
+    at.number_input(key="pg_r").set_value(0.0)
+    at.number_input(key="pg_sigma").set_value(0.2)
+    at.button[0].click().run()  # the form's Update button
+    assert not at.exception, [e.message for e in at.exception]
+    figs = figures(at)
+    assert "kNN σ(x) (σ_b = 0.2, r = 0, k = 10)" in figs
+    sig = np.asarray(figs["kNN σ(x) (σ_b = 0.2, r = 0, k = 10)"]["data"][0]["z"])
+    np.testing.assert_allclose(sig, 0.2, rtol=1e-6)  # r = 0: sigma(x) is constant
+    assert at.query_params["sigma"] == "0.2" and at.query_params["r"] == "0"
+    at.multiselect(key="pg_points").set_value([]).run()
+    assert "pts" not in at.query_params
+    assert any("Choose test points" in el.value for el in at.info)
+
+
+# ---------------------------------------------------------------- train
+def _wait_for_job(at: AppTest, timeout_s: float = 150.0) -> AppTest:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        at.run()
+        if at.success or at.error or at.warning:
+            return at
+        time.sleep(1.0)
+    raise AssertionError("the training job did not finish in time")
+
+
+def test_train_job_runs_to_a_checkpoint_and_survives_reload(tmp_path):
+    at = open_page("pages/6_Train.py", dataset="toy2d-moons")
+    assert at.selectbox(key="tr_dataset").value == "toy2d-moons"
+    at.number_input(key="tr_epochs").set_value(3)
+    at.text_input(key="tr_name").set_value("moons-test")
+    at.button[0].click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    job_id = at.query_params["job"]
+    assert job_id.startswith("train-")
+    _wait_for_job(at)
+    assert any("Training finished" in s.value for s in at.success), [e.value for e in at.error]
+    out = tmp_path / "runs" / "checkpoints" / "moons-test.pt"
+    model, meta = models.load_checkpoint(out, expected_dataset="toy2d-moons")
+    assert meta["epochs"] == 3 and meta["arch"] == "mlp"
+    curves = find(figures(at), "Training progress")
+    assert curves["data"][0]["x"] == [1, 2, 3]
+    assert models.list_checkpoints(dirs=(str(out.parent),), dataset="toy2d-moons")[0][0] == out
+
+    # a reload is a new session: the job id in the URL finds the finished job
+    again = open_page("pages/6_Train.py", job=job_id)
+    assert any("Training finished" in s.value for s in again.success)
+
+    # the same name again is refused with a message
+    at.text_input(key="tr_name").set_value("moons-test")
+    at.button[0].click().run()
+    assert any("already exists" in e.value for e in at.error)
+
+
+def test_train_rejects_bad_choices_without_starting():
+    at = open_page("pages/6_Train.py")
+    at.text_input(key="tr_name").set_value("bad name!")
+    at.button[0].click().run()
+    assert any("bad name!" in e.value for e in at.error)
+    assert "job" not in at.query_params
+    at.text_input(key="tr_name").set_value("")
+    at.selectbox(key="tr_arch").set_value("resnet20")
+    at.selectbox(key="tr_dataset").set_value("toy2d-moons")
+    at.button[0].click().run()
+    assert at.error and "job" not in at.query_params
+
+
+def test_train_cancel(tmp_path):
+    at = open_page("pages/6_Train.py", dataset="digits")
+    at.number_input(key="tr_epochs").set_value(500)  # long enough to still run when cancelled
+    at.button[0].click().run()
+    job_id = at.query_params["job"]
+    cancel = next(b for b in at.button if b.label == "Cancel training")
+    cancel.click().run()
+    _wait_for_job(at, 60)
+    assert any("cancelled" in w.value for w in at.warning)
+    assert not list((tmp_path / "runs" / "checkpoints").glob("digits-*.pt"))
+    assert job_id in [j for j in at.selectbox(key="train_pick").options]
