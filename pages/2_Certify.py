@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import streamlit as st
 import torch
 
 from pages._ui import (
     PAGES, ROOT, db_path, display_path, get_store, job_manager, list_checkpoints,
-    load_dataset, query_int, run_label, set_query, setup_page, show_error,
+    load_dataset, query_int, run_label, set_query, setup_page, short_spec, show_error,
 )
 from smoothviz import analysis, data, plots
 from smoothviz.commands.certify import evenly_spaced, parse_indices
@@ -215,7 +217,13 @@ index_text = q2.text_input("or indices (e.g. 0-9,15,20)", "", key="indices", bin
 devices = ["auto", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
 device = q3.selectbox("device", devices, key="device", bind="query-params")
 batch_size = int(q4.number_input("batch size (noisy samples per forward pass)", 1, 1_000_000, 4096, 256, key="batch"))
-name = st.text_input("run name", f"{dataset} {spec}", key="name")
+try:
+    trained_with = parse_sigma_spec(meta.get("sigma") or "")
+except SmoothvizError:
+    trained_with = None
+stem = Path(ckpt).stem
+name = st.text_input("run name", stem if params == trained_with else f"{stem} {short_spec(spec)}",
+                     key=f"name@{ckpt}|{spec}")
 
 if n0 > n:
     errors.append(f"n0 = {n0} must not exceed n = {n} (n0 samples only pick the class; n estimate its probability).")

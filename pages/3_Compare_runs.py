@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from pages._ui import (
-    PAGES, get_store, load_dataset, query_ints, run_label, set_query, setup_page, show_error,
+    PAGES, get_store, load_dataset, query_ints, run_label, set_query, setup_page, short_spec, show_error,
 )
 from smoothviz import analysis, data, plots
 from smoothviz.errors import SmoothvizError
@@ -81,7 +81,7 @@ rows = {int(r["id"]): r for r in runs.to_dict("records")}
 wanted = [i for i in query_ints("runs") if i in rows] or list(rows)[:2]
 chosen = st.multiselect(
     "Runs", list(rows), default=wanted, key="runs_pick",
-    format_func=lambda i: f"{run_label(rows[i])} · {rows[i]['dataset']} · {rows[i]['sigma_spec']} · "
+    format_func=lambda i: f"{run_label(rows[i])} · {rows[i]['dataset']} · {short_spec(rows[i]['sigma_spec'])} · "
                           f"{rows[i]['status']} ({rows[i]['done']}/{rows[i]['total']})",
 )
 set_query(runs=",".join(map(str, chosen)) or None)

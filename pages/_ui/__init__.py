@@ -173,3 +173,21 @@ def run_label(row: Any) -> str:
     name = get("name") or ""
     return f"#{int(get('id'))} {name}".strip()
 
+
+
+def short_spec(spec: str | None) -> str:
+    """A sigma spec with numbers rounded for labels (``knn:0.25,0.4,20,m=1.4625`` → ``knn σ_b=0.25 r=0.4 k=20``)."""
+    from smoothviz.sigma import parse_sigma_spec
+
+    if not spec:
+        return "σ unknown"
+    try:
+        p = parse_sigma_spec(spec)
+    except SmoothvizError:
+        return spec
+    if p["kind"] == "constant":
+        return f"σ={p['sigma']:.3g}"
+    text = f"knn σ_b={p['sigma_b']:.3g} r={p['r']:.3g} k={p['k']}"
+    if p.get("sigma_min") is not None or p.get("sigma_max") is not None:
+        text += f" clip[{p.get('sigma_min') or 0:.3g},{p.get('sigma_max') or float('inf'):.3g}]"
+    return text
