@@ -140,7 +140,8 @@ def count_votes(
     drawn in sequence). Consecutive rows of that stream fill batches of ``batch_size``; each batch
     is classified in one call of ``classify`` and its votes added on the device (no host sync).
     ``on_batch(rows)`` runs after each batch (progress, cancellation); ``new_input(m)`` gives the
-    buffer a batch is written into (e.g. in the model's memory format).
+    buffer a batch is written into (e.g. in the model's memory format). A label >= num_classes is
+    counted in a spill column that is not returned, so the row sums then fall short of ``nums``.
     """
     if batch_size < 1:
         raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
@@ -149,10 +150,11 @@ def count_votes(
     _check_sigma(sigma, points)
     if len(nums) != points or (seeds is not None and len(seeds) != points):
         raise InvalidArgument("nums and seeds need one entry per point")
-    counts = torch.zeros(points * num_classes, dtype=torch.int64, device=device)
+    width = num_classes + 1  # one spill column per point for labels outside the classes
+    counts = torch.zeros(points * width, dtype=torch.int64, device=device)
     total = int(sum(nums))
     if total == 0:
-        return counts.view(points, num_classes)
+        return counts.view(points, width)[:, :num_classes]
     rows_max = min(batch_size, total)
     noise = torch.empty((rows_max, *shape), device=device, dtype=x.dtype)
     ones = torch.ones(rows_max, dtype=torch.int64, device=device)
@@ -178,7 +180,7 @@ def count_votes(
         labels = classify(batch)
         if labels.shape != (filled,):
             raise CheckpointError(f"classifier returned labels of shape {tuple(labels.shape)} for {filled} inputs")
-        counts.scatter_add_(0, owner * num_classes + labels, ones[:filled])
+        counts.scatter_add_(0, owner * width + labels.clamp(max=num_classes), ones[:filled])
         if on_batch is not None:
             on_batch(filled)
         owners.clear()
@@ -208,7 +210,7 @@ def count_votes(
                     flush()
     if filled:
         flush()
-    return counts.view(points, num_classes)
+    return counts.view(points, width)[:, :num_classes]
 
 
 def sample_counts(
@@ -283,6 +285,13 @@ class _Progress:
                        "samples": self.samples, "elapsed": elapsed})
 
 
+def _check_totals(votes: np.ndarray, nums: Sequence[int]) -> None:
+    """Every sample must have voted for one of the classes (else the model's outputs do not fit)."""
+    if not np.array_equal(votes.sum(axis=1), np.asarray(nums)):
+        raise CheckpointError("the classifier returned labels outside [0, num_classes): "
+                              "its output size does not match the dataset's classes")
+
+
 def _prepare(model: nn.Module | Classifier, device: torch.device) -> tuple[Classifier, Callable[[int], Tensor] | None]:
     if isinstance(model, nn.Module):
         return argmax_classifier(model.to(device).eval()), None
@@ -341,6 +350,7 @@ def iter_certify(
                 + [derive_seed(seed, i, STAGE_ESTIMATION) for i in idx[start:stop]],
                 on_batch=tracker.on_batch, new_input=new_input,
             ).cpu().numpy()
+        _check_totals(votes, [n0] * m + [n] * m)
         sigmas = sig.cpu().numpy().astype(np.float64)
         if not np.all(np.isfinite(sigmas) & (sigmas > 0)):
             raise InvalidArgument(f"sigma function returned non-positive or non-finite values for points {idx[start:stop]}")
@@ -434,6 +444,7 @@ def predict_points(
                 [derive_seed(seed, i, STAGE_PREDICT) for i in idx[start:stop]],
                 on_batch=tracker.on_batch, new_input=new_input,
             ).cpu().numpy()
+        _check_totals(votes, [n] * m)
         # top two classes; a stable sort keeps the lower class index first on ties
         order = np.argsort(-votes, axis=1, kind="stable")
         top, second = order[:, 0], order[:, 1]

@@ -12,7 +12,7 @@ from scipy import stats
 from torch import nn
 
 from smoothviz import bounds, certify
-from smoothviz.errors import Cancelled, InvalidArgument
+from smoothviz.errors import Cancelled, CheckpointError, InvalidArgument
 
 torch.set_num_threads(1)
 
@@ -229,3 +229,16 @@ def test_bad_sigma_values_are_rejected(setup) -> None:
         certify.certify_points(model, x, [0, 1, 2], [0, 1, 2], lambda t: torch.zeros(t.shape[0]), 10, 100,
                                0.01, 3, 64, "cpu", 0, 0.0, 16)
     assert math.isfinite(bounds.waterfall_ceiling(0.25, 100, 0.01))
+
+
+def test_labels_outside_the_classes_are_reported(setup) -> None:
+    model, x, _ = setup  # 3 outputs, but told there are 4 classes: sums still fit
+    wide = certify.certify_points(model, x, [0, 1, 2], [0, 1, 2], lambda t: torch.ones(t.shape[0]), 10, 50, 0.01,
+                                  4, 64, "cpu", 0, 0.0, 16)
+    assert all(sum(r.counts) == 50 and r.counts[3] == 0 for r in wide)
+    with pytest.raises(CheckpointError, match="num_classes"):  # told 2 classes: label 2 does not fit
+        certify.certify_points(model, x, [0, 1, 1], [0, 1, 2], lambda t: torch.ones(t.shape[0]), 10, 200, 0.01,
+                               2, 64, "cpu", 0, 0.0, 16)
+    spilled = certify.sample_counts(model, x, torch.ones(3), 200, 2, 64, torch.Generator(), seeds=[1, 2, 3])
+    full = certify.sample_counts(model, x, torch.ones(3), 200, 3, 64, torch.Generator(), seeds=[1, 2, 3])
+    assert torch.equal(spilled, full[:, :2])  # votes for class 2 are not counted for another point
