@@ -1,0 +1,431 @@
+"""Speed options of the Monte Carlo engine and the pieces that apply them.
+
+The engine spends its time in three places: drawing Gaussian noise, the base classifier's forward
+pass, and counting votes. This module prepares the classifier once per run (memory format,
+autocast, torch.compile, CUDA graphs, a static batch size), builds noisy batches for several
+points at a time directly in the model's memory format, counts votes on the device without host
+syncs, and picks a batch size from measured memory.
+
+Soundness: every option except ``autocast`` evaluates the same fp32 classifier. With autocast the
+certificate holds for the classifier *as evaluated under autocast* (bf16/fp16 arithmetic), which
+is a different function from the fp32 model; this is why it is an opt-in "fast" mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from smoothviz.errors import InvalidArgument
+
+AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+# "auto" on a CPU: memory allows far larger batches, but beyond this size throughput does not
+# grow and the engine reacts more slowly to cancel requests.
+MAX_AUTO_CPU_BATCH_SIZE = 8192
+MAX_AUTO_CUDA_BATCH_SIZE = 1 << 17
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the engine evaluates the base classifier; recorded with each run.
+
+    ``autocast``: None (fp32), "bf16" or "fp16" -- the "fast" mode; the certificate is then for
+    the classifier as evaluated under autocast. ``channels_last``: run 4-D image models in NHWC
+    memory format (same noise draws). ``compile``: torch.compile the model (falls back to eager
+    with a warning when it fails). ``cuda_graphs``: capture the forward pass in a CUDA graph
+    (CUDA only). ``batch_size``: samples per forward pass, an int, "auto" (from free device
+    memory) or None (the engine's default). ``chunk_points``: points sampled together, their
+    samples sharing forward batches; None lets the engine choose (about eight batches' worth).
+    """
+
+    autocast: str | None = None
+    channels_last: bool = False
+    compile: bool = False
+    cuda_graphs: bool = False
+    batch_size: int | str | None = None
+    chunk_points: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.autocast is not None and self.autocast not in AUTOCAST_DTYPES:
+            raise InvalidArgument(
+                f"autocast must be one of {sorted(AUTOCAST_DTYPES)} or None, not {self.autocast!r}"
+            )
+        bs = self.batch_size
+        if bs is not None and bs != "auto" and not (isinstance(bs, int) and bs >= 1):
+            raise InvalidArgument(f"batch_size must be an integer >= 1 or 'auto', not {bs!r}")
+        ppb = self.chunk_points
+        if ppb is not None and not (isinstance(ppb, int) and ppb >= 1):
+            raise InvalidArgument(f"chunk_points must be an integer >= 1, not {ppb!r}")
+
+    @property
+    def fast(self) -> bool:
+        """True when autocast changes the evaluated classifier (see the module docstring)."""
+        return self.autocast is not None
+
+    def to_dict(self) -> dict:
+        """JSON-able form, stored in the run's options."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> EngineOptions:
+        """Inverse of ``to_dict``; unknown keys (other run options) are ignored."""
+        data = data or {}
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def label(self) -> str:
+        """Short human-readable description such as ``fp32`` or ``bf16+channels_last``."""
+        parts = [self.autocast or "fp32"]
+        parts += [name for name in ("channels_last", "compile", "cuda_graphs") if getattr(self, name)]
+        if self.batch_size is not None:
+            parts.append(f"batch={self.batch_size}")
+        if self.chunk_points is not None:
+            parts.append(f"chunk_points={self.chunk_points}")
+        return "+".join(parts)
+
+
+def set_cpu_threads(threads: int | None = None) -> int:
+    """Use every core this process may run on (or ``threads``); returns the thread count."""
+    if threads is None:
+        try:
+            threads = len(os.sched_getaffinity(0))
+        except AttributeError:
+            threads = os.cpu_count() or 1
+    torch.set_num_threads(max(1, int(threads)))
+    return torch.get_num_threads()
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory and the automatic batch size
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free for new tensors: CUDA free memory, or MemAvailable of /proc/meminfo on a CPU."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+@dataclass(frozen=True)
+class MemoryProbe:
+    """Memory a forward pass needs, measured at ``probe_batch`` samples.
+
+    ``bytes_per_sample`` bounds the memory of one more sample in a batch (noise, noisy input,
+    activations); ``method`` says how it was measured.
+    """
+
+    bytes_per_sample: int
+    probe_batch: int
+    method: str
+
+
+def _module_output_bytes(model: nn.Module, run: Callable[[], object]) -> int:
+    """Run ``run`` and return the total size of every tensor any submodule produced."""
+    total = 0
+
+    def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+        nonlocal total
+        stack = [output]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, Tensor):
+                total += item.numel() * item.element_size()
+            elif isinstance(item, (list, tuple)):
+                stack.extend(item)
+            elif isinstance(item, dict):
+                stack.extend(item.values())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+def measure_memory_per_sample(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    device: torch.device,
+    options: EngineOptions | None = None,
+    probe_batch: int = 32,
+) -> MemoryProbe:
+    """Measure the memory one sample of a batch costs, with a probe forward pass.
+
+    CUDA: the allocator's peak (``max_memory_allocated``) during a probe at ``probe_batch``, all
+    of it charged to the samples (an over-estimate for larger batches, so safe). CPU: there is no
+    allocator peak to read, so every activation any module outputs is summed as if all were alive
+    at once (inference frees them as it goes, so this bounds the peak), doubled for convolution
+    work buffers. Both add the noise and noisy-input tensors the engine keeps per sample.
+    """
+    options = options or EngineOptions()
+    model = model.to(device).eval()
+    x = torch.rand((probe_batch, *input_shape), device=device)
+    per_input = math.prod(input_shape) * 4
+    ctx = autocast_context(options, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        with torch.inference_mode(), ctx:
+            model(x).argmax(1)
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - base
+        per_sample = math.ceil(peak / probe_batch) + 2 * per_input
+        return MemoryProbe(per_sample, probe_batch, "cuda max_memory_allocated")
+    with torch.inference_mode(), ctx:
+        out_bytes = _module_output_bytes(model, lambda: model(x).argmax(1))
+    per_sample = 2 * math.ceil(out_bytes / probe_batch) + 3 * per_input
+    return MemoryProbe(per_sample, probe_batch, "cpu sum of module outputs x2")
+
+
+def auto_batch_size(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    device: torch.device,
+    memory_fraction: float = 0.5,
+    options: EngineOptions | None = None,
+    max_batch: int | None = None,
+    probe: MemoryProbe | None = None,
+) -> int:
+    """The largest batch whose measured memory fits in ``memory_fraction`` of free memory.
+
+    Never exceeds the memory it measured: ``batch * probe.bytes_per_sample <= memory_fraction *
+    available_memory(device)``. Capped at ``max_batch`` (default: a per-device size beyond which
+    throughput no longer grows) and rounded down to a multiple of 8 when >= 8.
+    """
+    if not 0.0 < memory_fraction <= 1.0:
+        raise InvalidArgument(f"memory_fraction must be in (0, 1], not {memory_fraction}")
+    device = torch.device(device)
+    if probe is None:
+        probe = measure_memory_per_sample(model, input_shape, device, options)
+    budget = int(memory_fraction * available_memory(device))
+    batch = budget // max(1, probe.bytes_per_sample)
+    if batch < 1:
+        raise InvalidArgument(
+            f"not enough free memory on {device} for one sample "
+            f"({probe.bytes_per_sample} bytes needed, {budget} available)"
+        )
+    if max_batch is None:
+        max_batch = MAX_AUTO_CUDA_BATCH_SIZE if device.type == "cuda" else MAX_AUTO_CPU_BATCH_SIZE
+    batch = min(batch, max_batch)
+    if batch >= 8:
+        batch -= batch % 8
+    return int(batch)
+
+
+def resolve_batch_size(
+    options: EngineOptions,
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    device: torch.device,
+    default: int,
+) -> int:
+    """The batch size ``options`` ask for: an int as given, "auto" measured, None ``default``."""
+    if options.batch_size == "auto":
+        return auto_batch_size(model, input_shape, device, options=options)
+    if isinstance(options.batch_size, int):
+        return options.batch_size
+    return default
+
+
+# ---------------------------------------------------------------------------------------------
+# The prepared classifier
+
+
+def autocast_context(options: EngineOptions, device: torch.device) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for the fast mode, a no-op context otherwise."""
+    if options.autocast is None:
+        return contextlib.nullcontext()
+    dtype = AUTOCAST_DTYPES[options.autocast]
+    try:
+        return torch.autocast(device_type=device.type, dtype=dtype)
+    except (RuntimeError, ValueError) as exc:
+        raise InvalidArgument(f"autocast {options.autocast} is not supported on {device}: {exc}") from None
+
+
+def model_memory_format(options: EngineOptions, input_shape: tuple[int, ...]) -> torch.memory_format:
+    """channels_last for 3-D (C, H, W) inputs when asked; contiguous otherwise."""
+    if options.channels_last and len(input_shape) == 3:
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+@dataclass
+class Predictor:
+    """A base classifier prepared for the engine: maps a noisy batch to int64 labels [B].
+
+    Batches smaller than ``batch_size`` are padded to it when the forward pass has a static
+    shape (torch.compile, CUDA graphs), so nothing recompiles or recaptures. ``applied`` records
+    which options took effect and why others did not.
+    """
+
+    forward: Callable[[Tensor], Tensor]
+    batch_size: int
+    input_shape: tuple[int, ...]
+    device: torch.device
+    options: EngineOptions
+    memory_format: torch.memory_format
+    static_shape: bool
+    applied: dict = field(default_factory=dict)
+    static_input: Tensor | None = None
+
+    def __call__(self, noisy: Tensor) -> Tensor:
+        """Labels (argmax of the logits) of ``noisy``, on the device, without a host sync."""
+        m = noisy.shape[0]
+        if m > self.batch_size:
+            return torch.cat([self(chunk) for chunk in noisy.split(self.batch_size)])
+        if self.static_shape and m < self.batch_size:
+            padded = self.new_input(self.batch_size)
+            padded[:m].copy_(noisy)
+            padded[m:].zero_()
+            return self.forward(padded)[:m]
+        return self.forward(noisy)
+
+    def new_input(self, m: int) -> Tensor:
+        """An uninitialised input batch of ``m`` samples in the model's memory format.
+
+        With a CUDA graph, a full batch is the graph's own input buffer, so replay copies nothing.
+        """
+        if self.static_input is not None and m == self.batch_size:
+            return self.static_input
+        return torch.empty((m, *self.input_shape), device=self.device).contiguous(
+            memory_format=self.memory_format
+        )
+
+
+def _compile(model: Callable, applied: dict, **kwargs: object) -> Callable:
+    """torch.compile with a fallback to eager (and a warning) when it is unavailable."""
+    compile_fn = getattr(torch, "compile", None)
+    if compile_fn is None:
+        warnings.warn("torch.compile is unavailable in this torch; running eagerly", stacklevel=3)
+        applied["compile"] = "unavailable: eager"
+        return model
+    try:
+        compiled = compile_fn(model, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - any compiler failure falls back to eager
+        warnings.warn(f"torch.compile failed ({exc}); running eagerly", stacklevel=3)
+        applied["compile"] = f"failed: {type(exc).__name__}"
+        return model
+    applied["compile"] = True
+    return compiled
+
+
+def _capture_cuda_graph(
+    step: Callable[[Tensor], Tensor], static_in: Tensor, device: torch.device
+) -> Callable[[Tensor], Tensor]:
+    """Capture ``step`` on a static input buffer in a CUDA graph; returns a replaying forward."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(3):  # warm-up on a side stream, as CUDA graph capture requires
+            step(static_in)
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = step(static_in)
+
+    def replay(noisy: Tensor) -> Tensor:
+        if noisy.data_ptr() != static_in.data_ptr():
+            static_in.copy_(noisy)
+        graph.replay()
+        return static_out.clone()
+
+    return replay
+
+
+def prepare_model(
+    model: nn.Module,
+    options: EngineOptions,
+    device: torch.device | str,
+    example_shape: tuple[int, ...],
+) -> Predictor:
+    """Prepare ``model`` for the engine: a callable from a noisy batch to argmax labels.
+
+    ``example_shape`` is the shape of one full batch, (batch_size, *input_shape). The model is
+    copied before a memory-format change so the caller's model is left as it was. Raises
+    InvalidArgument for CUDA graphs on a non-CUDA device or an unsupported autocast.
+    """
+    device = torch.device(device)
+    batch_size, *rest = example_shape
+    input_shape = tuple(int(s) for s in rest)
+    if options.cuda_graphs and device.type != "cuda":
+        raise InvalidArgument(f"cuda_graphs needs a CUDA device, not {device}")
+    applied: dict = {"autocast": options.autocast or "fp32"}
+    fmt = model_memory_format(options, input_shape)
+    applied["channels_last"] = fmt == torch.channels_last
+    if options.channels_last and fmt != torch.channels_last:
+        applied["channels_last_note"] = "input is not (C, H, W): contiguous format kept"
+    model = model.to(device).eval()
+    if fmt == torch.channels_last:
+        model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    # Validate autocast support now, not in the middle of a run.
+    autocast_context(options, device)
+
+    def step(noisy: Tensor) -> Tensor:
+        with torch.inference_mode(), autocast_context(options, device):
+            return model(noisy).argmax(1)
+
+    forward: Callable[[Tensor], Tensor] = step
+    static_shape = False
+    static_input = None
+    if options.compile:
+        mode = "reduce-overhead" if options.cuda_graphs else None
+        compiled_model = _compile(model, applied, dynamic=False, mode=mode)
+
+        def compiled_step(noisy: Tensor) -> Tensor:
+            with torch.inference_mode(), autocast_context(options, device):
+                return compiled_model(noisy).argmax(1)
+
+        if applied["compile"] is True:
+            forward = _checked_compile(compiled_step, step, applied, batch_size, input_shape, device, fmt)
+            static_shape = forward is compiled_step
+        if options.cuda_graphs:
+            applied["cuda_graphs"] = "via torch.compile mode=reduce-overhead" if static_shape else False
+    elif options.cuda_graphs:
+        static_in = torch.zeros((batch_size, *input_shape), device=device).contiguous(memory_format=fmt)
+        forward = _capture_cuda_graph(step, static_in, device)
+        static_shape = True
+        static_input = static_in
+        applied["cuda_graphs"] = True
+    return Predictor(
+        forward, int(batch_size), input_shape, device, options, fmt, static_shape, applied, static_input
+    )
+
+
+def _checked_compile(
+    compiled_step: Callable[[Tensor], Tensor],
+    eager_step: Callable[[Tensor], Tensor],
+    applied: dict,
+    batch_size: int,
+    input_shape: tuple[int, ...],
+    device: torch.device,
+    fmt: torch.memory_format,
+) -> Callable[[Tensor], Tensor]:
+    """Run the compiled step once (compilation happens here); fall back to eager if it fails."""
+    probe = torch.zeros((batch_size, *input_shape), device=device).contiguous(memory_format=fmt)
+    try:
+        compiled_step(probe)
+    except Exception as exc:  # noqa: BLE001 - a backend failure must not end the run
+        warnings.warn(f"torch.compile failed at first run ({type(exc).__name__}); running eagerly", stacklevel=3)
+        applied["compile"] = f"failed: {type(exc).__name__}"
+        return eager_step
+    return compiled_step

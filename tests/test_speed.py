@@ -1,0 +1,254 @@
+"""Engine speed options: exact counts where the draws are unchanged, fast mode, automatic batch size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chi2_contingency
+from torch import nn
+
+from smoothviz import speed
+from smoothviz.certify import certify_points, sample_counts
+from smoothviz.errors import InvalidArgument
+from smoothviz.sigma import Constant
+from smoothviz.speed import EngineOptions, Predictor, auto_batch_size, measure_memory_per_sample, prepare_model
+
+SHAPE = (1, 8, 8)
+CPU = torch.device("cpu")
+
+
+def tiny_cnn(seed: int = 0, classes: int = 5, channels: int = 1) -> nn.Module:
+    """A small CNN whose votes spread over several classes at sigma 0.5 (a demanding comparison)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(channels, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(8 * 64, classes),
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.set_num_threads(1)
+    x = torch.rand((4, *SHAPE), generator=torch.Generator().manual_seed(1))
+    sigma = torch.full((4,), 0.5)
+    return tiny_cnn(), x, sigma
+
+
+def counts(classify, x, sigma, batch=512, num=2000):
+    return sample_counts(classify, x, sigma, num, 5, batch, torch.Generator(), seeds=[11, 12, 13, 14])
+
+
+def test_default_predictor_reproduces_plain_engine(setup):
+    model, x, sigma = setup
+    plain = counts(model, x, sigma)
+    assert (plain > 0).sum() >= 12, "votes should spread over classes for a demanding comparison"
+    prepared = prepare_model(model, EngineOptions(), CPU, (512, *SHAPE))
+    assert torch.equal(counts(prepared, x, sigma), plain)
+
+
+def test_channels_last_keeps_draws_and_counts(setup):
+    _, _, sigma = setup
+    shape = (3, 8, 8)
+    model = tiny_cnn(channels=3)
+    x = torch.rand((4, *shape), generator=torch.Generator().manual_seed(2))
+    plain = counts(model, x, sigma)
+    assert (plain > 0).sum() >= 12
+    prepared = prepare_model(model, EngineOptions(channels_last=True), CPU, (512, *shape))
+    assert prepared.applied["channels_last"] is True
+    buf = prepared.new_input(7)
+    assert buf.is_contiguous(memory_format=torch.channels_last) and not buf.is_contiguous()
+    assert torch.equal(counts(prepared, x, sigma), plain)
+    # the caller's model keeps its memory format (the predictor works on a copy)
+    assert next(model.parameters()).is_contiguous()
+
+
+def test_batch_size_and_chunking_keep_counts(setup):
+    model, x, sigma = setup
+    plain = counts(model, x, sigma)
+    for batch in (100, 999, 4096):
+        prepared = prepare_model(model, EngineOptions(batch_size=batch), CPU, (batch, *SHAPE))
+        assert torch.equal(counts(prepared, x, sigma, batch=batch), plain)
+
+
+def test_channels_last_is_a_no_op_for_flat_inputs():
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    prepared = prepare_model(mlp, EngineOptions(channels_last=True), CPU, (64, 2))
+    assert prepared.applied["channels_last"] is False
+    assert "contiguous" in prepared.applied["channels_last_note"]
+    x = torch.randn(10, 2)
+    assert torch.equal(prepared(x), mlp(x).argmax(1))
+
+
+def test_static_shape_pads_partial_batches(setup):
+    """The padding used for compiled or graph-captured forward passes returns the same labels."""
+    model, x, sigma = setup
+    seen = []
+
+    def forward(batch):
+        seen.append(batch.shape[0])
+        return model(batch).argmax(1)
+
+    static = Predictor(forward, 64, SHAPE, CPU, EngineOptions(), torch.contiguous_format, static_shape=True)
+    batch = torch.rand(50, *SHAPE)
+    assert torch.equal(static(batch), model(batch).argmax(1))
+    big = torch.rand(130, *SHAPE)
+    assert torch.equal(static(big), model(big).argmax(1))
+    assert set(seen) == {64}
+
+
+def test_compile_plumbing_keeps_counts(setup, monkeypatch):
+    """torch.compile with the eager backend: same counts, static shapes, recorded as applied.
+
+    Inductor itself (C++ code generation) takes about a minute on this 2-core machine even for a
+    tiny model, so the test uses dynamo with the eager backend: it exercises graph capture, the
+    static-shape padding and the options plumbing. The bench measures the inductor path.
+    """
+    model, x, sigma = setup
+    plain = counts(model, x, sigma)
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend="eager", dynamic=False))
+    prepared = prepare_model(model, EngineOptions(compile=True), CPU, (512, *SHAPE))
+    assert prepared.applied["compile"] is True and prepared.static_shape
+    assert torch.equal(counts(prepared, x, sigma), plain)
+
+
+def test_compile_failure_falls_back_with_warning(setup, monkeypatch):
+    model, x, sigma = setup
+
+    def broken(fn, **kw):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.warns(UserWarning, match="torch.compile failed"):
+        prepared = prepare_model(model, EngineOptions(compile=True), CPU, (512, *SHAPE))
+    assert prepared.applied["compile"].startswith("failed")
+    assert torch.equal(counts(prepared, x, sigma), counts(model, x, sigma))
+
+
+def test_cuda_graphs_need_cuda(setup):
+    model, _, _ = setup
+    with pytest.raises(InvalidArgument, match="cuda_graphs needs a CUDA device"):
+        prepare_model(model, EngineOptions(cuda_graphs=True), CPU, (64, *SHAPE))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device (none on this machine)")
+def test_cuda_graphs_keep_counts_on_cuda(setup):
+    model, x, sigma = setup
+    dev = torch.device("cuda")
+    x, sigma = x.to(dev), sigma.to(dev)
+
+    def cuda_counts(classify):
+        return sample_counts(classify, x, sigma, 2000, 5, 512, torch.Generator(device=dev), seeds=[11, 12, 13, 14])
+
+    plain = cuda_counts(prepare_model(model, EngineOptions(), dev, (512, *SHAPE)))
+    graphed = prepare_model(model, EngineOptions(cuda_graphs=True), dev, (512, *SHAPE))
+    assert torch.equal(cuda_counts(graphed), plain)
+
+
+def test_options_validate_and_round_trip():
+    with pytest.raises(InvalidArgument, match="autocast"):
+        EngineOptions(autocast="int8")
+    with pytest.raises(InvalidArgument, match="batch_size"):
+        EngineOptions(batch_size=0)
+    with pytest.raises(InvalidArgument, match="chunk_points"):
+        EngineOptions(chunk_points=-3)
+    opts = EngineOptions(autocast="bf16", channels_last=True, batch_size="auto")
+    assert EngineOptions.from_dict(opts.to_dict() | {"unrelated": 1}) == opts
+    assert opts.fast and not EngineOptions().fast
+    assert opts.label() == "bf16+channels_last+batch=auto"
+
+
+@pytest.mark.parametrize("mode", ["bf16", "fp16"])
+def test_fast_mode_agrees_on_clear_margin_points(mode):
+    """Autocast changes the classifier slightly; where fp32 certifies with a clear margin the
+    predictions must agree, and the vote distributions must agree within sampling error."""
+    torch.set_num_threads(1)
+    model = tiny_cnn(seed=3)
+    x = torch.rand((12, *SHAPE), generator=torch.Generator().manual_seed(5))
+    sigma_fn = Constant(0.25)
+    common = dict(labels=[0] * 12, idx=list(range(12)), sigma_fn=sigma_fn, n0=100, n=2000, alpha=0.001,
+                  num_classes=5, batch_size=1024, device=CPU, seed=7, r=0.0, dim=64)
+    exact = certify_points(model, x, **common)
+    fast = certify_points(prepare_model(model, EngineOptions(autocast=mode), CPU, (1024, *SHAPE)), x, **common)
+    clear = [i for i, res in enumerate(exact) if res.p_a_lower > 0.75]
+    assert len(clear) >= 4, "the fixture should give several clear-margin points"
+    for i in clear:
+        assert fast[i].predict == exact[i].predict
+    for a, b in zip(exact, fast):
+        table = np.array([a.counts, b.counts])
+        table = table[:, table.sum(axis=0) > 0]
+        if table.shape[1] > 1:
+            assert chi2_contingency(table).pvalue > 1e-4
+
+
+def test_memory_probe_bounds_the_activations():
+    """The CPU probe charges at least every activation of a sample (here known exactly)."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 1000), nn.ReLU(), nn.Linear(1000, 10)).eval()
+    probe = measure_memory_per_sample(model, SHAPE, CPU)
+    exact_activations = 4 * (64 + 1000 + 1000 + 10)
+    assert probe.bytes_per_sample >= exact_activations + 2 * 4 * 64
+
+
+@pytest.mark.parametrize("free_mib", [1, 7, 64, 300])
+def test_auto_batch_size_never_exceeds_measured_memory(free_mib, monkeypatch):
+    model = tiny_cnn()
+    monkeypatch.setattr(speed, "available_memory", lambda device: free_mib * 2**20)
+    probe = measure_memory_per_sample(model, SHAPE, CPU)
+    for fraction in (0.25, 0.5, 1.0):
+        batch = auto_batch_size(model, SHAPE, CPU, memory_fraction=fraction, probe=probe, max_batch=1 << 30)
+        budget = fraction * free_mib * 2**20
+        assert 1 <= batch and batch * probe.bytes_per_sample <= budget
+        # and it is the largest such multiple of 8
+        assert (batch + 8) * probe.bytes_per_sample > budget
+
+
+def test_auto_batch_size_errors_without_memory_and_caps(monkeypatch):
+    model = tiny_cnn()
+    monkeypatch.setattr(speed, "available_memory", lambda device: 1000)
+    with pytest.raises(InvalidArgument, match="not enough free memory"):
+        auto_batch_size(model, SHAPE, CPU)
+    monkeypatch.setattr(speed, "available_memory", lambda device: 2**40)
+    assert auto_batch_size(model, SHAPE, CPU) == speed.MAX_AUTO_CPU_BATCH_SIZE
+
+
+def _peak_rss_growth(fn) -> int | None:
+    """Peak resident memory growth (bytes) while ``fn`` runs; None where Linux's counters are absent."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # reset the peak resident set size (VmHWM)
+    except OSError:
+        return None
+
+    def read(key: str) -> int:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+        raise KeyError(key)
+
+    before = read("VmRSS:")
+    fn()
+    return read("VmHWM:") - before
+
+
+def test_auto_batch_size_run_stays_within_measured_memory(monkeypatch):
+    """A real forward pass at the automatic batch size grows the resident memory by less than the
+    budget the batch size was chosen for."""
+    torch.set_num_threads(1)
+    model = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 64, 10)).eval()
+    free = 64 * 2**20
+    monkeypatch.setattr(speed, "available_memory", lambda device: free)
+    batch = auto_batch_size(model, SHAPE, CPU, memory_fraction=0.5, max_batch=1 << 30)
+    x = torch.rand(batch, *SHAPE)
+
+    def run():
+        with torch.inference_mode():
+            model(x + 0.5 * torch.randn_like(x)).argmax(1)
+
+    growth = _peak_rss_growth(run)
+    if growth is None:
+        pytest.skip("no /proc/self/clear_refs on this system: peak memory cannot be reset")
+    assert batch > 100
+    assert growth <= 0.5 * free
