@@ -138,8 +138,14 @@ def test_every_page_loads_without_exception(server, page):
         shot(page, f"page-{name}")
 
 
-def test_certify_through_the_page_and_compare(server, page):
-    page.goto(f"{server}/Certify?points=8&n0=20&n=500")
+def _checkpoint(pattern: str) -> str | None:
+    found = sorted((ROOT / "assets").glob(pattern))
+    return f"assets/{found[0].name}" if found else None
+
+
+def certify_via_page(page, server: str, query: str) -> str:
+    """Fill the Certify page from the URL, press Run, wait for the job to finish; returns the run id."""
+    page.goto(f"{server}/Certify?{query}")
     wait_idle(page)
     assert_no_exception(page, "certify form")
     page.get_by_role("button", name="Run certification").click()
@@ -147,18 +153,43 @@ def test_certify_through_the_page_and_compare(server, page):
     run_id = re.search(r"[?&]run=(\d+)", page.url).group(1)
     page.get_by_test_id("stAlertContentSuccess").filter(has_text="Done").wait_for(timeout=150_000)
     wait_idle(page)
-    assert_no_exception(page, "certify result")
+    assert_no_exception(page, f"certify result of run {run_id}")
     assert page.get_by_test_id("stPlotlyChart").count() >= 1
-    shot(page, "certify-done")
+    return run_id
 
+
+def test_certify_through_the_page_and_compare(server, page):
+    settings = "points=40&n0=50&n=1000"
+    constant = _checkpoint("digits-*constant-0.25*.pt")
+    first = certify_via_page(page, server, settings + (f"&ckpt={constant}" if constant else ""))
+    shot(page, "certify-done")
     page.get_by_text("Compare this run with others").click()
-    page.wait_for_url(re.compile(r".*Compare_runs.*runs=" + run_id), timeout=60_000)
+    page.wait_for_url(re.compile(r".*Compare_runs.*runs=" + first), timeout=60_000)
     wait_idle(page)
     assert_no_exception(page, "compare")
+    assert page.get_by_text(f"#{first}").count() >= 1
+
+    runs = first
+    knn = _checkpoint("digits-*knn-0.25*.pt")
+    if knn:  # an input-dependent run next to the constant one
+        second = certify_via_page(page, server, f"{settings}&ckpt={knn}")
+        runs = f"{first},{second}"
+    page.goto(f"{server}/Compare_runs?runs={runs}")
+    wait_idle(page)
+    assert_no_exception(page, "compare two runs")
     page.get_by_test_id("stPlotlyChart").first.wait_for()
-    assert page.get_by_text(f"#{run_id}").count() >= 1
-    path = shot(page, "compare-runs")
+    page.wait_for_timeout(800)
+    path = ARTIFACTS / "compare-runs.png"
+    page.screenshot(path=str(path))
     assert path.stat().st_size > 10_000
+    for tab in ("Radius distribution", "Sound vs naive", "Per class", "Table & downloads"):
+        page.get_by_role("tab", name=tab).click()
+        page.wait_for_timeout(300)
+        assert_no_exception(page, f"compare tab {tab}")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download table (CSV)").click()
+    text = Path(download.value.path()).read_text()
+    assert text.startswith("run,") and text.count("\n") == runs.count(",") + 2
 
 
 def test_theory_screenshot(server, page):
