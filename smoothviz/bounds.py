@@ -35,12 +35,13 @@ __all__ = [
 Array = NDArray[np.float64]
 
 # Gauss nodes for the expectation over the central chi-square part of the integral route.
-_N_NODES = 48
+_N_NODES = 32
 # The integral route is used where lam0 >= _ROUTE_FACTOR * max(1, kappa^2) * (dim + 30): there
 # the ball's boundary is far from the chi-square bulk, so the integrand is smooth (analytic) over
 # all the probability mass and Gauss quadrature converges to machine precision. Below it scipy's
-# ncx2 (Boost) is accurate to ~1e-13 because lam is at most a few times 1e5.
-_ROUTE_FACTOR = 6.0
+# ncx2 (Boost) is accurate to ~1e-13 since lam stays below ~7 (dim + 30). The two routes agree
+# to ~1e-14 from the switch up to lam ~ 1e5 (tests/test_bounds_reference.py).
+_ROUTE_FACTOR = 3.0
 # The certified radius keeps the worst case above 1/2 + _CERT_MARGIN: a few hundred ulps, above
 # the rounding error of the evaluation, so that rounding never makes an uncertified radius look
 # certified. At r = 0 it moves Cohen's radius by about 1e-13 * sigma0.
@@ -144,14 +145,11 @@ def _chi2_nodes(dof: int, n: int) -> tuple[Array, Array]:
     return 2.0 * x, w / w.sum()
 
 
-def _set_prob(eta: Array, mu: Array, s: Array, w: Array, shift: Array, scale: Array,
-              complement: bool = False) -> Array:
+def _set_prob(eta: Array, mu: Array, s: Array, w: Array, shift: Array, scale: Array) -> Array:
     """P(S) under N(shift e1, scale^2 I) of the NP set with parameter eta, at chi-square nodes w.
 
     eta, mu, s, shift, scale have shape (P, 1); w has shape (P, n) (already multiplied by
-    scale^2). Returns shape (P, n): the conditional probability given ||v||^2 = w, or with
-    complement=True that of the complement of S, each written as sums of normal tails so that
-    probabilities near 0 or 1 keep their relative precision.
+    scale^2). Returns shape (P, n): the conditional probability given ||v||^2 = w.
     """
     b = 1.0 + 2.0 * s * eta * mu - w * mu * mu
     inside = b >= 0.0
@@ -159,27 +157,36 @@ def _set_prob(eta: Array, mu: Array, s: Array, w: Array, shift: Array, scale: Ar
     with np.errstate(divide="ignore"):
         two_m = 2.0 / mu
     ball = s > 0
-    sign = -1.0 if complement else 1.0
-    main = special.ndtr(sign * (t - shift) / scale)
-    # ball: S = {far edge < u < t}; complement of a ball: S = {u < t} | {u > 2m - t}
-    low_tail = special.ndtr((-two_m - t - shift) / scale)
-    high_tail = special.ndtr((t - two_m + shift) / scale)
-    far = sign * np.where(ball, -low_tail, high_tail)
-    empty = np.where(ball, 0.0, 1.0)
-    return np.where(inside, main + far, 1.0 - empty if complement else empty)
+    # ball: S = {-2m - t < u < t}; complement of a ball: S = {u < t} | {u > 2m - t}
+    main = special.ndtr((t - shift) / scale)
+    far = np.where(ball, -special.ndtr((-two_m - t - shift) / scale),
+                   special.ndtr((t - two_m + shift) / scale))
+    return np.where(inside, main + far, np.where(ball, 0.0, 1.0))
 
 
-def _set_prob_deta(eta: Array, mu: Array, s: Array, w: Array) -> Array:
-    """d/d eta of _set_prob under P0 (shift 0, scale 1): (phi(t) + phi(t_far)) / sqrt(b)."""
+def _p0_residual(eta: Array, mu: Array, s: Array, w: Array, p_a: Array, upper: Array
+                 ) -> tuple[Array, Array]:
+    """Residual of P0(S(eta)) = p_a and its eta-derivative, shapes (P,); one pass over the nodes.
+
+    Where p_a > 1/2 the residual is (1 - p_a) - P0(not S): Phi^-1 is ill-conditioned near 1, so
+    the small tail carries the information. Both forms increase with eta.
+    """
     b = 1.0 + 2.0 * s * eta * mu - w * mu * mu
     inside = b > 0.0
     root = np.sqrt(np.where(inside, b, 1.0))
     t = (2.0 * eta - s * w * mu) / (1.0 + root)
     with np.errstate(divide="ignore"):
         two_m = 2.0 / mu
-    t_far = np.where(s > 0, -two_m - t, t - two_m)
-    dens = np.exp(-0.5 * t * t) + np.exp(-0.5 * t_far * t_far)
-    return np.where(inside, dens / (root * np.sqrt(2.0 * np.pi)), 0.0)
+    ball = s > 0
+    t_far = np.where(ball, -two_m - t, t - two_m)  # S = {t_far < u < t} or {u < t} | {u > -t_far}
+    sign = np.where(upper, -1.0, 1.0)
+    tail = np.where(ball, -special.ndtr(t_far), special.ndtr(t_far))
+    prob = special.ndtr(sign * t) + sign * tail
+    empty = np.where(ball, 0.0, 1.0)  # P0(S) when no u qualifies for this w
+    prob = np.where(inside, prob, np.where(upper, 1.0 - empty, empty))
+    dens = (np.exp(-0.5 * t * t) + np.exp(-0.5 * t_far * t_far)) / np.sqrt(2.0 * np.pi)
+    slope = np.where(inside, dens / root, 0.0)
+    return prob, slope
 
 
 def _worst_integral(kappa: Array, km1: Array, delta: Array, p_a: Array, dim: int) -> Array:
@@ -190,7 +197,6 @@ def _worst_integral(kappa: Array, km1: Array, delta: Array, p_a: Array, dim: int
     with np.errstate(divide="ignore", invalid="ignore"):
         mu = np.where(km1 == 0.0, 0.0, np.abs(km1) / delta)
     w0 = np.broadcast_to(w0, (kappa.shape[0], w0.size))
-    zero, one = np.zeros_like(kappa), np.ones_like(kappa)
 
     # eta with P0(S) = p_a: safeguarded Newton on a smooth increasing function, started at the
     # first-order expansion t ~ eta - s w mu / 2 around E[w] = dim - 1.
@@ -200,32 +206,30 @@ def _worst_integral(kappa: Array, km1: Array, delta: Array, p_a: Array, dim: int
     lo = np.full_like(eta, -np.inf)
     hi = np.full_like(eta, np.inf)
     active = np.ones(eta.shape[0], dtype=bool)
+    idx: slice | Array = slice(None)
     for _ in range(100):
-        idx = np.flatnonzero(active)
-        if idx.size == 0:
-            break
-        e, m_, s_, w_ = eta[idx], mu[idx], s[idx], w0[idx]
-        # solve through the smaller of P0(S), P0(not S): Phi^-1 is ill-conditioned near 1
-        f = np.where(
-            upper[idx, 0],
-            q_a[idx, 0] - _set_prob(e, m_, s_, w_, zero[idx], one[idx], complement=True) @ om,
-            _set_prob(e, m_, s_, w_, zero[idx], one[idx]) @ om - p_a[idx, 0])
-        fp = _set_prob_deta(e, m_, s_, w_) @ om
-        f, fp = f[:, None], fp[:, None]
-        lo[idx] = np.where(f < 0, np.maximum(lo[idx], e), lo[idx])
-        hi[idx] = np.where(f > 0, np.minimum(hi[idx], e), hi[idx])
+        e = eta[idx]
+        prob, slope = _p0_residual(e, mu[idx], s[idx], w0[idx], p_a[idx], upper[idx])
+        prob, fp = (prob @ om)[:, None], (slope @ om)[:, None]
+        f = np.where(upper[idx], q_a[idx] - prob, prob - p_a[idx])
+        l_ = lo[idx] = np.where(f < 0, np.maximum(lo[idx], e), lo[idx])
+        h_ = hi[idx] = np.where(f > 0, np.minimum(hi[idx], e), hi[idx])
         with np.errstate(divide="ignore", invalid="ignore"):
             step = np.clip(np.where(fp > 0, f / fp, np.sign(f)), -2.0, 2.0)
         new = e - step
-        l_, h_ = lo[idx], hi[idx]
-        outside = ~((new > l_) & (new < h_))
-        both = np.isfinite(l_) & np.isfinite(h_)
-        with np.errstate(invalid="ignore"):
-            new = np.where(outside & both, 0.5 * (l_ + h_), new)
-        new = np.where(outside & ~both, np.where(f < 0, e + 2.0, e - 2.0), new)
-        done = (f == 0) | (np.abs(new - e) <= 4e-16 * np.maximum(1.0, np.abs(e)))
+        # converged once the Newton step is at rounding level (before any safeguard acts)
+        done = (f == 0) | (np.abs(step) <= 1e-15 * np.maximum(1.0, np.abs(e)))
+        outside = ~((new > l_) & (new < h_)) & ~done
+        if outside.any():
+            both = np.isfinite(l_) & np.isfinite(h_)
+            with np.errstate(invalid="ignore"):
+                new = np.where(outside & both, 0.5 * (l_ + h_), new)
+            new = np.where(outside & ~both, np.where(f < 0, e + 2.0, e - 2.0), new)
         eta[idx] = new
-        active[idx[done[:, 0]]] = False
+        active[np.flatnonzero(active)[done[:, 0]]] = False
+        if not active.any():
+            break
+        idx = np.flatnonzero(active)
 
     w1 = kappa * kappa * w0
     return _set_prob(eta, mu, s, w1, delta, kappa) @ om
@@ -295,7 +299,7 @@ def worst_case_probability(
 # ---------------------------------------------------------------------------------------------
 
 
-def _illinois(
+def _regula_falsi(
     f: Callable[[Array, Array], Array],
     lo: Array,
     hi: Array,
@@ -304,7 +308,7 @@ def _illinois(
     rtol: float,
     maxiter: int = 200,
 ) -> tuple[Array, Array]:
-    """Vectorised bracketing root-finder (Illinois regula falsi with bisection safeguard).
+    """Vectorised bracketing root-finder (Anderson-Bjorck regula falsi, bisection safeguard).
 
     f(x, idx) evaluates the function for the points idx at x. Requires f_lo > 0 >= f_hi. Returns
     the final bracket (lo, hi), keeping f(lo) > 0 >= f(hi) throughout.
@@ -321,18 +325,25 @@ def _illinois(
         a, b, fa, fb = lo[idx], hi[idx], f_lo[idx], f_hi[idx]
         with np.errstate(divide="ignore", invalid="ignore"):
             x = b - fb * (b - a) / (fb - fa)
-        # Bisect when the secant point is unusable or the bracket shrinks too slowly.
-        slow = (it % 3 == 2) & (width[idx] > 0.5 * width_before[idx])
-        bad = ~((x > a) & (x < b)) | slow
+        # Stay a quarter tolerance inside the bracket: once one end sits on the root, the next
+        # point lands just past it and closes the bracket.
+        step = 0.25 * rtol * np.maximum(np.abs(a), np.abs(b)) + 1e-300
+        x = np.clip(np.where(np.isfinite(x), x, 0.5 * (a + b)), a + step, b - step)
+        # Bisect when the bracket shrinks too slowly.
+        bad = (it % 3 == 2) & (width[idx] > 0.5 * width_before[idx])
         x = np.where(bad, 0.5 * (a + b), x)
         if it % 3 == 2:
             width_before[idx] = width[idx]
         fx = f(x, idx)
         pos = fx > 0
+        # Anderson-Bjorck: when the same end moves twice, scale the other end's value down.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            m = np.where(pos, 1.0 - fx / fa, 1.0 - fx / fb)
+        m = np.where((m > 0) & ~bad, m, 0.5)
         lo[idx] = np.where(pos, x, a)
-        f_lo[idx] = np.where(pos, fx, np.where(side[idx] == 1, 0.5 * fa, fa))
+        f_lo[idx] = np.where(pos, fx, np.where(side[idx] == 1, m * fa, fa))
         hi[idx] = np.where(pos, b, x)
-        f_hi[idx] = np.where(pos, np.where(side[idx] == -1, 0.5 * fb, fb), fx)
+        f_hi[idx] = np.where(pos, np.where(side[idx] == -1, m * fb, fb), fx)
         side[idx] = np.where(pos, -1, 1)
     return lo, hi
 
@@ -369,7 +380,7 @@ def _radius_flat(p_a: Array, sigma0: Array, r: Array, dim: Array, rtol: float) -
             j = np.flatnonzero(sub)[idx]
             return _radius_margin(x, p[j], s0[j], rr[j], n[j])
 
-        lo_s, _ = _illinois(f, lo[sub], hi[sub], f_lo[sub], f_hi[sub], rtol)
+        lo_s, _ = _regula_falsi(f, lo[sub], hi[sub], f_lo[sub], f_hi[sub], rtol)
         res_hi[sub] = lo_s
     out[ok] = res_hi
     return out
@@ -433,7 +444,7 @@ def admissible_sigma_band(p_a: ArrayLike, dim: ArrayLike) -> tuple[Array, Array]
                     break
                 hi[grow] *= 2.0
                 f_hi[grow] = margin(hi[grow], all_idx[grow])
-            lo, _ = _illinois(margin, np.zeros_like(pp), hi, pp - 0.5, np.minimum(f_hi, 0.0),
+            lo, _ = _regula_falsi(margin, np.zeros_like(pp), hi, pp - 0.5, np.minimum(f_hi, 0.0),
                               1e-13)
             out[ok] = lo
         ends.append(np.exp(sign * out))
@@ -476,7 +487,7 @@ def max_semi_elasticity(
                 hi[grow] *= 4.0
                 f_hi[grow] = margin(hi[grow], sub[grow])
             f_lo = cohen_radius(pp[sub], ss[sub]) - rr[sub]  # > 0: r = 0 certifies it
-            lo, _ = _illinois(lambda x, i: margin(x, sub[i]), np.zeros(sub.size), hi,
+            lo, _ = _regula_falsi(lambda x, i: margin(x, sub[i]), np.zeros(sub.size), hi,
                               f_lo, np.minimum(f_hi, 0.0), rtol)
             res[sub] = lo
         out[ok] = res
