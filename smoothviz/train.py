@@ -58,8 +58,10 @@ def learning_rate(base: float, schedule: str, step: int, total: int) -> float:
     return base * 0.1 ** ((step >= total // 2) + (step >= (3 * total) // 4))
 
 
-def _noise_scale(sigma: torch.Tensor, ndim: int) -> torch.Tensor:
-    return sigma.view(-1, *([1] * (ndim - 1)))
+def add_noise(x: torch.Tensor, sigma: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """x + N(0, sigma_i^2 I) for each row i (sigma of shape [B], on x's device)."""
+    noise = torch.randn(x.shape, generator=generator, device=x.device)
+    return x + noise * sigma.to(x.device).view(-1, *([1] * (x.ndim - 1)))
 
 
 @torch.no_grad()
@@ -74,8 +76,7 @@ def evaluate(
     for i in range(0, len(x), _EVAL_BATCH):
         xb = x[i: i + _EVAL_BATCH].to(device)
         if sigma is not None:
-            noise = torch.randn(xb.shape, generator=generator, device=device)
-            xb = xb + noise * _noise_scale(sigma[i: i + _EVAL_BATCH].to(device), xb.ndim)
+            xb = add_noise(xb, sigma[i: i + _EVAL_BATCH], generator)
         correct += int((model(xb).argmax(dim=1) == y[i: i + _EVAL_BATCH].to(device)).sum())
     return correct / max(len(x), 1)
 
@@ -228,8 +229,7 @@ def train_model(
                 group["lr"] = learning_rate(lr, schedule, step, total)
             idx = order[b * batch_size: (b + 1) * batch_size]
             xb, yb = train_x[idx], train_y[idx]
-            noise = torch.randn(xb.shape, generator=noise_gen, device=dev)
-            logits = model(xb + noise * _noise_scale(train_sigma[idx], xb.ndim))
+            logits = model(add_noise(xb, train_sigma[idx], noise_gen))
             loss = loss_fn(logits, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
