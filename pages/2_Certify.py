@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,10 @@ def live_progress(run_id: int) -> None:
     text = f"{done}/{total} points · " + (f"{rate:.2f} points/s · ETA {fmt_seconds(prog.get('eta_s'))}"
                                           if rate else "starting…")
     st.progress(min(done / total, 1.0), text=text)
+    if job is not None:
+        lines = [ln.strip() for ln in re.split(r"[\r\n]+", job_manager().log_tail(job.id, 600)) if ln.strip()]
+        if lines and lines[-1].startswith("["):
+            st.caption(f"engine: `{lines[-1]}`")
     if job is None and prog["status"] == "pending":
         st.info("This run is recorded but no process is executing it.")
         if st.button("Start it", key=f"start{run_id}"):

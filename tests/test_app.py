@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from smoothviz import bounds, data, models
+from smoothviz.jobs import JobManager
 from smoothviz.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,3 +202,30 @@ def test_certify_shows_a_finished_run_from_the_url(tmp_path):
     assert not at.exception, [e.message for e in at.exception]
     assert any("Done: 30 points" in s.value for s in at.success)
     assert figure(at, "Certified accuracy vs radius")
+
+
+def test_certify_follows_a_running_job_and_cancels_it(tmp_path, digits_checkpoint):
+    db = tmp_path / "runs" / "test.db"
+    store = Store(db)
+    run_id = store.create_run("live", "digits", "test", str(digits_checkpoint), "constant:0.25",
+                              {"kind": "constant", "sigma": 0.25}, 0.0, 10, 200_000, 0.001, "cpu",
+                              list(range(200)), 0, 4096)
+    jobs = JobManager(db.parent / "jobs")  # the folder the page's own manager uses
+    job = jobs.start_certify(run_id, db)
+    try:
+        end = time.monotonic() + 120
+        while store.run(run_id)["status"] != "running" and time.monotonic() < end:
+            time.sleep(0.2)
+        at = open_page("pages/2_Certify.py", run=str(run_id))
+        assert not at.exception, [e.message for e in at.exception]
+        assert len(at.get("progress")) == 1
+        at.button(key=f"cancel{run_id}").click().run()
+        end = time.monotonic() + 90
+        while time.monotonic() < end and not any("cancelled" in w.value for w in at.warning):
+            time.sleep(0.5)
+            at.run()
+        assert any("cancelled" in w.value for w in at.warning), [w.value for w in at.warning]
+        assert at.button(key=f"resume{run_id}")  # a cancelled run can be resumed
+        assert jobs.wait(job.id, timeout=30).status == "cancelled"
+    finally:
+        jobs.cancel(job.id, grace_s=0.0)
