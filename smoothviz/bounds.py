@@ -18,6 +18,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import linalg, special, stats
 
+from smoothviz.errors import InvalidArgument
+
 __all__ = [
     "admissible_sigma_band",
     "binomial_test_pvalue",
@@ -271,8 +273,20 @@ def _worst_unit(kappa: Array, km1: Array, delta: Array, p_a: Array, dim: Array) 
 def _prepare_dim(dim: ArrayLike) -> Array:
     d = np.asarray(dim)
     if not np.all(np.isfinite(d)) or np.any(d < 1) or np.any(d != np.round(d)):
-        raise ValueError("dim must hold integers >= 1")
+        raise InvalidArgument("dim must hold integers >= 1")
     return d.astype(np.int64)
+
+
+def _checked(name: str, value: ArrayLike, low: float, low_open: bool, high: float = np.inf,
+             ) -> Array:
+    """Float array of value, or InvalidArgument naming it when outside its range or NaN."""
+    v = np.asarray(value, dtype=float)
+    ok = (v > low if low_open else v >= low) & (v <= high) & np.isfinite(v)
+    if not np.all(ok):
+        bad = v[~ok].ravel()[0] if v.ndim else float(v)
+        rng = f"{'(' if low_open else '['}{low:g}, {high:g}{']' if high < np.inf else ')'}"
+        raise InvalidArgument(f"{name} = {bad} is outside {rng}")
+    return v
 
 
 def worst_case_probability(
@@ -283,7 +297,10 @@ def worst_case_probability(
     ||x1 - x0|| = distance in dimension dim (Sukenik et al. 2022, Theorem 2). Equals Cohen's
     Phi(Phi^-1(p_a) - d/s0) when s1 = s0 and tends to it continuously as s1 -> s0.
     """
-    s0, s1, d, p = (np.asarray(v, dtype=float) for v in (sigma0, sigma1, distance, p_a))
+    s0 = _checked("sigma0", sigma0, 0.0, True)
+    s1 = _checked("sigma1", sigma1, 0.0, True)
+    d = _checked("distance", distance, 0.0, False)
+    p = _checked("p_a", p_a, 0.0, False, 1.0)
     n = _prepare_dim(dim)
     s0, s1, d, p, n = np.broadcast_arrays(s0, s1, d, p, n)
     shape = s0.shape
@@ -396,7 +413,9 @@ def input_dependent_radius(
     the lower end of the final bracket (relative width rtol). Cohen's radius at r = 0; 0 where
     p_a <= 1/2.
     """
-    p, s0, rr = (np.asarray(v, dtype=float) for v in (p_a, sigma0, r))
+    p = _checked("p_a", p_a, 0.0, False, 1.0)
+    s0 = _checked("sigma0", sigma0, 0.0, True)
+    rr = _checked("r", r, 0.0, False)
     n = _prepare_dim(dim)
     p, s0, rr, n = np.broadcast_arrays(p, s0, rr, n)
     shape = p.shape
@@ -417,7 +436,7 @@ def admissible_sigma_band(p_a: ArrayLike, dim: ArrayLike) -> tuple[Array, Array]
 
     Shows the curse of dimensionality: the band narrows like 1 +- O(1/sqrt(dim)).
     """
-    p = np.asarray(p_a, dtype=float)
+    p = _checked("p_a", p_a, 0.0, False, 1.0)
     n = _prepare_dim(dim)
     p, n = np.broadcast_arrays(p, n)
     shape = p.shape
@@ -460,7 +479,9 @@ def max_semi_elasticity(
     0 where even r = 0 (Cohen's radius) cannot certify it. The radius is non-increasing in r
     (the sigma band only widens), so a bisection-type search on r is exact up to rtol.
     """
-    rad, s0, p = (np.asarray(v, dtype=float) for v in (radius, sigma0, p_a))
+    rad = _checked("radius", radius, 0.0, False)
+    s0 = _checked("sigma0", sigma0, 0.0, True)
+    p = _checked("p_a", p_a, 0.0, False, 1.0)
     n = _prepare_dim(dim)
     rad, s0, p, n = np.broadcast_arrays(rad, s0, p, n)
     shape = rad.shape

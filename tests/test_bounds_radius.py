@@ -136,8 +136,21 @@ def test_max_semi_elasticity_inverts_the_radius() -> None:
     assert bounds.max_semi_elasticity(0.1, s0, 0.4, dim) == 0.0  # abstain
 
 
-def test_invalid_dimension_is_rejected() -> None:
-    with pytest.raises(ValueError, match="dim"):
-        bounds.worst_case_probability(1.0, 1.1, 0.5, 0.9, 0)
-    with pytest.raises(ValueError, match="dim"):
-        bounds.input_dependent_radius(0.9, 1.0, 0.1, 2.5)
+def test_invalid_arguments_raise_invalid_argument_naming_them() -> None:
+    from smoothviz.errors import InvalidArgument
+
+    bad = [
+        (lambda: bounds.worst_case_probability(1.0, 1.1, 0.5, 0.9, 0), "dim"),
+        (lambda: bounds.worst_case_probability(1.0, 1.1, 0.5, 0.9, 2.5), "dim"),
+        (lambda: bounds.worst_case_probability(0.0, 1.1, 0.5, 0.9, 3), "sigma0"),
+        (lambda: bounds.worst_case_probability(1.0, [1.0, np.nan], 0.5, 0.9, 3), "sigma1"),
+        (lambda: bounds.worst_case_probability(1.0, 1.1, -0.5, 0.9, 3), "distance"),
+        (lambda: bounds.worst_case_probability(1.0, 1.1, 0.5, 1.5, 3), "p_a"),
+        (lambda: bounds.input_dependent_radius(0.9, 1.0, -0.1, 3), "r"),
+        (lambda: bounds.input_dependent_radius(0.9, np.inf, 0.1, 3), "sigma0"),
+        (lambda: bounds.admissible_sigma_band(np.nan, 3), "p_a"),
+        (lambda: bounds.max_semi_elasticity(-1.0, 1.0, 0.9, 3), "radius"),
+    ]
+    for call, name in bad:
+        with pytest.raises(InvalidArgument, match=name):
+            call()
