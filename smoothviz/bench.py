@@ -1,0 +1,343 @@
+"""Measurements behind ``smoothviz bench``: the engine against the forward ceiling and the reference loop.
+
+For one model, device and set of input points it measures (medians of repeats, after a warm-up):
+the base classifier's raw forward throughput at its best batch size (the ceiling: certification
+cannot evaluate noisy samples faster than the model classifies them); the reference loop of Cohen
+et al. (``reference_loop``); the engine (``certify.sample_counts``) with its default settings and
+with each speed option on its own; the time sigma(x) of the kNN design takes per point; and, once
+per bench, how many points per second the sound input-dependent radius solver handles at
+dimension 3072. Seconds per certified point at n = 100,000 are extrapolated from the measured
+throughput: (n0 + n) / (samples per second).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from smoothviz import bounds
+from smoothviz.certify import default_batch_size, derive_seed, sample_counts
+from smoothviz.errors import InvalidArgument
+from smoothviz.reference_loop import REFERENCE_BATCH_SIZE, reference_sample_counts
+from smoothviz.speed import EngineOptions, auto_batch_size, prepare_model
+
+EXTRAPOLATE_N0 = 100
+EXTRAPOLATE_N = 100_000
+SOLVER_DIM = 3072
+DEFAULT_CEILING_BATCHES = (256, 1024, 4096)
+
+
+@dataclass
+class BenchModel:
+    """A model to benchmark with the points (in [0, 1]) whose noisy samples it classifies."""
+
+    name: str
+    model: nn.Module
+    input_shape: tuple[int, ...]
+    num_classes: int
+    points: Tensor
+    sigma: float
+    source: str
+    train_x: Tensor | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def engine_variants(device: torch.device) -> dict[str, EngineOptions]:
+    """The engine's default settings and each speed option on its own."""
+    variants = {
+        "default": EngineOptions(),
+        "channels_last": EngineOptions(channels_last=True),
+        "compile": EngineOptions(compile=True),
+        "fast-bf16": EngineOptions(autocast="bf16"),
+        "fast-fp16": EngineOptions(autocast="fp16"),
+        "batch-auto": EngineOptions(batch_size="auto"),
+    }
+    if device.type == "cuda":
+        variants["cuda-graphs"] = EngineOptions(cuda_graphs=True)
+    return variants
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so wall-clock times mean what they say."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
+    """Median wall-clock seconds of ``fn`` over ``repeats`` timed calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def seconds_per_point(samples_per_s: float, n0: int = EXTRAPOLATE_N0, n: int = EXTRAPOLATE_N) -> float:
+    """Seconds one CERTIFY (n0 + n samples) takes at a measured throughput (extrapolated)."""
+    return (n0 + n) / samples_per_s if samples_per_s > 0 else math.inf
+
+
+def ceiling_throughput(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    device: torch.device,
+    batch_sizes: Sequence[int] = DEFAULT_CEILING_BATCHES,
+    samples: int = 16384,
+    repeats: int = 3,
+    options: EngineOptions | None = None,
+) -> dict:
+    """Forward passes per second on pre-generated inputs, at each batch size and the best one.
+
+    The inputs are drawn once (uniform in [0, 1] plus Gaussian noise, already in the model's
+    memory format), so only the forward pass and the argmax are timed.
+    """
+    options = options or EngineOptions()
+    by_batch = {}
+    for bs in batch_sizes:
+        predictor = prepare_model(model, options, device, (bs, *input_shape))
+        inputs = predictor.new_input(bs)
+        inputs.copy_(torch.rand((bs, *input_shape), device=device) + 0.25 * torch.randn((bs, *input_shape), device=device))
+        loops = max(1, math.ceil(samples / bs))
+
+        def run() -> None:
+            for _ in range(loops):
+                predictor(inputs)
+
+        med, _ = median_seconds(run, device, repeats)
+        by_batch[int(bs)] = loops * bs / med
+    best = max(by_batch, key=by_batch.__getitem__)
+    return {"images_per_s": by_batch[best], "best_batch": best, "by_batch": by_batch,
+            "options": options.to_dict()}
+
+
+def reference_throughput(
+    model: nn.Module, points: Tensor, sigma: float, num: int, num_classes: int, device: torch.device,
+    repeats: int = 3, seed: int = 0,
+) -> dict:
+    """Samples per second of the reference loop (one point at a time, batches of 1000)."""
+    model = model.to(device).eval()
+    pts = points.to(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    def run() -> None:
+        for p in range(pts.shape[0]):
+            reference_sample_counts(model, pts[p], sigma, num, num_classes, REFERENCE_BATCH_SIZE, generator)
+
+    med, times = median_seconds(run, device, repeats)
+    rate = pts.shape[0] * num / med
+    return {"images_per_s": rate, "batch_size": REFERENCE_BATCH_SIZE, "seconds": times}
+
+
+def engine_throughput(
+    model: nn.Module, points: Tensor, sigma: float, num: int, num_classes: int, device: torch.device,
+    options: EngineOptions, repeats: int = 3, seed: int = 0,
+) -> dict:
+    """Samples per second of the engine's SAMPLEUNDERNOISE (all points together) with ``options``.
+
+    Each point's noise is seeded per block exactly as in a certification run, so the cost of the
+    engine's reproducible noise is included. Preparation (compile, graph capture, the auto batch
+    size probe) happens once before timing and is reported as ``prepare_s``.
+    """
+    t0 = time.perf_counter()
+    input_shape = tuple(points.shape[1:])
+    if options.batch_size == "auto":
+        batch = auto_batch_size(model, input_shape, device, options=options)
+    elif isinstance(options.batch_size, int):
+        batch = options.batch_size
+    else:
+        batch = default_batch_size(device)
+    predictor = prepare_model(model, options, device, (batch, *input_shape))
+    prepare_s = time.perf_counter() - t0
+    pts = points.to(device)
+    sig = torch.full((pts.shape[0],), float(sigma), device=device)
+    generator = torch.Generator(device=device)
+    seeds = [derive_seed(seed, p, 1) for p in range(pts.shape[0])]
+
+    def run() -> None:
+        sample_counts(predictor, pts, sig, num, num_classes, batch, generator, seeds=seeds)
+
+    med, times = median_seconds(run, device, repeats)
+    return {"images_per_s": pts.shape[0] * num / med, "batch_size": batch, "prepare_s": prepare_s,
+            "options": options.to_dict(), "applied": dict(predictor.applied), "seconds": times}
+
+
+def knn_sigma_seconds(train_x: Tensor, points: Tensor, device: torch.device, k: int = 20, repeats: int = 3) -> dict:
+    """Seconds per point of sigma(x) for the kNN design against the whole training set.
+
+    ``m`` is fixed (0) so the one-off mean over the training set is not part of the timing.
+    """
+    from smoothviz.sigma import KNN
+
+    sigma_fn = KNN(train_x, sigma_b=0.25, r=0.01, k=k, m=0.0, device=device)
+    pts = points.to(device)
+    med, _ = median_seconds(lambda: sigma_fn(pts), device, repeats)
+    return {"seconds_per_point": med / pts.shape[0], "train_points": int(train_x.shape[0]), "k": k}
+
+
+def radius_solver_rate(points: int = 1000, dim: int = SOLVER_DIM, repeats: int = 3, seed: int = 0) -> dict:
+    """Points per second of ``bounds.input_dependent_radius`` on one batch at dimension ``dim``.
+
+    p_A spreads over (0.55, 0.9999), sigma0 over (0.12, 0.5) and r over (0, 0.05], as a run of an
+    input-dependent model would give.
+    """
+    rng = np.random.default_rng(seed)
+    p_a = rng.uniform(0.55, 0.9999, points)
+    sigma0 = rng.uniform(0.12, 0.5, points)
+    r = rng.uniform(0.0, 0.05, points)
+    med, _ = median_seconds(lambda: bounds.input_dependent_radius(p_a, sigma0, r, dim), torch.device("cpu"), repeats)
+    return {"points_per_s": points / med, "points": points, "dim": dim}
+
+
+def machine_info(device: torch.device) -> dict:
+    """What the numbers were measured on."""
+    info = {
+        "device": str(device), "torch": torch.__version__, "python": platform.python_version(),
+        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+        "processor": _cpu_model(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def bench_model(
+    bm: BenchModel, device: torch.device, n: int, repeats: int,
+    variants: dict[str, EngineOptions], ceiling_batches: Sequence[int] = DEFAULT_CEILING_BATCHES,
+    knn: bool = True, log: Callable[[str], None] | None = None,
+) -> dict:
+    """All per-model measurements: ceiling, reference loop, engine variants, kNN sigma time."""
+    say = log or (lambda _msg: None)
+    samples = bm.points.shape[0] * n
+    say(f"{bm.name}: ceiling")
+    ceiling = ceiling_throughput(bm.model, bm.input_shape, device, ceiling_batches, samples, repeats)
+    say(f"{bm.name}: reference loop")
+    reference = reference_throughput(bm.model, bm.points, bm.sigma, n, bm.num_classes, device, repeats)
+    engine = {}
+    for name, options in variants.items():
+        say(f"{bm.name}: engine {name}")
+        try:
+            row = engine_throughput(bm.model, bm.points, bm.sigma, n, bm.num_classes, device, options, repeats)
+        except InvalidArgument as exc:
+            engine[name] = {"error": str(exc), "options": options.to_dict()}
+            continue
+        row["vs_reference"] = row["images_per_s"] / reference["images_per_s"]
+        row["vs_ceiling"] = row["images_per_s"] / ceiling["images_per_s"]
+        row["seconds_per_point_n100k"] = seconds_per_point(row["images_per_s"])
+        engine[name] = row
+    for row in (ceiling, reference):
+        row["seconds_per_point_n100k"] = seconds_per_point(row["images_per_s"])
+    out = {
+        "name": bm.name, "source": bm.source, "input_shape": list(bm.input_shape),
+        "num_classes": bm.num_classes, "sigma": bm.sigma, "points": int(bm.points.shape[0]), "n": n,
+        "ceiling": ceiling, "reference": reference, "engine": engine, **bm.extra,
+    }
+    if knn and bm.train_x is not None:
+        say(f"{bm.name}: kNN sigma")
+        out["knn_sigma"] = knn_sigma_seconds(bm.train_x, bm.points, device, repeats=repeats)
+        default = engine.get("default", {})
+        if "images_per_s" in default:
+            out["knn_sigma"]["fraction_of_certify_time_n100k"] = (
+                out["knn_sigma"]["seconds_per_point"] / default["seconds_per_point_n100k"]
+            )
+    return out
+
+
+def run_bench(
+    models: Sequence[BenchModel], device: torch.device, n: int, repeats: int = 3,
+    variants: dict[str, EngineOptions] | None = None, ceiling_batches: Sequence[int] = DEFAULT_CEILING_BATCHES,
+    knn: bool = True, solver_points: int = 1000, log: Callable[[str], None] | None = None,
+    command: str = "",
+) -> dict:
+    """The whole benchmark as a JSON-able dict (``format_table`` prints it)."""
+    variants = engine_variants(device) if variants is None else variants
+    result = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command, "machine": machine_info(device),
+        "settings": {"n": n, "repeats": repeats, "ceiling_batches": list(ceiling_batches),
+                     "extrapolated_to": {"n0": EXTRAPOLATE_N0, "n": EXTRAPOLATE_N}},
+        "notes": [
+            "throughput in noisy samples (images) per second, median of repeats after a warm-up",
+            f"seconds per point at n={EXTRAPOLATE_N:,} are extrapolated: (n0 + n) / throughput with n0={EXTRAPOLATE_N0}",
+            "fast-bf16 / fast-fp16 certify the classifier as evaluated under autocast, not the fp32 model",
+        ],
+        "models": [bench_model(bm, device, n, repeats, variants, ceiling_batches, knn, log) for bm in models],
+    }
+    if solver_points > 0:
+        if log:
+            log("input-dependent radius solver")
+        result["radius_solver"] = radius_solver_rate(solver_points, SOLVER_DIM, repeats)
+    return result
+
+
+def _fmt_rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def format_table(result: dict) -> str:
+    """A plain-text table of a ``run_bench`` result, one block per model."""
+    lines = []
+    m = result["machine"]
+    lines.append(f"device {m['device']} ({m.get('gpu') or m['processor']}), torch {m['torch']}, "
+                 f"{m['threads']} threads")
+    head = f"{'':24}{'images/s':>12}{'vs ref':>9}{'vs ceil':>9}{'s/point n=1e5':>15}  batch"
+    for mod in result["models"]:
+        lines.append("")
+        lines.append(f"{mod['name']}  [{mod['source']}]  input {tuple(mod['input_shape'])}, "
+                     f"{mod['points']} points x n={mod['n']:,}")
+        lines.append(head)
+        ceil, ref = mod["ceiling"], mod["reference"]
+        lines.append(f"{'ceiling (forward only)':24}{_fmt_rate(ceil['images_per_s']):>12}"
+                     f"{ceil['images_per_s'] / ref['images_per_s']:>9.2f}{1.0:>9.2f}"
+                     f"{ceil['seconds_per_point_n100k']:>15.3g}  {ceil['best_batch']}")
+        lines.append(f"{'reference loop':24}{_fmt_rate(ref['images_per_s']):>12}{1.0:>9.2f}"
+                     f"{ref['images_per_s'] / ceil['images_per_s']:>9.2f}"
+                     f"{ref['seconds_per_point_n100k']:>15.3g}  {ref['batch_size']}")
+        for name, row in mod["engine"].items():
+            label = f"engine {name}"
+            if "error" in row:
+                lines.append(f"{label:24}  n/a: {row['error']}")
+                continue
+            note = ""
+            if row["applied"].get("compile") not in (None, True):
+                note = f"  ({row['applied']['compile']})"
+            lines.append(f"{label:24}{_fmt_rate(row['images_per_s']):>12}{row['vs_reference']:>9.2f}"
+                         f"{row['vs_ceiling']:>9.2f}{row['seconds_per_point_n100k']:>15.3g}  {row['batch_size']}{note}")
+        if "knn_sigma" in mod:
+            k = mod["knn_sigma"]
+            frac = k.get("fraction_of_certify_time_n100k")
+            frac_text = f" ({frac:.2e} of a certification at n=1e5)" if frac is not None else ""
+            lines.append(f"kNN sigma(x): {k['seconds_per_point'] * 1e3:.3g} ms/point against "
+                         f"{k['train_points']:,} training points{frac_text}")
+    if "radius_solver" in result:
+        s = result["radius_solver"]
+        lines.append("")
+        lines.append(f"input-dependent radius solver: {s['points_per_s']:,.0f} points/s at dimension {s['dim']}")
+    lines.append("")
+    lines.append(f"s/point at n=1e5 extrapolated from throughput: (n0={EXTRAPOLATE_N0} + n={EXTRAPOLATE_N:,}) / images/s")
+    return "\n".join(lines)

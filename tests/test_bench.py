@@ -1,0 +1,103 @@
+"""``smoothviz bench`` end to end on a tiny setting: the table, and JSON with every field."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+
+import pytest
+import torch
+
+from smoothviz.bench import EXTRAPOLATE_N, EXTRAPOLATE_N0, format_table, seconds_per_point
+from smoothviz.cli import main
+from smoothviz.data import load_dataset
+from smoothviz.models import build_model, save_checkpoint
+
+VARIANTS = "default,channels_last,fast-bf16,batch-auto,cuda-graphs"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    ds = load_dataset("digits")
+    torch.manual_seed(0)
+    model = build_model("cnn-small", ds.input_shape, ds.num_classes)
+    path = tmp_path_factory.mktemp("ckpt") / "digits-tiny.pt"
+    save_checkpoint(path, model, {"dataset": "digits", "arch": "cnn-small", "input_shape": list(ds.input_shape),
+                                  "num_classes": ds.num_classes, "sigma": "constant:0.25"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def bench_run(checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    args = ["bench", "--device", "cpu", "--model", str(checkpoint), "--n", "300", "--points", "2",
+            "--repeats", "1", "--variants", VARIANTS, "--ceiling-batches", "64,256", "--solver-points", "20",
+            "--threads", "1", "--out", str(out), "--quiet"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(args)
+    return code, out, printed.getvalue()
+
+
+def test_bench_writes_json_with_every_field(bench_run):
+    code, out, printed = bench_run
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert {"created", "command", "machine", "settings", "notes", "models", "radius_solver"} <= set(data)
+    assert data["machine"]["device"] == "cpu" and data["machine"]["threads"] == 1
+    assert data["settings"]["extrapolated_to"] == {"n0": EXTRAPOLATE_N0, "n": EXTRAPOLATE_N}
+    (mod,) = data["models"]
+    assert mod["n"] == 300 and mod["points"] == 2 and mod["input_shape"] == [1, 8, 8]
+    ceiling, reference = mod["ceiling"], mod["reference"]
+    assert set(ceiling["by_batch"]) == {"64", "256"} and ceiling["best_batch"] in (64, 256)
+    assert ceiling["images_per_s"] == max(ceiling["by_batch"].values())
+    assert reference["batch_size"] == 1000 and reference["images_per_s"] > 0
+    assert set(mod["engine"]) == set(VARIANTS.split(","))
+    assert "CUDA" in mod["engine"]["cuda-graphs"]["error"]
+    for name in ("default", "channels_last", "fast-bf16", "batch-auto"):
+        row = mod["engine"][name]
+        assert row["images_per_s"] > 0
+        assert row["vs_reference"] == pytest.approx(row["images_per_s"] / reference["images_per_s"])
+        assert row["vs_ceiling"] == pytest.approx(row["images_per_s"] / ceiling["images_per_s"])
+        assert row["seconds_per_point_n100k"] == pytest.approx((EXTRAPOLATE_N0 + EXTRAPOLATE_N) / row["images_per_s"])
+    assert mod["engine"]["fast-bf16"]["options"]["autocast"] == "bf16"
+    assert mod["engine"]["channels_last"]["applied"]["channels_last"] is True
+    assert mod["engine"]["batch-auto"]["options"]["batch_size"] == "auto"
+    assert mod["engine"]["batch-auto"]["batch_size"] >= 8
+    knn = mod["knn_sigma"]
+    assert knn["seconds_per_point"] > 0 and knn["train_points"] == load_dataset("digits").train_x.shape[0]
+    assert 0 < knn["fraction_of_certify_time_n100k"]
+    assert data["radius_solver"]["dim"] == 3072 and data["radius_solver"]["points_per_s"] > 0
+    # the printed table is the formatted JSON
+    assert format_table(data) in printed
+    assert "engine cuda-graphs" in printed and "n/a" in printed
+
+
+def test_seconds_per_point_extrapolates_from_throughput():
+    assert seconds_per_point(100_100.0) == pytest.approx(1.0)
+    assert seconds_per_point(0.0) == math.inf
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [(["--model", "resnet110"], "--allow-cpu-resnet"), (["--variants", "default,turbo"], "unknown turbo")],
+)
+def test_bench_rejects_bad_requests(extra, message, capsys, tmp_path):
+    code = main(["bench", "--device", "cpu", "--n", "10", "--out", str(tmp_path / "x.json"), *extra])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bench_runs_resnet_path_on_cpu_when_allowed(tmp_path):
+    """The GPU benchmark's model (CIFAR ResNet, random weights) runs on a CPU with a tiny n."""
+    out = tmp_path / "resnet.json"
+    code = main(["bench", "--device", "cpu", "--model", "resnet20", "--allow-cpu-resnet", "--n", "16",
+                 "--points", "1", "--repeats", "1", "--variants", "default,channels_last",
+                 "--ceiling-batches", "16", "--solver-points", "0", "--threads", "1", "--out", str(out), "--quiet"])
+    assert code == 0
+    (mod,) = json.loads(out.read_text())["models"]
+    assert mod["input_shape"] == [3, 32, 32] and mod["source"] == "random weights"
+    assert mod["engine"]["channels_last"]["images_per_s"] > 0
+    assert "knn_sigma" not in mod
