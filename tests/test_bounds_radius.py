@@ -154,3 +154,26 @@ def test_invalid_arguments_raise_invalid_argument_naming_them() -> None:
     for call, name in bad:
         with pytest.raises(InvalidArgument, match=name):
             call()
+
+
+def test_radius_is_sound_for_random_settings() -> None:
+    """A coarser grid over many random settings, in one vectorised evaluation."""
+    rng = np.random.default_rng(11)
+    k = 40
+    p_a = rng.uniform(0.52, 0.99999, k)
+    sigma0 = rng.uniform(0.05, 1.5, k)
+    r = 10.0 ** rng.uniform(-6, 1.5, k)
+    dim = rng.choice([1, 2, 3, 10, 100, 784, 3072], k)
+    radius = bounds.input_dependent_radius(p_a, sigma0, r, dim)
+    assert np.all(radius > 0) and np.all(radius <= bounds.cohen_radius(p_a, sigma0))
+    frac = np.linspace(0.0, 1.0, 40)[None, :, None]
+    u = np.linspace(-1.0, 1.0, 21)[None, None, :]
+    d = radius[:, None, None] * frac
+    s1 = sigma0[:, None, None] * np.exp(r[:, None, None] * d * u)
+    col = (slice(None), None, None)
+    worst = bounds.worst_case_probability(sigma0[col], s1, d, p_a[col], dim[col])
+    assert worst.min() > 0.5
+    out = radius * (1 + 1e-6) + 1e-15
+    ends = bounds.worst_case_probability(sigma0[:, None], sigma0[:, None] * np.exp(
+        np.outer(r * out, [-1.0, 1.0])), out[:, None], p_a[:, None], dim[:, None])
+    assert np.all(ends.min(axis=1) <= 0.5)
