@@ -99,6 +99,11 @@ def _on_checkpoint_change() -> None:
     st.session_state.ex_sigma = str(metas[st.session_state.ex_ckpt].get("sigma") or "constant:0.25")
 
 
+def _random_index(size: int) -> None:
+    """Jump to a random test point (a callback: it runs before the index widget is drawn)."""
+    st.session_state.ex_idx = int(np.random.default_rng().integers(size))
+
+
 q_ckpt = st.query_params.get("ckpt")
 if st.session_state.get("ex_ckpt") not in paths:
     by_label = {v: k for k, v in labels.items()}
@@ -128,9 +133,7 @@ with st.sidebar:
         "Defaults to the checkpoint's training σ.",
     ).strip()
     idx = st.number_input("Test index", min_value=0, max_value=len(ds.test_y) - 1, step=1, key="ex_idx")
-    if st.button("Random test point", width="stretch"):
-        st.session_state.ex_idx = int(np.random.default_rng().integers(len(ds.test_y)))
-        st.rerun()
+    st.button("Random test point", width="stretch", on_click=_random_index, args=(len(ds.test_y),))
     with st.expander("Monte Carlo settings"):
         n = st.select_slider("n (estimation samples)", options=N_CHOICES, key="ex_n")
         n0 = st.number_input("n0 (selection samples)", min_value=10, max_value=1000, value=100, step=10)

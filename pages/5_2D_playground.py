@@ -193,7 +193,7 @@ points = st.multiselect(
     list(range(num_test)),
     key="pg_points",
     max_selections=MAX_POINTS,
-    format_func=lambda i: f"#{i} (class {ds.class_names[int(ds.test_y[i])]})",
+    format_func=lambda i: f"#{i} ({plots_explore.class_label(ds.class_names[int(ds.test_y[i])])})",
 )
 
 const_spec = f"constant:{sigma0:g}"

@@ -37,12 +37,14 @@ def sigma_spec(kind: str, sigma: float, r: float, k: int) -> str:
     return f"constant:{sigma:g}" if kind == "constant" else f"knn:{sigma:g},{r:g},{int(k)}"
 
 
-def validate(dataset: str, arch: str, spec: str, name: str) -> Path:
+def validate(dataset: str, arch: str, spec: str, name: str, device: str) -> Path:
     """Check the choices before starting a process; the checkpoint path to write."""
+    from smoothviz.device import resolve_device
     from smoothviz.models import build_model
     from smoothviz.sigma import parse_sigma_spec
 
     parse_sigma_spec(spec)
+    resolve_device(device)
     info = DATASET_INFO[dataset]
     build_model(arch, info.input_shape, info.num_classes)
     if not _NAME.match(name):
@@ -102,7 +104,7 @@ with st.form("train_form"):
                              placeholder=f"default: sgd {DEFAULT_LR['sgd']}, adam {DEFAULT_LR['adam']}")
         batch_size = st.number_input("Batch size", min_value=1, max_value=4096, value=128, step=32)
         seed = st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1)
-        device = st.selectbox("Device", ["auto", "cpu", "cuda"])
+        device = st.selectbox("Device", ["auto", "cpu", "cuda"], key="tr_device")
     submitted = st.form_submit_button("Start training", type="primary")
 
 if submitted:
@@ -111,7 +113,7 @@ if submitted:
     n_epochs = int(epochs) if epochs is not None else DEFAULT_EPOCHS.get(dataset, 50)
     auto = f"{dataset}-{arch}-{kind}-{sigma:g}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
-        out = validate(dataset, arch, spec, name.strip() or auto)
+        out = validate(dataset, arch, spec, name.strip() or auto, device)
         job_id = start_job(dataset, arch, spec, n_epochs, lr, optimizer, int(batch_size), int(seed), device, out)
     except SmoothvizError as exc:
         show_error(exc)
@@ -166,8 +168,15 @@ if job_id:
                 st.success(f"Training finished: {message}", icon="✅")
                 out = extra.get("out")
                 if out and Path(out).exists():
-                    st.page_link("pages/2_Certify.py", label="Certify it on the Certify page", icon="🛡️")
-                    st.page_link("pages/4_Sample_explorer.py", label="Look at single points in the Sample explorer", icon="🔍")
+                    link = {"dataset": extra.get("dataset", ""), "ckpt": display_path(Path(out))}
+                    st.page_link("pages/2_Certify.py", label="Certify it on the Certify page", icon="🛡️",
+                                 query_params=link)
+                    if len(DATASET_INFO.get(link["dataset"], DATASET_INFO[DEFAULT_DATASET]).input_shape) > 1:
+                        st.page_link("pages/4_Sample_explorer.py", label="Look at single points in the Sample explorer",
+                                     icon="🔍", query_params=link)
+                    else:
+                        st.page_link("pages/5_2D_playground.py", label="See its decision regions in the 2-D playground",
+                                     icon="🧭", query_params={"dataset": link["dataset"], "model": link["ckpt"]})
             elif job.status == CANCELLED:
                 st.warning(
                     "Training was cancelled. Starting the same training again (same name and settings) resumes "

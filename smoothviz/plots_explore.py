@@ -20,6 +20,7 @@ CLASS_COLORS = (
     "#19D3F3", "#FF6692", "#B6E880", "#FF97FF", "#FECB52",
 )
 ABSTAIN_COLOR = "#9E9E9E"
+HIGHLIGHT_COLOR = "#636EFA"
 SOUND_COLOR = "#111111"
 HALO_COLOR = "#FFFFFF"
 
@@ -27,6 +28,12 @@ HALO_COLOR = "#FFFFFF"
 def class_color(c: int) -> str:
     """The colour of class ``c`` (cycled), shared by points, bars and regions."""
     return CLASS_COLORS[c % len(CLASS_COLORS)]
+
+
+def class_label(name: object) -> str:
+    """``class NAME`` for legends, without doubling a name that already says ``class``."""
+    text = str(name)
+    return text if text.lower().startswith("class") else f"class {text}"
 
 
 def _pastel(hex_color: str, amount: float = 0.55) -> str:
@@ -77,8 +84,8 @@ def image_grid(
             row=i // cols + 1,
             col=i % cols + 1,
         )
-    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
-    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
     fig.update_annotations(font_size=11)
     fig.update_layout(
         title=title or None,
@@ -98,7 +105,7 @@ def vote_histogram(
     counts = np.asarray(counts, dtype=np.int64)
     n = int(counts.sum())
     names = [str(c) for c in class_names]
-    colors = [class_color(c) if c == predicted else ABSTAIN_COLOR for c in range(len(counts))]
+    colors = [HIGHLIGHT_COLOR if c == predicted else ABSTAIN_COLOR for c in range(len(counts))]
     hover = [
         f"{names[c]}: {int(counts[c])} of {n} votes ({counts[c] / max(n, 1):.1%})"
         + (" · true label" if c == label else "")
@@ -140,7 +147,8 @@ def radius_bars(radius: float, naive_radius: float) -> go.Figure:
             orientation="h",
             marker=dict(color=["#00A06B", "#E0663F"], pattern_shape=["", "/"]),
             text=[f"{radius:.4f}", f"{naive_radius:.4f}"],
-            textposition="auto",
+            textposition="outside",
+            cliponaxis=False,
             hovertemplate="%{y}: %{x:.4f}<extra></extra>",
         )
     )
@@ -149,6 +157,7 @@ def radius_bars(radius: float, naive_radius: float) -> go.Figure:
         xaxis_title="L2 radius (input space, pixels in [0, 1])",
         yaxis_title="certificate",
         yaxis_autorange="reversed",
+        xaxis_range=[0, 1.3 * max(radius, naive_radius, 1e-3)],  # room for the value labels
         height=220,
         margin=dict(l=10, r=10, t=50, b=10),
         showlegend=False,
@@ -227,7 +236,7 @@ def region_map(
                     marker=dict(color=class_color(c), size=6, line=dict(color="#222222", width=0.7)),
                     customdata=ids[m],
                     hovertemplate="point #%{customdata}<br>x₁=%{x:.2f}, x₂=%{y:.2f}<extra>" + str(class_names[c]) + "</extra>",
-                    name=f"class {class_names[c]}",
+                    name=class_label(class_names[c]),
                 )
             )
     _add_circles(fig, circles)

@@ -118,6 +118,12 @@ def test_explorer_from_url_with_knn_sigma(digits_checkpoint):
     assert at.query_params["idx"] == "12"
     assert any(t.startswith("#12 · label") for t in figures(at))
 
+    at.button[0].click().run()  # random test point
+    assert not at.exception, [e.message for e in at.exception]
+    idx = at.number_input(key="ex_idx").value
+    assert at.query_params["idx"] == str(idx)
+    assert any(t.startswith(f"#{idx} · label") for t in figures(at))
+
 
 def test_explorer_constant_sigma_and_bad_spec(digits_checkpoint):
     at = open_page("pages/4_Sample_explorer.py", sigma="constant:0.3", n="1000")
@@ -247,7 +253,12 @@ def test_train_rejects_bad_choices_without_starting():
     at.selectbox(key="tr_arch").set_value("resnet20")
     at.selectbox(key="tr_dataset").set_value("toy2d-moons")
     at.button[0].click().run()
-    assert at.error and "job" not in at.query_params
+    assert any("resnet20" in e.value for e in at.error) and "job" not in at.query_params
+    if not torch.cuda.is_available():
+        at.selectbox(key="tr_arch").set_value("default for the dataset")
+        at.selectbox(key="tr_device").set_value("cuda")
+        at.button[0].click().run()
+        assert any("CUDA is not available" in e.value for e in at.error) and "job" not in at.query_params
 
 
 def test_train_cancel(tmp_path):
