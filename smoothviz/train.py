@@ -173,10 +173,13 @@ def train_model(
         "num_train": int(len(dataset.train_x)),
     }
     report = progress or (lambda info: None)
+    n = len(dataset.train_x)
+    per_epoch = math.ceil(n / batch_size)
+    total = per_epoch * epochs
     if resume:
         done_meta = _finished_meta(out, config)
         if done_meta is not None:
-            report({"done": epochs, "total": epochs, "status": "done", "epoch": epochs,
+            report({"done": total, "total": total, "status": "done", "epoch": epochs,
                     "epochs": epochs, "message": f"{out} already holds this training"})
             return done_meta
     dev = resolve_device(device)
@@ -186,6 +189,9 @@ def train_model(
         model = build_model(arch, dataset.input_shape, dataset.num_classes,
                             mean=info.mean if info else None, std=info.std if info else None)
     model = model.to(dev)
+    if sigma_spec.strip().lower().startswith("knn"):
+        report({"done": 0, "total": total, "status": "running", "event": "setup",
+                "message": f"computing kNN distances among the {n} training points"})
     sigma_fn: SigmaFunction = build_sigma(sigma_spec, dataset.train_x, device=dev)
     train_x, train_y = dataset.train_x.to(dev), dataset.train_y.to(dev)
     if isinstance(sigma_fn, KNN):
@@ -207,9 +213,6 @@ def train_model(
         opt.load_state_dict(state["optimizer"])
         start_epoch, seconds = int(state["epoch"]), float(state["seconds"])
 
-    n = len(train_x)
-    per_epoch = math.ceil(n / batch_size)
-    total = per_epoch * epochs
     loss_fn = nn.CrossEntropyLoss()
     t_start = time.monotonic()
     done_at_start = start_epoch * per_epoch

@@ -115,7 +115,7 @@ def test_rerunning_a_finished_training_returns_its_meta(tmp_path):
     meta = train_model(ds, "mlp", "constant:0.1", 1, out, device="cpu")
     events = []
     again = train_model(ds, "mlp", "constant:0.1", 1, out, device="cpu", progress=events.append)
-    assert again == meta and [e["status"] for e in events] == ["done"]
+    assert again == meta and [(e["status"], e["done"]) for e in events] == [("done", 12)]
     changed = train_model(ds, "mlp", "constant:0.1", 1, out, device="cpu", seed=5)
     assert changed["train_args"]["seed"] == 5 and changed["created"] >= meta["created"]
 
@@ -146,6 +146,7 @@ def test_cli_trains_and_writes_the_progress_file(tmp_path, capsys):
     state = json.loads(progress.read_text())
     assert state["status"] == "done" and state["done"] == state["total"] == 24
     assert "clean accuracy" in state["message"] and "epoch 2/2" in stderr
+    assert "computing kNN distances among the 1500 training points" in stderr
 
 
 @pytest.mark.parametrize("argv,match", [

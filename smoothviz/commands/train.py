@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
 
         def progress(info: dict) -> None:
             last.update(done=info["done"], total=info["total"])
-            if info.get("event") == "epoch" or info["status"] == "done":
+            if info.get("event") in ("epoch", "setup") or info["status"] == "done":
                 bar.close()
                 print(info["message"], file=sys.stderr, flush=True)
             else:
