@@ -107,7 +107,7 @@ def naive_radius(p_a: ArrayLike, sigma0: ArrayLike) -> Array:
 
 
 def waterfall_ceiling(sigma: ArrayLike, n: ArrayLike, alpha: ArrayLike) -> Array:
-    """sigma * Phi^-1(alpha^(1/n)): the largest radius any run with n samples at level alpha reports.
+    """sigma * Phi^-1(alpha^(1/n)): the largest radius a run with n samples at level alpha reports.
 
     With all n samples voting A the Clopper-Pearson bound is exactly alpha^(1/n).
     """
@@ -380,23 +380,21 @@ def _radius_flat(p_a: Array, sigma0: Array, r: Array, dim: Array, rtol: float) -
     if not ok.any():
         return out
     p, s0, rr, n = p_a[ok], sigma0[ok], r[ok], dim[ok]
-    # s1 = s0 is always admissible, so Cohen's radius bounds the answer from above.
-    hi = s0 * special.ndtri(p)
-    lo = np.zeros_like(hi)
-    f_lo = p - 0.5 - _CERT_MARGIN
-    f_hi = np.minimum(_radius_margin(hi, p, s0, rr, n), 0.0)
+    # s1 = s0 is always admissible and gives exactly 1/2 at Cohen's radius, so that radius is
+    # not certified: [0, Cohen] brackets the answer.
     full = p >= 1.0
-    res_hi = np.where(full, np.inf, hi)
-    if (~full).any():
-        sub = ~full
+    res = np.full(p.shape, np.inf)
+    sub = np.flatnonzero(~full)
+    if sub.size:
+        p, s0, rr, n = p[sub], s0[sub], rr[sub], n[sub]
+        hi = s0 * special.ndtri(p)
+        f_hi = np.minimum(_radius_margin(hi, p, s0, rr, n), 0.0)
 
         def f(x: Array, idx: Array) -> Array:
-            j = np.flatnonzero(sub)[idx]
-            return _radius_margin(x, p[j], s0[j], rr[j], n[j])
+            return _radius_margin(x, p[idx], s0[idx], rr[idx], n[idx])
 
-        lo_s, _ = _regula_falsi(f, lo[sub], hi[sub], f_lo[sub], f_hi[sub], rtol)
-        res_hi[sub] = lo_s
-    out[ok] = res_hi
+        res[sub], _ = _regula_falsi(f, np.zeros_like(hi), hi, p - 0.5 - _CERT_MARGIN, f_hi, rtol)
+    out[ok] = res
     return out
 
 

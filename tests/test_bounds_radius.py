@@ -1,4 +1,4 @@
-"""Continuity of the worst case, soundness of the input-dependent radius, curse-of-dimension tools."""
+"""Continuity of the worst case, soundness of the input-dependent radius, dimension tools."""
 
 from __future__ import annotations
 
