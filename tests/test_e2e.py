@@ -159,7 +159,7 @@ def certify_via_page(page, server: str, query: str) -> str:
 
 
 def test_certify_through_the_page_and_compare(server, page):
-    settings = "points=40&n0=50&n=1000"
+    settings = "points=30&n0=50&n=500"
     constant = _checkpoint("digits-*constant-0.25*.pt")
     first = certify_via_page(page, server, settings + (f"&ckpt={constant}" if constant else ""))
     shot(page, "certify-done")
