@@ -240,7 +240,8 @@ def _worst_integral(kappa: Array, km1: Array, delta: Array, p_a: Array, dim: int
 def _worst_ncx2(kappa: Array, km1: Array, delta: Array, p_a: Array, dim: int) -> Array:
     """Non-central chi-square route (scipy/Boost); requires km1 != 0."""
     lam0 = (delta / km1) ** 2
-    lam1 = kappa * kappa * lam0
+    with np.errstate(invalid="ignore"):
+        lam1 = np.where(np.isfinite(kappa), kappa * kappa * lam0, 0.0)  # -> 0 as kappa -> inf
     ball = km1 > 0
     # Ball: threshold F^-1(p_a) = isf(1 - p_a); complement: F^-1(1 - p_a) = isf(p_a). 1 - p_a is
     # exact for p_a >= 1/2, and isf keeps the small tail's relative precision. One call for both.
@@ -367,10 +368,12 @@ def _radius_margin(
 ) -> Array:
     """min over s1 = s0 e^{-r R}, s0 e^{+r R} of worst case at distance R, minus 1/2."""
     x = r * radius
-    kappa = np.concatenate([np.exp(-x), np.exp(x)])
-    km1 = np.concatenate([np.expm1(-2.0 * x), np.expm1(2.0 * x)])
-    delta = np.tile(radius / sigma0, 2)
-    w = _worst_unit(kappa, km1, delta, np.tile(p_a, 2), np.tile(dim, 2))
+    # For huge r * R the band ends reach 0 and inf, where the worst case is 0 (its limit).
+    with np.errstate(over="ignore", divide="ignore"):
+        kappa = np.concatenate([np.exp(-x), np.exp(x)])
+        km1 = np.concatenate([np.expm1(-2.0 * x), np.expm1(2.0 * x)])
+        delta = np.tile(radius / sigma0, 2)
+        w = _worst_unit(kappa, km1, delta, np.tile(p_a, 2), np.tile(dim, 2))
     return np.minimum(w[: x.size], w[x.size:]) - 0.5 - _CERT_MARGIN
 
 
