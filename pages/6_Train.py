@@ -55,11 +55,16 @@ def validate(dataset: str, arch: str, spec: str, name: str, device: str) -> Path
     return out
 
 
+def new_job_id() -> str:
+    """A fresh, sortable training job id."""
+    return f"train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
 def start_job(dataset: str, arch: str, spec: str, epochs: int, lr: float | None, optimizer: str,
               batch_size: int, seed: int, device: str, out: Path) -> str:
     """Start ``smoothviz train`` through the job manager; returns the job id."""
     jm = job_manager()
-    job_id = f"train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    job_id = new_job_id()
     progress_file = jm.jobs_dir / "progress" / f"{job_id}.json"  # not beside the job files: jobs() reads *.json there
     args = [
         "train", "--dataset", dataset, "--arch", arch, "--sigma", spec, "--epochs", str(epochs),
@@ -73,6 +78,21 @@ def start_job(dataset: str, arch: str, spec: str, epochs: int, lr: float | None,
         extra={"dataset": dataset, "arch": arch, "sigma": spec, "epochs": epochs, "out": str(out)},
     )
     return job_id
+
+
+def resume_job(old_id: str) -> None:
+    """Start the command of job ``old_id`` again as a new job (train resumes from its epoch file)."""
+    old = job_manager().get(old_id)
+    if old is None:
+        return
+    job_id = new_job_id()
+    progress_file = job_manager().jobs_dir / "progress" / f"{job_id}.json"
+    args = list(old.argv[3:])  # drop "python -m smoothviz"
+    if "--progress-file" in args:
+        args[args.index("--progress-file") + 1] = str(progress_file)
+    job_manager().start("train", args, job_id=job_id, progress_file=progress_file, cwd=ROOT, extra=old.extra)
+    st.session_state.train_job = job_id
+    st.query_params["job"] = job_id
 
 
 # ---------------------------------------------------------------- the form
@@ -158,6 +178,13 @@ if job_id:
                 st.rerun(scope="app")
             if current.status != RUNNING:
                 st.rerun(scope="app")
+            show_curves()
+
+        def show_curves() -> None:
+            """Loss and noisy training accuracy per finished epoch, parsed from the job's log."""
+            history = plots_explore.epoch_history(jm.log_tail(job_id, max_chars=500_000))
+            if history:
+                st.plotly_chart(plots_explore.training_curves(history), key="train_curves")
 
         if job.status == RUNNING:
             st.fragment(run_every="1s")(progress_panel)()
@@ -178,19 +205,16 @@ if job_id:
                         st.page_link("pages/5_2D_playground.py", label="See its decision regions in the 2-D playground",
                                      icon="🧭", query_params={"dataset": link["dataset"], "model": link["ckpt"]})
             elif job.status == CANCELLED:
-                st.warning(
-                    "Training was cancelled. Starting the same training again (same name and settings) resumes "
-                    "from the last finished epoch.",
-                    icon="⏹️",
-                )
+                st.warning("Training was cancelled. Resuming continues from the last finished epoch.", icon="⏹️")
             elif job.status == FAILED:
                 lines = [ln for ln in jm.log_tail(job_id).splitlines() if ln.strip()]
                 st.error(f"Training failed: {message or (lines[-1] if lines else 'see the log below')}", icon="⚠️")
             elif job.status == LOST:
                 st.warning("The training process disappeared without an exit code (the server may have restarted).")
-        history = plots_explore.epoch_history(jm.log_tail(job_id, max_chars=500_000))
-        if history:
-            st.plotly_chart(plots_explore.training_curves(history), key="train_curves")
+            if job.status in (CANCELLED, FAILED, LOST):
+                st.button("Resume training", key="train_resume", on_click=resume_job, args=(job_id,),
+                          help="Runs the same command again as a new job; finished epochs are not repeated.")
+            show_curves()
         with st.expander("Log"):
             st.code(jm.log_tail(job_id) or "(empty)", language=None)
 

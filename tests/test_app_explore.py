@@ -271,4 +271,17 @@ def test_train_cancel(tmp_path):
     _wait_for_job(at, 60)
     assert any("cancelled" in w.value for w in at.warning)
     assert not list((tmp_path / "runs" / "checkpoints").glob("digits-*.pt"))
-    assert job_id in [j for j in at.selectbox(key="train_pick").options]
+    assert job_id in at.selectbox(key="train_pick").options
+
+    # resuming starts the same command as a new job (then cancel it again: no stray process)
+    at.button(key="train_resume").click().run()
+    new_id = at.query_params["job"]
+    assert new_id != job_id
+    from smoothviz.jobs import JobManager
+
+    jm = JobManager(tmp_path / "runs" / "jobs")
+    old, new = jm.get(job_id), jm.get(new_id)
+    strip = lambda argv: [a for a in argv if "progress" not in a]  # noqa: E731
+    assert strip(new.argv) == strip(old.argv) and new.extra == old.extra
+    assert jm.cancel(new_id)
+    assert jm.wait(new_id, timeout=30).status == "cancelled"
