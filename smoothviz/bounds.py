@@ -121,9 +121,9 @@ def waterfall_ceiling(sigma: ArrayLike, n: ArrayLike, alpha: ArrayLike) -> Array
 # ---------------------------------------------------------------------------------------------
 #
 # Work in units of sigma0: x0 = 0, x1 = delta e1, P0 = N(0, I), P1 = N(delta e1, kappa^2 I) with
-# kappa = s1/s0, delta = d/s0. The likelihood ratio p1/p0 is monotone in ||z - c||, c = -m e1 sgn,
-# m = delta/|kappa^2 - 1|, so the least-P1 set of P0-mass p_a is the ball around c when kappa > 1
-# and the complement of a ball around c when kappa < 1.
+# kappa = s1/s0, delta = d/s0. The likelihood ratio p1/p0 is monotone in ||z - c|| with
+# c = -delta/(kappa^2 - 1) e1 (so |c| = m = delta/|kappa^2 - 1|): the least-P1 set of P0-mass p_a
+# is the ball around c when kappa > 1 and the complement of a ball around c when kappa < 1.
 #
 # Route "ncx2": ||z - c||^2 under P0 is ncx2(N, lam0 = m^2); (||z - c||/kappa)^2 under P1 is
 # ncx2(N, lam1 = kappa^2 m^2). Accurate while lam is moderate.
@@ -407,9 +407,11 @@ def input_dependent_radius(
     """Sound L2 radius for a semi-elastic sigma(x) (|ln s(x) - ln s(y)| <= r ||x - y||).
 
     The largest R such that for every d <= R and s1 in [s0 e^{-r d}, s0 e^{r d}] the worst case
-    stays > 1/2 (Sukenik et al. 2022, Theorem 3), evaluated at the two ends of the band; returns
-    the lower end of the final bracket (relative width rtol). Cohen's radius at r = 0; 0 where
-    p_a <= 1/2.
+    stays > 1/2 (Sukenik et al. 2022, Theorem 3). The root-find in R uses the two ends of the
+    band (the binding ones; tests check dense (d, s1) grids inside the radius) and returns the
+    lower end of its final bracket (relative width rtol), with the worst case kept above
+    1/2 + 5e-14 so rounding cannot certify too much. Cohen's radius at r = 0 (to ~1e-13 * s0),
+    0 where p_a <= 1/2 (abstain), inf where p_a = 1. Non-increasing in r (the band only widens).
     """
     p = _checked("p_a", p_a, 0.0, False, 1.0)
     s0 = _checked("sigma0", sigma0, 0.0, True)

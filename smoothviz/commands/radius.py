@@ -13,7 +13,7 @@ HELP = (
     "Print the sound certified L2 radius for a sigma function with semi-elasticity r "
     "(|ln sigma(x) - ln sigma(y)| <= r ||x - y||) as JSON {\"radius\": ...}; with --naive also "
     "the naive radius sigma0 * Phi^-1(p_A), which is NOT a guarantee when r > 0. "
-    "p_A <= 1/2 gives radius 0 (abstain)."
+    "p_A <= 1/2 gives radius 0 (abstain); p_A = 1 gives Infinity."
 )
 
 
