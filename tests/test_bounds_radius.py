@@ -177,3 +177,16 @@ def test_radius_is_sound_for_random_settings() -> None:
     ends = bounds.worst_case_probability(sigma0[:, None], sigma0[:, None] * np.exp(
         np.outer(r * out, [-1.0, 1.0])), out[:, None], p_a[:, None], dim[:, None])
     assert np.all(ends.min(axis=1) <= 0.5)
+
+
+def test_worst_case_is_monotone_in_p_a_and_distance() -> None:
+    """More mass at x0 never lowers the bound; a larger distance never raises it."""
+    rng = np.random.default_rng(3)
+    for dim in (1, 3, 50, 3072):
+        ratio = np.exp(rng.uniform(-0.7, 0.7, 12))
+        ratio[:3] = [1.0, 1 + 1e-9, 1 - 1e-7]
+        p = np.linspace(0.5, 0.99999, 25)[:, None, None]
+        d = np.linspace(0.0, 1.5, 16)[None, :, None]
+        w = bounds.worst_case_probability(0.4, 0.4 * ratio[None, None, :], d, p, dim)
+        assert np.all(np.diff(w, axis=0) >= -1e-12)
+        assert np.all(np.diff(w, axis=1) <= 1e-12)
