@@ -41,7 +41,8 @@ def import_section(expanded: bool) -> None:
         st.caption("Header `idx label predict radius correct time`, one line per point (time in seconds or h:mm:ss).")
         up = st.file_uploader("log file", type=["tsv", "txt", "log", "out"], key="upload")
         c1, c2, c3 = st.columns(3)
-        name = c1.text_input("run name", value=Path(up.name).stem if up else "imported", key="import_name")
+        name = c1.text_input("run name", value=Path(up.name).stem if up else "imported",
+                             key=f"import_name@{up.name if up else ''}")
         names = data.dataset_names()
         dataset = c2.selectbox("dataset", names, index=names.index(data.DEFAULT_DATASET), key="import_dataset")
         sigma = c3.text_input("σ (number or spec, optional)", value="", key="import_sigma")

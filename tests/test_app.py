@@ -229,3 +229,33 @@ def test_certify_follows_a_running_job_and_cancels_it(tmp_path, digits_checkpoin
         assert jobs.wait(job.id, timeout=30).status == "cancelled"
     finally:
         jobs.cancel(job.id, grace_s=0.0)
+
+
+def test_compare_imports_a_reference_log_and_rejects_a_bad_one(tmp_path):
+    at = open_page("pages/3_Compare_runs.py")
+    bad = b"idx\tlabel\tpredict\n0\t1\t1\n"
+    at.file_uploader(key="upload").set_value(("bad.tsv", bad, "text/tab-separated-values")).run()
+    at.button(key="import_button").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert any("expected the tab-separated header" in e.value for e in at.error)
+
+    log = "idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t3\t3\t0.42\t1\t0:00:01.5\n20\t7\t-1\t0.0\t0\t1.25\n"
+    at.file_uploader(key="upload").set_value(("cohen.tsv", log.encode(), "text/tab-separated-values")).run()
+    at.text_input(key="import_sigma").set_value("0.25").run()
+    at.button(key="import_button").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    store = Store(tmp_path / "runs" / "test.db")
+    runs = store.runs()
+    assert len(runs) == 1 and runs.loc[0, "name"] == "cohen"
+    results = store.results(int(runs.loc[0, "id"]))
+    assert results["radius"].tolist() == [0.42, 0.0] and results["correct"].tolist() == [True, False]
+    assert at.multiselect(key="runs_pick").value == [int(runs.loc[0, "id"])]
+
+
+def test_overview_lists_the_runs_in_the_store(tmp_path):
+    store = Store(tmp_path / "runs" / "test.db")
+    fake_run(store, "constant:0.25", 0.0, 0.25)
+    at = open_page("app.py")
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert table["name"].tolist() == ["fake constant:0.25"] and table["status"].tolist() == ["done"]
