@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from smoothviz import bounds
+from smoothviz import bounds, speed
 from smoothviz.data import Dataset, load_dataset
 from smoothviz.device import resolve_device
 from smoothviz.errors import Cancelled, CheckpointError, InvalidArgument, SmoothvizError, StoreError
@@ -497,7 +497,7 @@ def run_certification(
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     device: str | None = None,
-    batch_size: int | None = None,
+    batch_size: int | str | None = None,
 ) -> str:
     """Execute or resume a certify run recorded in the store; returns its final status.
 
@@ -537,7 +537,7 @@ def _execute(
     progress: ProgressFn | None,
     cancel: CancelFn,
     device_spec: str | None,
-    batch_size: int | None,
+    batch_size: int | str | None,
 ) -> str:
     run_id = int(run["id"])
     device = resolve_device(device_spec or run["device"] or "auto")
@@ -557,11 +557,12 @@ def _execute(
     todo = [i for i in indices if i not in done]
     if todo:
         select = torch.tensor(todo, dtype=torch.int64)
+        classify, size = make_classifier(model, run["options"], device, batch_size or run["batch_size"],
+                                         dataset.input_shape)
         for result in iter_certify(
-            make_classifier(model, run["options"]), xs[select], ys[select], todo, sigma_fn,
-            int(run["n0"]), int(run["n"]), float(run["alpha"]), dataset.num_classes,
-            int(batch_size or run["batch_size"] or default_batch_size(device)), device,
-            int(run["seed"] or 0), float(sigma_fn.r), dataset.dim, progress=progress, cancel=cancel,
+            classify, xs[select], ys[select], todo, sigma_fn, int(run["n0"]), int(run["n"]),
+            float(run["alpha"]), dataset.num_classes, size, device, int(run["seed"] or 0),
+            float(sigma_fn.r), dataset.dim, progress=progress, cancel=cancel,
         ):
             store.add_result(run_id, result)
     store.set_status(run_id, "done", f"{len(indices)} points certified")
@@ -573,12 +574,43 @@ def default_batch_size(device: torch.device) -> int:
     return 8192 if device.type == "cuda" else 1024
 
 
-def make_classifier(model: nn.Module, options: dict | None) -> Classifier:
-    """The base classifier as the engine calls it; ``options`` are the run's evaluation options.
+# EngineOptions fields that change how fast the classifier runs, not which samples it sees; the
+# batch size is recorded in its own column and never changes the counts.
+OPTION_KEYS = ("autocast", "channels_last", "compile", "cuda_graphs")
 
-    No evaluation options are defined yet: any given one is rejected rather than ignored, since
-    options that change the evaluated classifier are part of what the certificate is about.
+
+def engine_options(options: dict | None) -> speed.EngineOptions:
+    """The run's evaluation options as EngineOptions; unknown keys are rejected, not ignored."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(OPTION_KEYS))
+    if unknown:
+        raise InvalidArgument(f"unknown engine options {unknown}; known: {', '.join(OPTION_KEYS)}")
+    return speed.EngineOptions(**options)
+
+
+def options_dict(options: speed.EngineOptions) -> dict:
+    """The options that differ from the defaults (what a run records and resumes by)."""
+    default = speed.EngineOptions()
+    return {k: getattr(options, k) for k in OPTION_KEYS if getattr(options, k) != getattr(default, k)}
+
+
+def make_classifier(
+    model: nn.Module,
+    options: dict | None,
+    device: torch.device | str,
+    batch_size: int | str | None,
+    input_shape: tuple[int, ...],
+) -> tuple[Classifier, int]:
+    """The base classifier as the engine calls it, prepared with the run's speed options.
+
+    Returns (classifier, batch size); ``batch_size`` "auto" is measured from free device memory.
+    See smoothviz.speed for the options and the soundness caveat of autocast.
     """
-    if options:
-        raise InvalidArgument(f"unknown engine options {sorted(options)}")
-    return argmax_classifier(model)
+    device = torch.device(device)
+    opts = engine_options(options)
+    shape = tuple(int(v) for v in input_shape)
+    if batch_size == "auto":
+        size = speed.auto_batch_size(model, shape, device, options=opts)
+    else:
+        size = int(batch_size) if batch_size is not None else default_batch_size(device)
+    return speed.prepare_model(model, opts, device, (size, *shape)), size

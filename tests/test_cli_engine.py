@@ -185,3 +185,16 @@ def test_argparse_rejects_alpha_outside_unit_interval(ckpts, capsys) -> None:
         main(["certify", "--model", str(ckpts["constant"]), "--alpha", "1.5"])
     assert info.value.code == 2
     assert "outside (0, 1)" in capsys.readouterr().err
+
+
+def test_speed_flags_are_recorded_and_keep_counts(tmp_path: Path, ckpts, capsys) -> None:
+    db = tmp_path / "speed.db"
+    common = ["certify", "--model", ckpts["constant"], "--n0", 10, "--n", 400, "--indices", "3,7", "--device",
+              "cpu", "--db", db, "--quiet", "--batch-size", 96]
+    assert cli(capsys, *common)[0] == 0
+    assert cli(capsys, *common, "--channels-last")[0] == 0
+    with Store(db) as s:
+        assert s.run(1)["options"] == {} and s.run(2)["options"] == {"channels_last": True}
+        assert s.results(1)["counts"].tolist() == s.results(2)["counts"].tolist()
+    code, _, err = cli(capsys, *common, "--cuda-graphs")
+    assert code == 2 and "cuda" in err.lower()

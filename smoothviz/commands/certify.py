@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from smoothviz import analysis
-from smoothviz.certify import DEFAULT_ALPHA, DEFAULT_N, DEFAULT_N0, run_certification, select_split
+from smoothviz.certify import (
+    DEFAULT_ALPHA,
+    DEFAULT_N,
+    DEFAULT_N0,
+    options_dict,
+    run_certification,
+    select_split,
+)
 from smoothviz.commands._args import open_probability, positive_int
 from smoothviz.data import canonical_name, load_dataset
 from smoothviz.device import resolve_device
@@ -23,6 +30,7 @@ from smoothviz.errors import CheckpointError, InvalidArgument
 from smoothviz.models import read_checkpoint
 from smoothviz.progress import ProgressBar, format_seconds
 from smoothviz.sigma import canonical_spec, parse_sigma_spec
+from smoothviz.speed import EngineOptions
 from smoothviz.store import DEFAULT_DB, Store
 
 NAME = "certify"
@@ -83,11 +91,30 @@ def add_point_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--points", type=positive_int, default=None,
                        help="number of points, evenly spaced over the split (default: all)")
     group.add_argument("--indices", default=None, help="indices such as 0-99,150,200")
-    parser.add_argument("--batch-size", type=positive_int, default=None,
-                        help="noisy samples per forward pass (default 1024 on CPU, 8192 on CUDA)")
+    parser.add_argument("--batch-size", type=batch_size_arg, default=None,
+                        help="noisy samples per forward pass, or 'auto' from free device memory "
+                             "(default 1024 on CPU, 8192 on CUDA); it never changes the counts")
     parser.add_argument("--seed", type=int, default=0, help="seed (each point's noise derives from it and its index)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    speedy = parser.add_argument_group("speed options (recorded with the run)")
+    speedy.add_argument("--autocast", choices=("bf16", "fp16"), default=None,
+                        help="fast mode: evaluate the classifier under autocast; the certificate is then "
+                             "for the classifier as evaluated in that precision")
+    speedy.add_argument("--channels-last", action="store_true", help="NHWC memory format (same noise draws)")
+    speedy.add_argument("--compile", action="store_true", help="torch.compile the classifier")
+    speedy.add_argument("--cuda-graphs", action="store_true", help="replay the forward pass as a CUDA graph")
+
+
+def batch_size_arg(text: str) -> int | str:
+    """An integer >= 1 or 'auto'."""
+    return "auto" if text.strip().lower() == "auto" else positive_int(text)
+
+
+def speed_options(args: argparse.Namespace) -> dict:
+    """The run options the speed flags ask for (only those differing from the defaults)."""
+    return options_dict(EngineOptions(autocast=args.autocast, channels_last=args.channels_last,
+                                      compile=args.compile, cuda_graphs=args.cuda_graphs))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -167,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         config = dict(
             name=name, dataset=dataset, split=args.split, checkpoint=checkpoint, sigma_spec=spec,
             n0=args.n0, n=args.n, alpha=args.alpha, device=device, indices=indices, seed=args.seed,
-            options={},
+            options=speed_options(args),
         )
         run_id = None if args.new else store.find_run(**config)
         if run_id is None:

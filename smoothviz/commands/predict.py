@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from smoothviz.certify import DEFAULT_N, default_batch_size, make_classifier, predict_points, select_split
+from smoothviz.certify import DEFAULT_N, make_classifier, predict_points, select_split
 from smoothviz.commands._args import positive_int
-from smoothviz.commands.certify import add_point_arguments, resolve_points
+from smoothviz.commands.certify import add_point_arguments, resolve_points, speed_options
 from smoothviz.data import load_dataset
 from smoothviz.device import resolve_device
 from smoothviz.models import load_checkpoint
@@ -40,10 +40,11 @@ def run(args: argparse.Namespace) -> int:
     select = torch.tensor(indices, dtype=torch.int64)
     bar = None if args.quiet else ProgressBar("points")
     t0 = time.perf_counter()
+    classify, batch_size = make_classifier(model, speed_options(args), device, args.batch_size, ds.input_shape)
     try:
         results = predict_points(
-            make_classifier(model, None), xs[select], ys[select], indices, sigma_fn, args.n, args.alpha,
-            ds.num_classes, args.batch_size or default_batch_size(device), device, args.seed, progress=bar,
+            classify, xs[select], ys[select], indices, sigma_fn, args.n, args.alpha, ds.num_classes,
+            batch_size, device, args.seed, progress=bar,
         )
     finally:
         if bar is not None:
