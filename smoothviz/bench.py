@@ -1,6 +1,7 @@
 """Measurements behind ``smoothviz bench``: the engine against the forward ceiling and the reference loop.
 
-For one model, device and set of input points it measures (medians of repeats, after a warm-up):
+For one model, device and set of input points it measures (medians of repeats after a warm-up,
+all workloads run round-robin so a changing load on a shared machine hits them alike):
 the base classifier's raw forward throughput at its best batch size (the ceiling: certification
 cannot evaluate noisy samples faster than the model classifies them); the reference loop of Cohen
 et al. (``reference_loop``); the engine (``certify.sample_counts``) with its default settings and
@@ -73,18 +74,37 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
-    """Median wall-clock seconds of ``fn`` over ``repeats`` timed calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
+@dataclass
+class Task:
+    """One timed workload: ``fn`` classifies ``samples`` noisy inputs; ``info`` goes into the JSON."""
+
+    key: str
+    fn: Callable[[], object]
+    samples: int
+    info: dict = field(default_factory=dict)
+
+
+def measure(tasks: Sequence[Task], device: torch.device, repeats: int, warmup: int = 1) -> dict[str, dict]:
+    """Samples per second of each task: median over ``repeats`` rounds after ``warmup`` rounds.
+
+    The tasks run round-robin (one of each per round), so a load that changes during the bench
+    (a shared CPU) affects all of them alike and their ratios stay meaningful.
+    """
+    times: dict[str, list[float]] = {t.key: [] for t in tasks}
+    for round_ in range(warmup + repeats):
+        for task in tasks:
+            synchronize(device)
+            t0 = time.perf_counter()
+            task.fn()
+            synchronize(device)
+            if round_ >= warmup:
+                times[task.key].append(time.perf_counter() - t0)
+    out = {}
+    for task in tasks:
+        med = statistics.median(times[task.key])
+        out[task.key] = {**task.info, "images_per_s": task.samples / med,
+                         "seconds": [round(v, 6) for v in times[task.key]]}
+    return out
 
 
 def seconds_per_point(samples_per_s: float, n0: int = EXTRAPOLATE_N0, n: int = EXTRAPOLATE_N) -> float:
@@ -92,44 +112,36 @@ def seconds_per_point(samples_per_s: float, n0: int = EXTRAPOLATE_N0, n: int = E
     return (n0 + n) / samples_per_s if samples_per_s > 0 else math.inf
 
 
-def ceiling_throughput(
-    model: nn.Module,
-    input_shape: tuple[int, ...],
-    device: torch.device,
-    batch_sizes: Sequence[int] = DEFAULT_CEILING_BATCHES,
-    samples: int = 16384,
-    repeats: int = 3,
-    options: EngineOptions | None = None,
-) -> dict:
-    """Forward passes per second on pre-generated inputs, at each batch size and the best one.
+def ceiling_tasks(
+    model: nn.Module, input_shape: tuple[int, ...], device: torch.device, batch_sizes: Sequence[int],
+    samples: int, options: EngineOptions | None = None,
+) -> list[Task]:
+    """Forward passes (and argmax) on pre-generated inputs, one task per batch size.
 
     The inputs are drawn once (uniform in [0, 1] plus Gaussian noise, already in the model's
-    memory format), so only the forward pass and the argmax are timed.
+    memory format), so only the classifier is timed: the physical limit of certification.
     """
     options = options or EngineOptions()
-    by_batch = {}
+    tasks = []
     for bs in batch_sizes:
         predictor = prepare_model(model, options, device, (bs, *input_shape))
         inputs = predictor.new_input(bs)
-        inputs.copy_(torch.rand((bs, *input_shape), device=device) + 0.25 * torch.randn((bs, *input_shape), device=device))
+        shape = (bs, *input_shape)
+        inputs.copy_(torch.rand(shape, device=device) + 0.25 * torch.randn(shape, device=device))
         loops = max(1, math.ceil(samples / bs))
 
-        def run() -> None:
+        def run(predictor=predictor, inputs=inputs, loops=loops) -> None:
             for _ in range(loops):
                 predictor(inputs)
 
-        med, _ = median_seconds(run, device, repeats)
-        by_batch[int(bs)] = loops * bs / med
-    best = max(by_batch, key=by_batch.__getitem__)
-    return {"images_per_s": by_batch[best], "best_batch": best, "by_batch": by_batch,
-            "options": options.to_dict()}
+        tasks.append(Task(f"ceiling@{bs}", run, loops * bs, {"batch_size": int(bs)}))
+    return tasks
 
 
-def reference_throughput(
-    model: nn.Module, points: Tensor, sigma: float, num: int, num_classes: int, device: torch.device,
-    repeats: int = 3, seed: int = 0,
-) -> dict:
-    """Samples per second of the reference loop (one point at a time, batches of 1000)."""
+def reference_task(
+    model: nn.Module, points: Tensor, sigma: float, num: int, num_classes: int, device: torch.device, seed: int = 0,
+) -> Task:
+    """The reference loop (one point at a time, batches of 1000) over ``points``."""
     model = model.to(device).eval()
     pts = points.to(device)
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -138,20 +150,18 @@ def reference_throughput(
         for p in range(pts.shape[0]):
             reference_sample_counts(model, pts[p], sigma, num, num_classes, REFERENCE_BATCH_SIZE, generator)
 
-    med, times = median_seconds(run, device, repeats)
-    rate = pts.shape[0] * num / med
-    return {"images_per_s": rate, "batch_size": REFERENCE_BATCH_SIZE, "seconds": times}
+    return Task("reference", run, pts.shape[0] * num, {"batch_size": REFERENCE_BATCH_SIZE})
 
 
-def engine_throughput(
-    model: nn.Module, points: Tensor, sigma: float, num: int, num_classes: int, device: torch.device,
-    options: EngineOptions, repeats: int = 3, seed: int = 0,
-) -> dict:
-    """Samples per second of the engine's SAMPLEUNDERNOISE (all points together) with ``options``.
+def engine_task(
+    name: str, model: nn.Module, points: Tensor, sigma: float, num: int, num_classes: int,
+    device: torch.device, options: EngineOptions, seed: int = 0,
+) -> Task:
+    """The engine's SAMPLEUNDERNOISE for all points together, prepared with ``options``.
 
     Each point's noise is seeded per block exactly as in a certification run, so the cost of the
-    engine's reproducible noise is included. Preparation (compile, graph capture, the auto batch
-    size probe) happens once before timing and is reported as ``prepare_s``.
+    engine's reproducible noise is included. Preparation (compilation, graph capture, the auto
+    batch size probe) happens here, before timing, and is reported as ``prepare_s``.
     """
     t0 = time.perf_counter()
     input_shape = tuple(points.shape[1:])
@@ -162,7 +172,6 @@ def engine_throughput(
     else:
         batch = default_batch_size(device)
     predictor = prepare_model(model, options, device, (batch, *input_shape))
-    prepare_s = time.perf_counter() - t0
     pts = points.to(device)
     sig = torch.full((pts.shape[0],), float(sigma), device=device)
     generator = torch.Generator(device=device)
@@ -171,9 +180,10 @@ def engine_throughput(
     def run() -> None:
         sample_counts(predictor, pts, sig, num, num_classes, batch, generator, seeds=seeds)
 
-    med, times = median_seconds(run, device, repeats)
-    return {"images_per_s": pts.shape[0] * num / med, "batch_size": batch, "prepare_s": prepare_s,
-            "options": options.to_dict(), "applied": dict(predictor.applied), "seconds": times}
+    run()  # compiles or captures now, so prepare_s holds the one-off cost
+    info = {"batch_size": batch, "prepare_s": time.perf_counter() - t0, "options": options.to_dict(),
+            "applied": dict(predictor.applied)}
+    return Task(f"engine:{name}", run, pts.shape[0] * num, info)
 
 
 def knn_sigma_seconds(train_x: Tensor, points: Tensor, device: torch.device, k: int = 20, repeats: int = 3) -> dict:
@@ -185,8 +195,8 @@ def knn_sigma_seconds(train_x: Tensor, points: Tensor, device: torch.device, k: 
 
     sigma_fn = KNN(train_x, sigma_b=0.25, r=0.01, k=k, m=0.0, device=device)
     pts = points.to(device)
-    med, _ = median_seconds(lambda: sigma_fn(pts), device, repeats)
-    return {"seconds_per_point": med / pts.shape[0], "train_points": int(train_x.shape[0]), "k": k}
+    timed = measure([Task("knn", lambda: sigma_fn(pts), pts.shape[0])], device, repeats)["knn"]
+    return {"seconds_per_point": 1.0 / timed["images_per_s"], "train_points": int(train_x.shape[0]), "k": k}
 
 
 def radius_solver_rate(points: int = 1000, dim: int = SOLVER_DIM, repeats: int = 3, seed: int = 0) -> dict:
@@ -199,8 +209,9 @@ def radius_solver_rate(points: int = 1000, dim: int = SOLVER_DIM, repeats: int =
     p_a = rng.uniform(0.55, 0.9999, points)
     sigma0 = rng.uniform(0.12, 0.5, points)
     r = rng.uniform(0.0, 0.05, points)
-    med, _ = median_seconds(lambda: bounds.input_dependent_radius(p_a, sigma0, r, dim), torch.device("cpu"), repeats)
-    return {"points_per_s": points / med, "points": points, "dim": dim}
+    task = Task("solver", lambda: bounds.input_dependent_radius(p_a, sigma0, r, dim), points)
+    timed = measure([task], torch.device("cpu"), repeats)["solver"]
+    return {"points_per_s": timed["images_per_s"], "points": points, "dim": dim}
 
 
 def machine_info(device: torch.device) -> dict:
@@ -234,24 +245,33 @@ def bench_model(
     """All per-model measurements: ceiling, reference loop, engine variants, kNN sigma time."""
     say = log or (lambda _msg: None)
     samples = bm.points.shape[0] * n
-    say(f"{bm.name}: ceiling")
-    ceiling = ceiling_throughput(bm.model, bm.input_shape, device, ceiling_batches, samples, repeats)
-    say(f"{bm.name}: reference loop")
-    reference = reference_throughput(bm.model, bm.points, bm.sigma, n, bm.num_classes, device, repeats)
-    engine = {}
+    say(f"{bm.name}: preparing")
+    tasks = ceiling_tasks(bm.model, bm.input_shape, device, ceiling_batches, samples)
+    tasks.append(reference_task(bm.model, bm.points, bm.sigma, n, bm.num_classes, device))
+    engine: dict[str, dict] = {}
     for name, options in variants.items():
-        say(f"{bm.name}: engine {name}")
         try:
-            row = engine_throughput(bm.model, bm.points, bm.sigma, n, bm.num_classes, device, options, repeats)
+            tasks.append(engine_task(name, bm.model, bm.points, bm.sigma, n, bm.num_classes, device, options))
         except InvalidArgument as exc:
             engine[name] = {"error": str(exc), "options": options.to_dict()}
+    say(f"{bm.name}: timing {len(tasks)} workloads x {repeats} rounds")
+    timed = measure(tasks, device, repeats)
+    by_batch = {int(k.split("@")[1]): v["images_per_s"] for k, v in timed.items() if k.startswith("ceiling@")}
+    best = max(by_batch, key=by_batch.__getitem__)
+    ceiling = {"images_per_s": by_batch[best], "best_batch": best, "by_batch": by_batch,
+               "options": EngineOptions().to_dict()}
+    reference = timed["reference"]
+    for row in (ceiling, reference):
+        row["seconds_per_point_n100k"] = seconds_per_point(row["images_per_s"])
+    for name in variants:
+        if name in engine:
             continue
+        row = timed[f"engine:{name}"]
         row["vs_reference"] = row["images_per_s"] / reference["images_per_s"]
         row["vs_ceiling"] = row["images_per_s"] / ceiling["images_per_s"]
         row["seconds_per_point_n100k"] = seconds_per_point(row["images_per_s"])
         engine[name] = row
-    for row in (ceiling, reference):
-        row["seconds_per_point_n100k"] = seconds_per_point(row["images_per_s"])
+    engine = {name: engine[name] for name in variants}
     out = {
         "name": bm.name, "source": bm.source, "input_shape": list(bm.input_shape),
         "num_classes": bm.num_classes, "sigma": bm.sigma, "points": int(bm.points.shape[0]), "n": n,
