@@ -104,15 +104,20 @@ def _random_index(size: int) -> None:
     st.session_state.ex_idx = int(np.random.default_rng().integers(size))
 
 
-q_ckpt = st.query_params.get("ckpt")
+# The URL seeds the first run of a session (a shared link); later the widgets lead.
+first_visit = "ex_seen" not in st.session_state
+st.session_state.ex_seen = True
 if st.session_state.get("ex_ckpt") not in paths:
     by_label = {v: k for k, v in labels.items()}
-    st.session_state.ex_ckpt = by_label.get(q_ckpt, paths[0])
+    st.session_state.ex_ckpt = by_label.get(st.query_params.get("ckpt") if first_visit else None, paths[0])
     st.session_state.ex_sigma = str(
-        st.query_params.get("sigma") or metas[st.session_state.ex_ckpt].get("sigma") or "constant:0.25"
+        (st.query_params.get("sigma") if first_visit else None)
+        or metas[st.session_state.ex_ckpt].get("sigma")
+        or "constant:0.25"
     )
 if "ex_idx" not in st.session_state:
-    st.session_state.ex_idx = min(max(query_int("idx", 0) or 0, 0), len(ds.test_y) - 1)
+    st.session_state.ex_idx = query_int("idx", 0) or 0
+st.session_state.ex_idx = min(max(int(st.session_state.ex_idx), 0), len(ds.test_y) - 1)
 if "ex_n" not in st.session_state:
     q_n = query_int("n", 2000)
     st.session_state.ex_n = q_n if q_n in N_CHOICES else 2000

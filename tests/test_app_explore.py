@@ -139,6 +139,26 @@ def test_explorer_constant_sigma_and_bad_spec(digits_checkpoint):
     assert any("knn:abc" in e.value for e in at.error)
 
 
+def test_explorer_checkpoint_change_brings_its_sigma(digits_checkpoint):
+    info = data.DATASET_INFO["digits"]
+    other = digits_checkpoint.parent / "digits-const.pt"
+    models.save_checkpoint(other, models.build_model("mlp", info.input_shape, info.num_classes), {
+        "dataset": "digits", "arch": "mlp", "input_shape": list(info.input_shape),
+        "num_classes": info.num_classes, "sigma": "constant:0.12", "sigma_params": {}, "r": 0.0,
+    })
+    at = open_page("pages/4_Sample_explorer.py", n="1000")
+    assert at.selectbox(key="ex_ckpt").value == str(other)  # sorted by path: digits-const.pt first
+    assert at.text_input(key="ex_sigma").value == "constant:0.12"
+    at.selectbox(key="ex_ckpt").set_value(str(digits_checkpoint)).run()
+    assert at.text_input(key="ex_sigma").value == "knn:0.3,0.5,10"
+    assert at.query_params["sigma"] == "knn:0.3,0.5,10"
+    assert find(figures(at), "The k = 10 nearest")
+
+    at.selectbox(key="ex_dataset").set_value("fashion-mnist").run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.warning or at.error  # no fashion-mnist checkpoint here (or no data): a message, not a traceback
+
+
 def test_explorer_redirects_2d_data_and_reports_missing_checkpoints(tmp_path, monkeypatch):
     empty = tmp_path / "none"
     empty.mkdir()
