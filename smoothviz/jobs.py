@@ -137,8 +137,11 @@ class JobManager:
         rc = proc.wait()
         path = self._path(job_id, ".rc")
         tmp = path.with_suffix(".rc.tmp")
-        tmp.write_text(str(rc))
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(str(rc))
+            os.replace(tmp, path)
+        except OSError:  # the jobs folder was removed meanwhile; the Popen still knows the code
+            pass
 
     # ------------------------------------------------------------------ query
     def get(self, job_id: str) -> Job | None:

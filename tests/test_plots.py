@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -130,3 +133,10 @@ def test_no_webgl_traces_and_every_axis_titled():
         assert d["layout"]["xaxis"]["title"]["text"]
         assert d["layout"]["yaxis"]["title"]["text"]
     assert hist.layout.barmode == "overlay"
+
+
+def test_plots_and_jobs_import_without_streamlit():
+    code = ("import sys; sys.modules['streamlit'] = None; "
+            "import smoothviz.plots, smoothviz.jobs; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
