@@ -57,8 +57,13 @@ def live_progress(run_id: int) -> None:
     if prog["status"] not in ACTIVE:
         st.rerun(scope="app")
     if job is not None and job.status != RUNNING:
-        tail = job_manager().log_tail(job.id, 2000).strip().splitlines()
-        store.set_status(run_id, "failed", tail[-1] if tail else f"process exited with code {job.returncode}")
+        # The process has ended; a status still active means it died before recording one.
+        if store.run(run_id)["status"] in ACTIVE:
+            tail = job_manager().log_tail(job.id, 2000).strip().splitlines()
+            if job.cancel_requested:
+                store.set_status(run_id, "cancelled", "stopped before it started")
+            else:
+                store.set_status(run_id, "failed", tail[-1] if tail else f"process exited with code {job.returncode}")
         st.rerun(scope="app")
     done, total = int(prog["done"]), max(int(prog["total"]), 1)
     rate = prog.get("rate_per_s")
