@@ -114,19 +114,19 @@ def explore_point(
     num_noisy: int = 16,
     batch_size: int = 1000,
     seed: int = 0,
-    device: torch.device | str = "cpu",
 ) -> PointExploration:
     """Explore test point ``idx``: sigma(x), neighbours, noisy copies and the certificate.
 
-    The certificate comes from ``certify.certify_points`` (the same engine as the Certify page),
-    so the numbers here equal the ones a certification run would store for this point and seed.
+    Everything runs on the model's device. The certificate comes from ``certify.certify_points``
+    (the same engine as the Certify page), so the numbers here equal the ones a certification run
+    would store for this point and seed.
     """
     num_test = dataset.test_x.shape[0]
     if not 0 <= idx < num_test:
         raise InvalidArgument(f"test index must be in [0, {num_test - 1}], got {idx}")
     if num_noisy < 1:
         raise InvalidArgument(f"num_noisy must be >= 1, got {num_noisy}")
-    device = torch.device(device)
+    device = next(model.parameters()).device
     x = dataset.test_x[idx]
     label = int(dataset.test_y[idx])
     sigma = float(sigma_fn(x.unsqueeze(0).to(device))[0])
