@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -150,3 +152,10 @@ def test_no_webgl_traces_and_every_axis_titled():
         if not has_images:
             assert spec["layout"]["xaxis"]["title"]["text"]
             assert spec["layout"]["yaxis"]["title"]["text"]
+
+
+def test_explore_modules_import_without_streamlit():
+    code = ("import sys; sys.modules['streamlit'] = None; "
+            "import smoothviz.plots_explore, smoothviz.explorer, smoothviz.playground; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
