@@ -58,7 +58,9 @@ def test_bench_writes_json_with_every_field(bench_run):
     assert "CUDA" in mod["engine"]["cuda-graphs"]["error"]
     for name in ("default", "channels_last", "fast-bf16", "batch-auto"):
         row = mod["engine"][name]
-        assert row["images_per_s"] > 0
+        assert row["images_per_s"] > 0 and row["images_per_cpu_s"] > 0
+        assert row["vs_ceiling_cpu"] == pytest.approx(row["images_per_cpu_s"] / ceiling["best_images_per_cpu_s"])
+        assert len(row["seconds"]) == len(row["cpu_seconds"]) == 1
         assert row["vs_reference"] == pytest.approx(row["images_per_s"] / reference["images_per_s"])
         assert row["vs_ceiling"] == pytest.approx(row["images_per_s"] / ceiling["images_per_s"])
         assert row["seconds_per_point_n100k"] == pytest.approx((EXTRAPOLATE_N0 + EXTRAPOLATE_N) / row["images_per_s"])
