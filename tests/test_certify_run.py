@@ -84,3 +84,18 @@ def test_imported_runs_cannot_be_executed(setup, tmp_path: Path) -> None:
     run_id = import_cohen_log(store, log, "imp", "digits", 0.25)
     with pytest.raises(StoreError, match="imported"):
         certify.run_certification(store, run_id)
+
+
+def test_make_classifier_defaults_and_unknown_options() -> None:
+    from smoothviz.errors import InvalidArgument
+
+    model = build_model("cnn-small", (1, 8, 8), 10)
+    clf, size = certify.make_classifier(model, {}, "cpu", None, (1, 8, 8))
+    assert size == 1024 and clf.applied["channels_last"] is True  # CPU default for images
+    clf, _ = certify.make_classifier(model, {"channels_last": False}, "cpu", 64, (1, 8, 8))
+    assert clf.applied["channels_last"] is False
+    mlp = build_model("mlp", (2,), 2)
+    clf, _ = certify.make_classifier(mlp, {}, "cpu", 64, (2,))
+    assert clf.applied["channels_last"] is False
+    with pytest.raises(InvalidArgument, match="unknown engine options"):
+        certify.make_classifier(model, {"turbo": True}, "cpu", 64, (1, 8, 8))

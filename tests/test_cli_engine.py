@@ -192,9 +192,9 @@ def test_speed_flags_are_recorded_and_keep_counts(tmp_path: Path, ckpts, capsys)
     common = ["certify", "--model", ckpts["constant"], "--n0", 10, "--n", 400, "--indices", "3,7", "--device",
               "cpu", "--db", db, "--quiet", "--batch-size", 96]
     assert cli(capsys, *common)[0] == 0
-    assert cli(capsys, *common, "--channels-last")[0] == 0
+    assert cli(capsys, *common, "--no-channels-last")[0] == 0
     with Store(db) as s:
-        assert s.run(1)["options"] == {} and s.run(2)["options"] == {"channels_last": True}
+        assert s.run(1)["options"] == {} and s.run(2)["options"] == {"channels_last": False}
         assert s.results(1)["counts"].tolist() == s.results(2)["counts"].tolist()
     code, _, err = cli(capsys, *common, "--cuda-graphs")
     assert code == 2 and "cuda" in err.lower()

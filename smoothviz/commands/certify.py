@@ -19,7 +19,7 @@ from smoothviz.certify import (
     DEFAULT_ALPHA,
     DEFAULT_N,
     DEFAULT_N0,
-    options_dict,
+    engine_options,
     run_certification,
     select_split,
 )
@@ -30,7 +30,6 @@ from smoothviz.errors import CheckpointError, InvalidArgument
 from smoothviz.models import read_checkpoint
 from smoothviz.progress import ProgressBar, format_seconds
 from smoothviz.sigma import canonical_spec, parse_sigma_spec
-from smoothviz.speed import EngineOptions
 from smoothviz.store import DEFAULT_DB, Store
 
 NAME = "certify"
@@ -101,7 +100,8 @@ def add_point_arguments(parser: argparse.ArgumentParser) -> None:
     speedy.add_argument("--autocast", choices=("bf16", "fp16"), default=None,
                         help="fast mode: evaluate the classifier under autocast; the certificate is then "
                              "for the classifier as evaluated in that precision")
-    speedy.add_argument("--channels-last", action="store_true", help="NHWC memory format (same noise draws)")
+    speedy.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="NHWC memory format, same noise draws (default: on for images on CPU)")
     speedy.add_argument("--compile", action="store_true", help="torch.compile the classifier")
     speedy.add_argument("--cuda-graphs", action="store_true", help="replay the forward pass as a CUDA graph")
 
@@ -112,9 +112,17 @@ def batch_size_arg(text: str) -> int | str:
 
 
 def speed_options(args: argparse.Namespace) -> dict:
-    """The run options the speed flags ask for (only those differing from the defaults)."""
-    return options_dict(EngineOptions(autocast=args.autocast, channels_last=args.channels_last,
-                                      compile=args.compile, cuda_graphs=args.cuda_graphs))
+    """The run options the speed flags set (flags left out take the engine's defaults)."""
+    options: dict = {}
+    if args.autocast is not None:
+        options["autocast"] = args.autocast
+    if args.channels_last is not None:
+        options["channels_last"] = bool(args.channels_last)
+    for key in ("compile", "cuda_graphs"):
+        if getattr(args, key):
+            options[key] = True
+    engine_options(options)
+    return options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
