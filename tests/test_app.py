@@ -219,6 +219,7 @@ def test_certify_follows_a_running_job_and_cancels_it(tmp_path, digits_checkpoin
         at = open_page("pages/2_Certify.py", run=str(run_id))
         assert not at.exception, [e.message for e in at.exception]
         assert len(at.get("progress")) == 1
+        assert any(f"run #{run_id} is certifying" in link.proto.label for link in at.sidebar.get("page_link"))
         at.button(key=f"cancel{run_id}").click().run()
         end = time.monotonic() + 90
         while time.monotonic() < end and not any("cancelled" in w.value for w in at.warning):

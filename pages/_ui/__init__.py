@@ -33,6 +33,12 @@ def setup_page(title: str, icon: str = "🎯") -> None:
     st.set_page_config(page_title=f"{title} · smoothviz", page_icon=icon, layout="wide")
     with st.sidebar:
         st.caption(f"Results store: `{display_path(db_path())}`")
+        for job in [j for j in job_manager().jobs() if j.status == "running"][:5]:
+            if job.kind == "certify" and job.run_id is not None:
+                st.page_link(PAGES["certify"], label=f"⏳ run #{job.run_id} is certifying",
+                             query_params={"run": str(job.run_id)})
+            else:
+                st.caption(f"⏳ {job.kind} job `{job.id}` is running")
 
 
 def display_path(path: Path) -> str:
