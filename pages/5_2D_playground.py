@@ -188,6 +188,12 @@ def _on_select(key: str) -> None:
         st.session_state.pg_points = chosen
 
 
+def selectable_chart(fig, key: str) -> None:
+    """A map whose test points can be picked: dragging draws a selection box (not a pan)."""
+    fig.update_layout(dragmode="select")
+    st.plotly_chart(fig, key=key, on_select=lambda: _on_select(key), selection_mode=("points", "box", "lasso"))
+
+
 points = st.multiselect(
     f"Test points to certify (up to {MAX_POINTS}; or select points on the maps with box/lasso)",
     list(range(num_test)),
@@ -217,10 +223,15 @@ except SmoothvizError as exc:
     show_error(exc)
     st.stop()
 
+
+def _acc(key: str) -> str:
+    value = meta.get(key)
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "—"
+
+
 st.caption(
     f"Base classifier: {'MLP trained just now with ' + train_spec if source == ON_THE_FLY else source_label} · "
-    f"clean test accuracy {meta.get('clean_accuracy', float('nan')):.3f}, "
-    f"accuracy under its training noise {meta.get('noisy_accuracy', float('nan')):.3f}."
+    f"clean test accuracy {_acc('clean_accuracy')}, accuracy under its training noise {_acc('noisy_accuracy')}."
 )
 
 names = ds.class_names
@@ -235,7 +246,7 @@ with c1:
         m_const["xs"], m_const["ys"], m_const["base"], names, "Base classifier f: decision regions",
         points=test_xy, point_labels=test_y, point_ids=ids,
     )
-    st.plotly_chart(fig, key="pg_sel_base", on_select=lambda: _on_select("pg_sel_base"), selection_mode=("points", "box", "lasso"))
+    selectable_chart(fig, "pg_sel_base")
 with c2:
     fig = plots_explore.scalar_heatmap(
         m_knn["xs"], m_knn["ys"], m_knn["sigma"], f"kNN σ(x) (σ_b = {sigma0:g}, r = {r:g}, k = {int(k)})", "σ(x)",
@@ -267,7 +278,7 @@ for col, m, cert, title, key, naive in (
             points=test_xy, point_labels=test_y, point_ids=ids, circles=circles,
             hover_values=m["smooth"].p_a_lower, hover_name="p_A lower bound",
         )
-        st.plotly_chart(fig, key=key, on_select=lambda key=key: _on_select(key), selection_mode=("points", "box", "lasso"))
+        selectable_chart(fig, key)
 
 rows = []
 for kind, cert in (("constant", c_const), ("kNN σ(x)", c_knn)):
