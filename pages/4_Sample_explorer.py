@@ -8,7 +8,6 @@ import numpy as np
 import streamlit as st
 
 from pages._ui import (
-    ROOT,
     checkpoint_label,
     display_path,
     list_checkpoints,

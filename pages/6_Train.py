@@ -12,6 +12,7 @@ import streamlit as st
 
 from pages._ui import ROOT, display_path, job_manager, set_query, setup_page, show_error, train_checkpoint_dir
 from smoothviz import plots_explore
+from smoothviz.commands.train import DEFAULT_EPOCHS
 from smoothviz.data import DATASET_INFO, DEFAULT_DATASET
 from smoothviz.errors import InvalidArgument, SmoothvizError
 from smoothviz.jobs import CANCELLED, DONE, FAILED, LOST, RUNNING
@@ -28,7 +29,6 @@ st.caption(
 )
 
 DEFAULT_ARCH = "default for the dataset"
-DEFAULT_EPOCHS = {"digits": 30, "fashion-mnist": 10, "mnist": 10, "cifar10": 90}
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
