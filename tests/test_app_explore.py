@@ -257,6 +257,10 @@ def test_train_job_runs_to_a_checkpoint_and_survives_reload(tmp_path):
     again = open_page("pages/6_Train.py", job=job_id)
     assert any("Training finished" in s.value for s in again.success)
 
+    # the new checkpoint is offered on the Certify page
+    certify = open_page("pages/2_Certify.py", dataset="toy2d-moons")
+    assert any(o.endswith("moons-test.pt") for o in certify.selectbox(key="ckpt").options)
+
     # the same name again is refused with a message
     at.text_input(key="tr_name").set_value("moons-test")
     at.button[0].click().run()
