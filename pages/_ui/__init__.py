@@ -35,10 +35,19 @@ def setup_page(title: str, icon: str = "🎯") -> None:
         st.caption(f"Results store: `{display_path(db_path())}`")
         for job in [j for j in job_manager().jobs() if j.status == "running"][:5]:
             if job.kind == "certify" and job.run_id is not None:
-                st.page_link(PAGES["certify"], label=f"⏳ run #{job.run_id} is certifying",
-                             query_params={"run": str(job.run_id)})
+                # the store says when the run itself has ended (its process may still be exiting)
+                if job.db == str(db_path()) and _run_active(job.run_id):
+                    st.page_link(PAGES["certify"], label=f"run #{job.run_id} is certifying",
+                                 icon=":material/hourglass_top:", query_params={"run": str(job.run_id)})
             else:
-                st.caption(f"⏳ {job.kind} job `{job.id}` is running")
+                st.caption(f":material/hourglass_top: {job.kind} job `{job.id}` is running")
+
+
+def _run_active(run_id: int) -> bool:
+    try:
+        return get_store().run(run_id)["status"] in ("pending", "running")
+    except SmoothvizError:
+        return False
 
 
 def display_path(path: Path) -> str:
