@@ -18,7 +18,10 @@ st.markdown(
     "provably cannot change within an L2 ball whose radius follows from how confident the vote is. "
     "Radii here are L2 distances in pixel units of images scaled to [0, 1]."
 )
-st.latex(r"g(x) = \arg\max_c \; \mathbb{P}\big(f(x+\varepsilon) = c\big), \qquad \varepsilon \sim \mathcal{N}(0, \sigma^2 I)")
+st.latex(
+    r"g(x) = \arg\max_c \; \mathbb{P}\big(f(x+\varepsilon) = c\big), \qquad "
+    r"\varepsilon \sim \mathcal{N}(0, \sigma^2 I)"
+)
 st.markdown(
     "Monte Carlo sampling gives a one-sided Clopper–Pearson lower bound $\\underline{p_A}$ on the "
     "top-class probability (level $1-\\alpha$). With a **constant** σ, Cohen et al. (2019) certify"
@@ -46,7 +49,10 @@ st.markdown(
     "r = 0 and shrinks quickly with N: the **curse of dimensionality** (see *Theory*). Whatever "
     "σ does, n Monte Carlo samples cap every radius at the **waterfall ceiling**"
 )
-st.latex(r"R \le \sigma\,\Phi^{-1}\big(\alpha^{1/n}\big) \quad (\approx 3.8\,\sigma \text{ at } n=10^5,\ \alpha=10^{-3}).")
+st.latex(
+    r"R \le \sigma\,\Phi^{-1}\big(\alpha^{1/n}\big) \quad "
+    r"(\approx 3.8\,\sigma \text{ at } n=10^5,\ \alpha=10^{-3})."
+)
 
 st.header("Pages")
 descriptions = {

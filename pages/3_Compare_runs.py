@@ -148,7 +148,8 @@ with tabs[3]:
         gaps.append({"run": k, "max − min": g["max_minus_min"], "std over classes": g["std"]})
     st.plotly_chart(plots.per_class_figure(per_class, radius), key="fig_per_class")
     st.dataframe(pd.DataFrame(gaps), hide_index=True,
-                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("max − min", "std over classes")})
+                 column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                for c in ("max − min", "std over classes")})
 
 with tabs[4]:
     with_sigma = {k: (res["sigma"].to_numpy(float), res["radius"].to_numpy(float))

@@ -96,7 +96,10 @@ class JobManager:
         cwd: str | Path | None = None,
         extra: dict | None = None,
     ) -> Job:
-        """Run ``python -m smoothviz <cli_args>`` in the background; a job with this id still running is returned as is."""
+        """Run ``python -m smoothviz <cli_args>`` in the background.
+
+        A job with this id that is still running is returned as it is (no second process).
+        """
         job_id = job_id or f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         with self._lock:
             existing = self.get(job_id)
