@@ -115,6 +115,11 @@ with st.form("train_form"):
         sigma = st.number_input("σ (constant) or σ_b (knn)", min_value=0.001, max_value=5.0, value=0.25, step=0.05)
         r = st.number_input("Semi-elasticity r (knn)", min_value=0.0, max_value=100.0, value=0.5, step=0.1)
         k = st.number_input("k neighbours (knn)", min_value=1, max_value=500, value=20, step=1)
+        raw_spec = st.text_input(
+            "σ spec (optional, overrides the fields above)", key="tr_spec",
+            placeholder="e.g. knn:0.25,0.5,20,min=0.1,max=1",
+            help="Any spec the CLI accepts: constant:S or knn:SIGMA_B,R,K[,m=M][,min=A][,max=B].",
+        )
     with c3:
         epochs = st.number_input("Epochs", key="tr_epochs", min_value=1, max_value=1000, value=None, step=1,
                                  placeholder="default for the dataset",
@@ -129,9 +134,9 @@ with st.form("train_form"):
 
 if submitted:
     arch = DATASET_INFO[dataset].default_arch if arch_choice == DEFAULT_ARCH else arch_choice
-    spec = sigma_spec(kind, sigma, r, k)
+    spec = raw_spec.strip() or sigma_spec(kind, sigma, r, k)
     n_epochs = int(epochs) if epochs is not None else DEFAULT_EPOCHS.get(dataset, 50)
-    auto = f"{dataset}-{arch}-{kind}-{sigma:g}-{time.strftime('%Y%m%d-%H%M%S')}"
+    auto = f"{dataset}-{arch}-{spec.split(':')[0]}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         out = validate(dataset, arch, spec, name.strip() or auto, device)
         job_id = start_job(dataset, arch, spec, n_epochs, lr, optimizer, int(batch_size), int(seed), device, out)

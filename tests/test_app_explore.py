@@ -240,6 +240,7 @@ def test_train_job_runs_to_a_checkpoint_and_survives_reload(tmp_path):
     assert at.selectbox(key="tr_dataset").value == "toy2d-moons"
     at.number_input(key="tr_epochs").set_value(3)
     at.text_input(key="tr_name").set_value("moons-test")
+    at.text_input(key="tr_spec").set_value("knn:0.1,2,10")
     at.button[0].click().run()
     assert not at.exception, [e.message for e in at.exception]
     job_id = at.query_params["job"]
@@ -249,6 +250,7 @@ def test_train_job_runs_to_a_checkpoint_and_survives_reload(tmp_path):
     out = tmp_path / "runs" / "checkpoints" / "moons-test.pt"
     model, meta = models.load_checkpoint(out, expected_dataset="toy2d-moons")
     assert meta["epochs"] == 3 and meta["arch"] == "mlp"
+    assert meta["sigma"].startswith("knn:0.1,2.0,10") and meta["r"] == 2.0
     curves = find(figures(at), "Training progress")
     assert curves["data"][0]["x"] == [1, 2, 3]
     assert models.list_checkpoints(dirs=(str(out.parent),), dataset="toy2d-moons")[0][0] == out
@@ -274,6 +276,10 @@ def test_train_rejects_bad_choices_without_starting():
     assert any("bad name!" in e.value for e in at.error)
     assert "job" not in at.query_params
     at.text_input(key="tr_name").set_value("")
+    at.text_input(key="tr_spec").set_value("knn:0.25,oops,20")
+    at.button[0].click().run()
+    assert any("knn:0.25,oops,20" in e.value for e in at.error) and "job" not in at.query_params
+    at.text_input(key="tr_spec").set_value("")
     at.selectbox(key="tr_arch").set_value("resnet20")
     at.selectbox(key="tr_dataset").set_value("toy2d-moons")
     at.button[0].click().run()
