@@ -23,6 +23,8 @@ ARCHITECTURES: tuple[str, ...] = ("mlp", "cnn-small", "lenet", "resnet20", "resn
 CHECKPOINT_FORMAT = "smoothviz-checkpoint"
 CHECKPOINT_VERSION = 1
 REQUIRED_META = ("dataset", "arch", "input_shape", "num_classes")
+_MAX_INPUT_DIM = 2**24
+_MAX_CLASSES = 100_000
 
 
 class Normalize(nn.Module):
@@ -211,6 +213,14 @@ def read_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path} lacks metadata {', '.join(missing)}")
     if meta["arch"] not in ARCHITECTURES:
         raise CheckpointError(f"{path} has unknown arch {meta['arch']!r}")
+    shape, classes = meta["input_shape"], meta["num_classes"]
+    # Bounds keep a tampered header from making build_model allocate absurd layers.
+    if not (isinstance(shape, list) and 1 <= len(shape) <= 3
+            and all(isinstance(s, int) and s >= 1 for s in shape)
+            and torch.Size(shape).numel() <= _MAX_INPUT_DIM):
+        raise CheckpointError(f"{path} has an invalid input_shape {shape!r}")
+    if not (isinstance(classes, int) and 2 <= classes <= _MAX_CLASSES):
+        raise CheckpointError(f"{path} has an invalid num_classes {classes!r}")
     return payload
 
 

@@ -118,6 +118,7 @@ class _Evil:
         return (open, (str(self.marker), "w"))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("writer", ["pickle", "torch"])
 def test_malicious_pickle_is_refused_without_running_code(tmp_path, writer):
     marker = tmp_path / "pwned"
@@ -155,6 +156,23 @@ def test_unknown_arch_in_meta(tmp_path):
     torch.save({"format": "smoothviz-checkpoint", "version": 1,
                 "meta": _meta(arch="transformer"), "state_dict": {}}, path)
     with pytest.raises(CheckpointError, match="unknown arch 'transformer'"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("input_shape", [1, 100000, 100000], "invalid input_shape"),
+    ("input_shape", "1,8,8", "invalid input_shape"),
+    ("input_shape", [1, -8, 8], "invalid input_shape"),
+    ("num_classes", None, "invalid num_classes"),
+    ("num_classes", 1, "invalid num_classes"),
+])
+def test_tampered_header_is_rejected_before_building(tmp_path, field, value, match):
+    path = tmp_path / "m.pt"
+    meta = _meta()
+    meta[field] = value
+    torch.save({"format": "smoothviz-checkpoint", "version": 1, "meta": meta, "state_dict": {}},
+               path)
+    with pytest.raises(CheckpointError, match=match):
         load_checkpoint(path)
 
 
