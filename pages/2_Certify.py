@@ -257,6 +257,10 @@ if indices and not errors:
                    f"ceiling σ_maxΦ⁻¹(α^(1/n)) = "
                    f"{analysis.run_ceiling({'sigma_max': float(sig_values.max()), 'n': n, 'alpha': alpha}):.3f}")
 
+busy = [j for j in job_manager().jobs("certify") if j.status == RUNNING]
+if busy:
+    st.caption(f"{len(busy)} certification job(s) already running "
+               f"({', '.join(f'run #{j.run_id}' for j in busy)}); a new one shares the CPU/GPU with them.")
 if st.button("Run certification", type="primary", disabled=bool(errors) or not indices, key="run_button"):
     try:
         run_id = get_store().create_run(

@@ -260,3 +260,16 @@ def test_overview_lists_the_runs_in_the_store(tmp_path):
     assert not at.exception
     table = at.dataframe[0].value
     assert table["name"].tolist() == ["fake constant:0.25"] and table["status"].tolist() == ["done"]
+
+
+def test_certify_reports_a_missing_dataset_without_traceback(tmp_path, monkeypatch):
+    def offline(name, root):
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(data, "_download", offline)  # deterministic offline, even where CI has a network
+    monkeypatch.setenv("SMOOTHVIZ_DATA", str(tmp_path / "no-data"))
+    data.clear_cache()
+    at = open_page("pages/2_Certify.py", dataset="cifar10")
+    assert not at.exception, [e.message for e in at.exception]
+    assert any("cifar10 not found" in e.value and "no network" in e.value for e in at.error)
+    assert not at.get("plotly_chart")
