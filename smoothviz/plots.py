@@ -197,7 +197,7 @@ def per_class_figure(per_class: Mapping[str, pd.DataFrame], radius: float) -> go
         names = df["name"] if "name" in df.columns else df["class"]
         fig.add_trace(go.Bar(x=names.astype(str).tolist(), y=df["certified_accuracy"].to_numpy(float), name=label,
                              marker_color=colour(i)))
-    fig.update_layout(barmode="group")
+    fig.update_layout(barmode="group", xaxis_type="category")  # digit names must not become a number axis
     return _layout(fig, f"Certified accuracy per class at radius {radius:g}", "class", ACCURACY_AXIS,
                    yaxis_range=[0, 1.02])
 

@@ -117,6 +117,7 @@ def test_per_class_bars_use_class_names():
     d = _fig_dict(plots.per_class_figure({"a": pc}, 0.25))
     assert list(d["data"][0]["x"]) == ["zero", "one", "two"]
     assert np.asarray(d["data"][0]["y"]) == pytest.approx([0.5, 1.0, 1.0])
+    assert d["layout"]["xaxis"]["type"] == "category"
 
 
 def test_no_webgl_traces_and_every_axis_titled():
