@@ -147,7 +147,9 @@ with st.sidebar:
 set_query(dataset=dataset_name, ckpt=labels[ckpt], sigma=spec, idx=int(idx), n=int(n))
 
 try:
-    res = explore(dataset_name, ckpt, Path(ckpt).stat().st_mtime, spec, int(idx), int(n0), int(n), float(alpha), int(seed))
+    res = explore(
+        dataset_name, ckpt, Path(ckpt).stat().st_mtime, spec, int(idx), int(n0), int(n), float(alpha), int(seed)
+    )
 except SmoothvizError as exc:
     show_error(exc)
     st.stop()
@@ -189,7 +191,9 @@ else:
 left, right = st.columns([1, 3])
 with left:
     st.plotly_chart(
-        plots_explore.image_grid(res.image[None], titles=[f"#{res.idx} · label {names[res.label]}"], cols=1, cell_px=220),
+        plots_explore.image_grid(
+            res.image[None], titles=[f"#{res.idx} · label {names[res.label]}"], cols=1, cell_px=220
+        ),
         key="ex_image",
     )
 with right:
@@ -217,7 +221,8 @@ st.plotly_chart(
         res.noisy,
         titles=noisy_titles,
         cols=8,
-        title=f"{len(res.noisy)} noisy copies x + N(0, σ(x)²·I) with σ(x) = {res.sigma:.4f} (clipped to [0, 1] for display)",
+        title=f"{len(res.noisy)} noisy copies x + N(0, σ(x)²·I) with σ(x) = {res.sigma:.4f} "
+        "(clipped to [0, 1] for display)",
         cell_px=100,
     ),
     key="ex_noisy",
@@ -226,7 +231,9 @@ st.plotly_chart(
 c1, c2 = st.columns(2)
 with c1:
     st.plotly_chart(
-        plots_explore.vote_histogram(res.counts, names, res.predict if not res.abstains else int(np.argmax(res.counts)), res.label),
+        plots_explore.vote_histogram(
+            res.counts, names, int(np.argmax(res.counts)) if res.abstains else res.predict, res.label
+        ),
         key="ex_votes",
     )
 with c2:

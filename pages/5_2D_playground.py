@@ -36,6 +36,7 @@ ON_THE_FLY = "train on the fly"
 FLY_TOKEN = "fly"  # how the URL says ON_THE_FLY
 MAX_POINTS = 8
 N_GRID = (100, 200, 300, 500)
+NAIVE_COLUMN = "naive radius (not a guarantee)"
 
 
 def _q_float(key: str, default: float, lo: float, hi: float) -> float:
@@ -98,7 +99,8 @@ def sigma_function(dataset: str, spec: str):
 
 
 @st.cache_data(max_entries=16, show_spinner="Monte Carlo on the grid…")
-def maps(dataset: str, source: str, mtime: float, train_spec: str, seed: int, spec: str, res: int, n: int, alpha: float):
+def maps(dataset: str, source: str, mtime: float, train_spec: str, seed: int, spec: str, res: int, n: int,
+         alpha: float):
     """Grid axes, base regions, sigma(x) and the smoothed classifier's map, cached by identifiers."""
     from smoothviz import playground
 
@@ -207,7 +209,8 @@ knn_spec = f"knn:{sigma0:g},{r:g},{int(k)}"
 train_spec = f"constant:{train_sigma:g}"
 source_label = source if source == ON_THE_FLY else display_path(Path(source))
 set_query(
-    dataset=dataset_name, model=FLY_TOKEN if source == ON_THE_FLY else source_label, train_sigma=f"{train_sigma:g}", sigma=f"{sigma0:g}", r=f"{r:g}",
+    dataset=dataset_name, model=FLY_TOKEN if source == ON_THE_FLY else source_label,
+    train_sigma=f"{train_sigma:g}", sigma=f"{sigma0:g}", r=f"{r:g}",
     k=int(k), res=int(res), n=int(n_grid), pts=",".join(map(str, points)) if points else None,
 )
 
@@ -286,12 +289,15 @@ for kind, cert in (("constant", c_const), ("kNN σ(x)", c_knn)):
         rows.append({
             "σ function": kind, "test #": p.idx, "label": names[p.label],
             "prediction": "abstain" if p.predict < 0 else names[p.predict],
-            "σ(x)": p.sigma, "p_A lower": p.p_a_lower, "sound radius": p.radius, "naive radius (not a guarantee)": p.naive_radius,
+            "σ(x)": p.sigma, "p_A lower": p.p_a_lower, "sound radius": p.radius, NAIVE_COLUMN: p.naive_radius,
         })
 if rows:
     st.dataframe(
         pd.DataFrame(rows), hide_index=True,
-        column_config={c: st.column_config.NumberColumn(format="%.4f") for c in ("σ(x)", "p_A lower", "sound radius", "naive radius (not a guarantee)")},
+        column_config={
+            c: st.column_config.NumberColumn(format="%.4f")
+            for c in ("σ(x)", "p_A lower", "sound radius", NAIVE_COLUMN)
+        },
     )
 else:
     st.info("Choose test points above (or select them on a map) to see their certified circles.", icon="ℹ️")

@@ -62,7 +62,9 @@ class PointExploration:
         return self.predict == self.label
 
 
-def nearest_neighbours(train_x: torch.Tensor, x: torch.Tensor, k: int, chunk_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+def nearest_neighbours(
+    train_x: torch.Tensor, x: torch.Tensor, k: int, chunk_size: int = 8192
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices and L2 distances of the ``k`` training points nearest to the single input ``x``.
 
     Chunked over the training set so a large one (60k MNIST images) never makes one big matrix.

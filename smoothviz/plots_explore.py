@@ -235,7 +235,8 @@ def region_map(
                     mode="markers",
                     marker=dict(color=class_color(c), size=6, line=dict(color="#222222", width=0.7)),
                     customdata=ids[m],
-                    hovertemplate="point #%{customdata}<br>x₁=%{x:.2f}, x₂=%{y:.2f}<extra>" + str(class_names[c]) + "</extra>",
+                    hovertemplate="point #%{customdata}<br>x₁=%{x:.2f}, x₂=%{y:.2f}"
+                    f"<extra>{class_names[c]}</extra>",
                     name=class_label(class_names[c]),
                 )
             )

@@ -56,7 +56,9 @@ def test_smoothed_map_matches_analytic_smoothing_of_a_threshold(moons):
     sigma, n, alpha = 0.15, 500, 1e-6  # tiny alpha: P(any of 900 bounds above truth) <= 1e-3
     grid = playground.make_grid(moons, resolution=30)
     t = float(grid.xs[15])  # one grid column sits exactly on the boundary
-    sm = playground.smoothed_regions(threshold_model(t), grid, build_sigma(f"constant:{sigma}"), 2, n=n, alpha=alpha, seed=1)
+    sm = playground.smoothed_regions(
+        threshold_model(t), grid, build_sigma(f"constant:{sigma}"), 2, n=n, alpha=alpha, seed=1
+    )
     x1 = grid.points[:, 0].double().numpy().reshape(grid.shape)
     p1 = norm.cdf((x1 - t) / sigma)
     p_top = np.maximum(p1, 1 - p1)

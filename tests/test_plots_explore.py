@@ -119,7 +119,10 @@ def test_scalar_heatmap_axes_and_colorbar():
 
 
 def test_training_curves_axes():
-    hist = [{"epoch": 1, "loss": 2.0, "noisy_train_accuracy": 0.4}, {"epoch": 2, "loss": 1.0, "noisy_train_accuracy": 0.7}]
+    hist = [
+        {"epoch": 1, "loss": 2.0, "noisy_train_accuracy": 0.4},
+        {"epoch": 2, "loss": 1.0, "noisy_train_accuracy": 0.7},
+    ]
     fig = pe.training_curves(hist)
     names = [t.name for t in fig.data]
     assert names == ["training loss", "training accuracy under noise"]
