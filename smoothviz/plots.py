@@ -146,9 +146,13 @@ def waterfall_figure(curves: Mapping[str, pd.DataFrame], ceilings: Mapping[str, 
 def radius_histogram_figure(radii: Mapping[str, np.ndarray], nbins: int = 30) -> go.Figure:
     """Overlaid histograms of certified radii (abstentions and wrong predictions excluded by caller)."""
     fig = go.Figure()
-    for i, (label, values) in enumerate(radii.items()):
-        fig.add_trace(go.Histogram(x=np.asarray(values, dtype=float), name=label, opacity=0.6,
-                                   nbinsx=nbins, marker_color=colour(i)))
+    arrays = {label: np.asarray(values, dtype=float) for label, values in radii.items()}
+    finite = np.concatenate([a[np.isfinite(a)] for a in arrays.values()] or [np.zeros(0)])
+    top = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    # the same bins for every run, so bars compare; the end lies just past the largest radius to include it
+    bins = {"start": 0.0, "end": top * (1 + 1e-6), "size": top / nbins}
+    for i, (label, values) in enumerate(arrays.items()):
+        fig.add_trace(go.Histogram(x=values, name=label, opacity=0.6, xbins=bins, marker_color=colour(i)))
     fig.update_layout(barmode="overlay")
     return _layout(fig, "Distribution of certified radii", RADIUS_AXIS, "number of points")
 

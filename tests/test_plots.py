@@ -136,6 +136,13 @@ def test_no_webgl_traces_and_every_axis_titled():
     assert hist.layout.barmode == "overlay"
 
 
+def test_radius_histograms_share_their_bins():
+    fig = plots.radius_histogram_figure({"a": np.array([0.1, 0.2]), "b": np.array([0.5, 0.9])}, nbins=10)
+    assert fig.data[0].xbins.to_plotly_json() == fig.data[1].xbins.to_plotly_json()
+    assert fig.data[0].xbins.start == 0.0 and fig.data[0].xbins.end == pytest.approx(0.9)
+    assert fig.data[0].xbins.size == pytest.approx(0.09)
+
+
 def test_plots_and_jobs_import_without_streamlit():
     code = ("import sys; sys.modules['streamlit'] = None; "
             "import smoothviz.plots, smoothviz.jobs; print('ok')")
