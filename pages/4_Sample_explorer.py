@@ -202,7 +202,7 @@ with right:
         st.plotly_chart(
             plots_explore.image_grid(
                 nb.images,
-                titles=[f"d={d:.2f} · {names[int(y)]}" for d, y in zip(nb.distances, nb.labels)],
+                titles=[f"{names[int(y)]}<br>d = {d:.2f}" for d, y in zip(nb.distances, nb.labels)],
                 cols=min(10, len(nb.indices)),
                 title=f"The k = {len(nb.indices)} nearest training images (mean L2 distance {nb.distances.mean():.3f})",
                 cell_px=95,

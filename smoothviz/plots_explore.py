@@ -71,12 +71,15 @@ def image_grid(
         raise ValueError("image_grid needs at least one image")
     cols = max(1, min(cols, b))
     rows = math.ceil(b / cols)
+    lines = max((str(t).count("<br>") + 1 for t in titles), default=0) if titles is not None else 0
+    title_px = 14 * lines + 6 if lines else 4  # room above each row for its subplot titles
+    plot_px = rows * (cell_px + title_px)
     fig = make_subplots(
         rows=rows,
         cols=cols,
         subplot_titles=list(titles) if titles is not None else None,
         horizontal_spacing=0.02,
-        vertical_spacing=min(0.3 / rows, 0.12),
+        vertical_spacing=title_px / plot_px if rows > 1 else 0.0,
     )
     for i in range(b):
         fig.add_trace(
@@ -87,10 +90,11 @@ def image_grid(
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     fig.update_annotations(font_size=11)
+    top = title_px + (40 if title else 4)
     fig.update_layout(
         title=title or None,
-        height=rows * cell_px + (60 if title else 30),
-        margin=dict(l=10, r=10, t=50 if title else 25, b=10),
+        height=plot_px + top + 10,
+        margin=dict(l=10, r=10, t=top, b=10),
     )
     return fig
 
