@@ -137,7 +137,7 @@ with st.sidebar:
         "Defaults to the checkpoint's training σ.",
     ).strip()
     idx = st.number_input("Test index", min_value=0, max_value=len(ds.test_y) - 1, step=1, key="ex_idx")
-    st.button("Random test point", width="stretch", on_click=_random_index, args=(len(ds.test_y),))
+    st.button("Random test point", key="ex_random", width="stretch", on_click=_random_index, args=(len(ds.test_y),))
     with st.expander("Monte Carlo settings"):
         n = st.select_slider("n (estimation samples)", options=N_CHOICES, key="ex_n")
         n0 = st.number_input("n0 (selection samples)", min_value=10, max_value=1000, value=100, step=10)

@@ -19,6 +19,7 @@ from smoothviz import bounds, data, models
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120  # a page's first run imports torch and may train the playground's MLP
+START = "FormSubmitter:train_form-Start training"  # the Train page's submit button
 
 
 @pytest.fixture(autouse=True)
@@ -118,7 +119,7 @@ def test_explorer_from_url_with_knn_sigma(digits_checkpoint):
     assert at.query_params["idx"] == "12"
     assert any(t.startswith("#12 · label") for t in figures(at))
 
-    at.button[0].click().run()  # random test point
+    at.button(key="ex_random").click().run()
     assert not at.exception, [e.message for e in at.exception]
     idx = at.number_input(key="ex_idx").value
     assert at.query_params["idx"] == str(idx)
@@ -212,7 +213,7 @@ def test_playground_form_drives_sigma_and_points():
     at = open_page("pages/5_2D_playground.py", res="30", n="100", pts="1")
     at.number_input(key="pg_r").set_value(0.0)
     at.number_input(key="pg_sigma").set_value(0.2)
-    at.button[0].click().run()  # the form's Update button
+    at.button(key="FormSubmitter:pg_form-Update").click().run()
     assert not at.exception, [e.message for e in at.exception]
     figs = figures(at)
     assert "kNN σ(x) (σ_b = 0.2, r = 0, k = 10)" in figs
@@ -241,7 +242,7 @@ def test_train_job_runs_to_a_checkpoint_and_survives_reload(tmp_path):
     at.number_input(key="tr_epochs").set_value(3)
     at.text_input(key="tr_name").set_value("moons-test")
     at.text_input(key="tr_spec").set_value("knn:0.1,2,10")
-    at.button[0].click().run()
+    at.button(key=START).click().run()
     assert not at.exception, [e.message for e in at.exception]
     job_id = at.query_params["job"]
     assert job_id.startswith("train-")
@@ -265,36 +266,36 @@ def test_train_job_runs_to_a_checkpoint_and_survives_reload(tmp_path):
 
     # the same name again is refused with a message
     at.text_input(key="tr_name").set_value("moons-test")
-    at.button[0].click().run()
+    at.button(key=START).click().run()
     assert any("already exists" in e.value for e in at.error)
 
 
 def test_train_rejects_bad_choices_without_starting():
     at = open_page("pages/6_Train.py")
     at.text_input(key="tr_name").set_value("bad name!")
-    at.button[0].click().run()
+    at.button(key=START).click().run()
     assert any("bad name!" in e.value for e in at.error)
     assert "job" not in at.query_params
     at.text_input(key="tr_name").set_value("")
     at.text_input(key="tr_spec").set_value("knn:0.25,oops,20")
-    at.button[0].click().run()
+    at.button(key=START).click().run()
     assert any("knn:0.25,oops,20" in e.value for e in at.error) and "job" not in at.query_params
     at.text_input(key="tr_spec").set_value("")
     at.selectbox(key="tr_arch").set_value("resnet20")
     at.selectbox(key="tr_dataset").set_value("toy2d-moons")
-    at.button[0].click().run()
+    at.button(key=START).click().run()
     assert any("resnet20" in e.value for e in at.error) and "job" not in at.query_params
     if not torch.cuda.is_available():
         at.selectbox(key="tr_arch").set_value("default for the dataset")
         at.selectbox(key="tr_device").set_value("cuda")
-        at.button[0].click().run()
+        at.button(key=START).click().run()
         assert any("CUDA is not available" in e.value for e in at.error) and "job" not in at.query_params
 
 
 def test_train_cancel(tmp_path):
     at = open_page("pages/6_Train.py", dataset="digits")
     at.number_input(key="tr_epochs").set_value(500)  # long enough to still run when cancelled
-    at.button[0].click().run()
+    at.button(key=START).click().run()
     job_id = at.query_params["job"]
     cancel = next(b for b in at.button if b.label == "Cancel training")
     cancel.click().run()
