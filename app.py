@@ -85,7 +85,11 @@ else:
         )
     else:
         wanted = ["id", "name", "dataset", "sigma_spec", "r", "n0", "n", "alpha", "status", "done", "total",
-                  "created"]
-        shown = runs[[c for c in wanted if c in runs.columns]] if "id" in runs.columns else runs
-        st.dataframe(shown, hide_index=True, width="stretch")
+                  "created"]  # columns of Store.runs()
+        shown = runs[[c for c in wanted if c in runs.columns]].copy()
+        shown.insert(shown.columns.get_loc("done"), "progress", runs["done"] / runs["total"].clip(lower=1))
+        st.dataframe(shown, hide_index=True, width="stretch", column_config={
+            "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
+            "sigma_spec": st.column_config.TextColumn("σ function"),
+        })
         st.page_link(PAGES["compare"], label="Compare these runs →")

@@ -142,14 +142,22 @@ def _checkpoint(pattern: str) -> str | None:
     return f"assets/{found[0].name}" if found else None
 
 
-def certify_via_page(page, server: str, query: str) -> str:
-    """Fill the Certify page from the URL, press Run, wait for the job to finish; returns the run id."""
+def certify_via_page(page, server: str, query: str, reload: bool = False) -> str:
+    """Fill the Certify page from the URL, press Run, wait for the job to finish; returns the run id.
+
+    With ``reload`` the browser reloads the page while the job runs: the run id in the URL must
+    bring the same run back.
+    """
     page.goto(f"{server}/Certify?{query}")
     wait_idle(page)
     assert_no_exception(page, "certify form")
     page.get_by_role("button", name="Run certification").click()
     page.wait_for_url(re.compile(r".*[?&]run=\d+"), timeout=60_000)
     run_id = re.search(r"[?&]run=(\d+)", page.url).group(1)
+    if reload:
+        page.reload()
+        page.get_by_text(f"Run #{run_id}").first.wait_for(timeout=60_000)
+        assert f"run={run_id}" in page.url
     page.get_by_test_id("stAlertContentSuccess").filter(has_text="Done").wait_for(timeout=150_000)
     wait_idle(page)
     assert_no_exception(page, f"certify result of run {run_id}")
@@ -160,7 +168,7 @@ def certify_via_page(page, server: str, query: str) -> str:
 def test_certify_through_the_page_and_compare(server, page):
     settings = "points=30&n0=50&n=500"
     constant = _checkpoint("digits-*constant-0.25*.pt")
-    first = certify_via_page(page, server, settings + (f"&ckpt={constant}" if constant else ""))
+    first = certify_via_page(page, server, settings + (f"&ckpt={constant}" if constant else ""), reload=True)
     shot(page, "certify-done")
     page.get_by_text("Compare this run with others").click()
     page.wait_for_url(re.compile(r".*Compare_runs.*runs=" + first), timeout=60_000)
@@ -189,6 +197,11 @@ def test_certify_through_the_page_and_compare(server, page):
         page.get_by_role("button", name="Download table (CSV)").click()
     text = Path(download.value.path()).read_text()
     assert text.startswith("run,") and text.count("\n") == runs.count(",") + 2
+
+    page.goto(server)  # the Overview lists the runs
+    wait_idle(page)
+    assert_no_exception(page, "overview with runs")
+    assert page.get_by_test_id("stDataFrame").count() == 1
 
 
 def test_theory_screenshot(server, page):
