@@ -18,7 +18,7 @@ from pages._ui import (
     setup_page,
     show_error,
 )
-from smoothviz import plots_explore
+from smoothviz import plots, plots_explore
 from smoothviz.data import DATASET_INFO, DEFAULT_DATASET
 from smoothviz.errors import SmoothvizError
 
@@ -40,6 +40,14 @@ def sigma_function(dataset: str, spec: str):
     from smoothviz.sigma import build_sigma
 
     return build_sigma(spec, load_dataset(dataset).train_x)
+
+
+@st.cache_data(max_entries=8, show_spinner="σ(x) over the test set…")
+def test_sigmas(dataset: str, spec: str):
+    """sigma(x) on a fixed subset of test points, to place one point's sigma among the others."""
+    from smoothviz.explorer import sample_test_sigmas
+
+    return sample_test_sigmas(sigma_function(dataset, spec), load_dataset(dataset))
 
 
 @st.cache_data(max_entries=64, show_spinner="Sampling noisy copies and certifying…")
@@ -196,6 +204,12 @@ with left:
         ),
         key="ex_image",
     )
+    if res.neighbours is not None:
+        context = test_sigmas(dataset_name, spec)
+        fig = plots.sigma_histogram_figure(context, nbins=25)
+        fig.add_vline(x=res.sigma, line_dash="dash", line_width=2, annotation_text=f"#{res.idx}")
+        fig.update_layout(title=f"σ(x) over {len(context)} test points", height=300, showlegend=False)
+        st.plotly_chart(fig, key="ex_sigma_context")
 with right:
     if res.neighbours is not None:
         nb = res.neighbours

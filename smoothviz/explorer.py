@@ -183,3 +183,14 @@ def explore_point(
         radius=float(res.radius),
         naive_radius=float(res.naive_radius),
     )
+
+
+def sample_test_sigmas(sigma_fn: SigmaFunction, dataset: Dataset, max_points: int = 500, seed: int = 0) -> np.ndarray:
+    """sigma(x) on a fixed random subset of at most ``max_points`` test points (context for one point's sigma)."""
+    if max_points < 1:
+        raise InvalidArgument(f"max_points must be >= 1, got {max_points}")
+    num_test = dataset.test_x.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(num_test, generator=gen)[: min(max_points, num_test)]
+    with torch.no_grad():
+        return sigma_fn(dataset.test_x[idx]).detach().cpu().numpy().astype(np.float64)

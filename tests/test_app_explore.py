@@ -101,6 +101,9 @@ def test_explorer_from_url_with_knn_sigma(digits_checkpoint):
     assert at.text_input(key="ex_sigma").value == "knn:0.3,0.5,10"  # default from the checkpoint
     figs = figures(at)
     assert any(t.startswith("#7 · label") for t in figs)
+    context = find(figs, "σ(x) over 360 test points")
+    assert len(context["data"][0]["x"]) == 360  # digits has 360 test points, all of them shown
+    assert context["layout"]["shapes"][0]["x0"] == pytest.approx(float(metric(at, "σ(x)")), abs=1e-4)
     nb = find(figs, "The k = 10 nearest training images")
     assert [t["type"] for t in nb["data"]] == ["image"] * 10
     noisy = find(figs, "16 noisy copies")

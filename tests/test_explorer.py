@@ -11,7 +11,7 @@ from scipy.stats import norm
 from smoothviz import bounds
 from smoothviz.data import load_dataset
 from smoothviz.errors import InvalidArgument
-from smoothviz.explorer import explore_point, nearest_neighbours, neighbour_count
+from smoothviz.explorer import explore_point, nearest_neighbours, neighbour_count, sample_test_sigmas
 from smoothviz.sigma import build_sigma
 
 
@@ -137,3 +137,16 @@ def test_noisy_copies_have_sigma_spread(digits):
 def test_bad_index_is_a_user_error(digits):
     with pytest.raises(InvalidArgument, match="test index"):
         explore_point(random_model(10, digits.dim), digits, len(digits.test_y), build_sigma("constant:0.25"))
+
+
+def test_sample_test_sigmas(digits):
+    fn = build_sigma("knn:0.25,0.5,5", digits.train_x)
+    a = sample_test_sigmas(fn, digits, max_points=50, seed=2)
+    assert a.shape == (50,) and np.all(a > 0)
+    np.testing.assert_array_equal(a, sample_test_sigmas(fn, digits, max_points=50, seed=2))
+    everything = sample_test_sigmas(fn, digits, max_points=10_000)
+    assert everything.shape == (len(digits.test_y),)
+    # the subset's values are sigma(x) of actual test points
+    full = fn(digits.test_x).numpy().astype(np.float64)
+    assert np.all(np.isin(np.round(a, 6), np.round(full, 6)))
+    np.testing.assert_allclose(np.sort(everything), np.sort(full), rtol=1e-6)
