@@ -79,7 +79,10 @@ def live_progress(run_id: int) -> None:
         if st.button("Start it", key=f"start{run_id}"):
             start_job(run_id)
     if st.button("Cancel", key=f"cancel{run_id}", help="Stops after the current batch; finished points stay."):
-        if job is None or not job_manager().cancel(job.id):
+        stopped = job is not None and job_manager().cancel(job.id)
+        if not stopped and prog["status"] == "pending":  # nothing executes it: cancel the record itself
+            store.set_status(run_id, "cancelled", "cancelled before it started")
+        elif not stopped:  # executed by a process this dashboard did not start (e.g. the CLI): ask it to stop
             store.request_cancel(run_id)
         st.toast("Cancelling…")
     results = store.results(run_id)

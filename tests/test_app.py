@@ -273,3 +273,15 @@ def test_certify_reports_a_missing_dataset_without_traceback(tmp_path, monkeypat
     assert not at.exception, [e.message for e in at.exception]
     assert any("cifar10 not found" in e.value and "no network" in e.value for e in at.error)
     assert not at.get("plotly_chart")
+
+
+def test_certify_cancels_a_recorded_run_that_no_process_executes(tmp_path):
+    store = Store(tmp_path / "runs" / "test.db")
+    run_id = store.create_run("never started", "digits", "test", None, "constant:0.25", {}, 0.0, 10, 100, 0.001,
+                              "cpu", [0, 1], 0, 100)
+    at = open_page("pages/2_Certify.py", run=str(run_id))
+    assert any("no process is executing it" in i.value for i in at.info)
+    at.button(key=f"cancel{run_id}").click().run()
+    assert store.run(run_id)["status"] == "cancelled"
+    at.run()
+    assert any("cancelled after 0 of 2 points" in w.value for w in at.warning)
