@@ -15,7 +15,7 @@ from smoothviz.cli import main
 from smoothviz.data import load_dataset
 from smoothviz.models import build_model, save_checkpoint
 
-VARIANTS = "default,channels_last,fast-bf16,batch-auto,cuda-graphs"
+VARIANTS = "default,contiguous,fast-bf16,batch-auto,cuda-graphs"
 
 
 @pytest.fixture(scope="module")
@@ -51,21 +51,27 @@ def test_bench_writes_json_with_every_field(bench_run):
     (mod,) = data["models"]
     assert mod["n"] == 300 and mod["points"] == 2 and mod["input_shape"] == [1, 8, 8]
     ceiling, reference = mod["ceiling"], mod["reference"]
-    assert set(ceiling["by_batch"]) == {"64", "256"} and ceiling["best_batch"] in (64, 256)
+    assert set(ceiling["by_batch"]) == {f"{f}@{b}" for f in ("contiguous", "channels_last") for b in (64, 256)}
+    assert ceiling["best_batch"] in (64, 256) and ceiling["best_format"] in ("contiguous", "channels_last")
     assert ceiling["images_per_s"] == max(ceiling["by_batch"].values())
+    best = ceiling["best_over_options"]
+    assert best["images_per_s"] >= ceiling["images_per_s"]
+    assert best["variant"] in ("default sweep", *VARIANTS.split(","))
     assert reference["batch_size"] == 1000 and reference["images_per_s"] > 0
     assert set(mod["engine"]) == set(VARIANTS.split(","))
     assert "CUDA" in mod["engine"]["cuda-graphs"]["error"]
-    for name in ("default", "channels_last", "fast-bf16", "batch-auto"):
+    for name in ("default", "contiguous", "fast-bf16", "batch-auto"):
         row = mod["engine"][name]
         assert row["images_per_s"] > 0 and row["images_per_cpu_s"] > 0
         assert row["vs_ceiling_cpu"] == pytest.approx(row["images_per_cpu_s"] / ceiling["best_images_per_cpu_s"])
         assert len(row["seconds"]) == len(row["cpu_seconds"]) == 1
+        assert row["vs_ceiling_same_options"] == pytest.approx(row["images_per_s"] / row["ceiling_same_options"])
         assert row["vs_reference"] == pytest.approx(row["images_per_s"] / reference["images_per_s"])
         assert row["vs_ceiling"] == pytest.approx(row["images_per_s"] / ceiling["images_per_s"])
         assert row["seconds_per_point_n100k"] == pytest.approx((EXTRAPOLATE_N0 + EXTRAPOLATE_N) / row["images_per_s"])
     assert mod["engine"]["fast-bf16"]["options"]["autocast"] == "bf16"
-    assert mod["engine"]["channels_last"]["applied"]["channels_last"] is True
+    assert mod["engine"]["default"]["applied"]["channels_last"] is True  # the CPU default for images
+    assert mod["engine"]["contiguous"]["applied"]["channels_last"] is False
     assert mod["engine"]["batch-auto"]["options"]["batch_size"] == "auto"
     assert mod["engine"]["batch-auto"]["batch_size"] >= 8
     knn = mod["knn_sigma"]
@@ -84,7 +90,7 @@ def test_seconds_per_point_extrapolates_from_throughput():
 
 @pytest.mark.parametrize(
     "extra, message",
-    [(["--model", "resnet110"], "--allow-cpu-resnet"), (["--variants", "default,turbo"], "unknown turbo")],
+    [(["--model", "resnet110"], "--allow-cpu-resnet"), (["--variants", "default,turbo"], "unknown 'turbo'")],
 )
 def test_bench_rejects_bad_requests(extra, message, capsys, tmp_path):
     code = main(["bench", "--device", "cpu", "--n", "10", "--out", str(tmp_path / "x.json"), *extra])
@@ -96,10 +102,10 @@ def test_bench_runs_resnet_path_on_cpu_when_allowed(tmp_path):
     """The GPU benchmark's model (CIFAR ResNet, random weights) runs on a CPU with a tiny n."""
     out = tmp_path / "resnet.json"
     code = main(["bench", "--device", "cpu", "--model", "resnet20", "--allow-cpu-resnet", "--n", "16",
-                 "--points", "1", "--repeats", "1", "--variants", "default,channels_last",
+                 "--points", "1", "--repeats", "1", "--variants", "default,contiguous",
                  "--ceiling-batches", "16", "--solver-points", "0", "--threads", "1", "--out", str(out), "--quiet"])
     assert code == 0
     (mod,) = json.loads(out.read_text())["models"]
     assert mod["input_shape"] == [3, 32, 32] and mod["source"] == "random weights"
-    assert mod["engine"]["channels_last"]["images_per_s"] > 0
+    assert mod["engine"]["contiguous"]["images_per_s"] > 0
     assert "knn_sigma" not in mod

@@ -54,11 +54,15 @@ def test_channels_last_keeps_draws_and_counts(setup):
     x = torch.rand((4, *shape), generator=torch.Generator().manual_seed(2))
     plain = counts(model, x, sigma)
     assert (plain > 0).sum() >= 12
-    prepared = prepare_model(model, EngineOptions(channels_last=True), CPU, (512, *shape))
-    assert prepared.applied["channels_last"] is True
-    buf = prepared.new_input(7)
-    assert buf.is_contiguous(memory_format=torch.channels_last) and not buf.is_contiguous()
-    assert torch.equal(counts(prepared, x, sigma), plain)
+    for option in (True, None):  # explicit, and the CPU default
+        prepared = prepare_model(model, EngineOptions(channels_last=option), CPU, (512, *shape))
+        assert prepared.applied["channels_last"] is True
+        buf = prepared.new_input(7)
+        assert buf.is_contiguous(memory_format=torch.channels_last) and not buf.is_contiguous()
+        assert torch.equal(counts(prepared, x, sigma), plain)
+    contiguous = prepare_model(model, EngineOptions(channels_last=False), CPU, (512, *shape))
+    assert contiguous.applied["channels_last"] is False and contiguous.new_input(7).is_contiguous()
+    assert torch.equal(counts(contiguous, x, sigma), plain)
     # the caller's model keeps its memory format (the predictor works on a copy)
     assert next(model.parameters()).is_contiguous()
 
@@ -154,6 +158,8 @@ def test_options_validate_and_round_trip():
         EngineOptions(batch_size=0)
     with pytest.raises(InvalidArgument, match="chunk_points"):
         EngineOptions(chunk_points=-3)
+    with pytest.raises(InvalidArgument, match="channels_last"):
+        EngineOptions(channels_last="yes")
     opts = EngineOptions(autocast="bf16", channels_last=True, batch_size="auto")
     assert EngineOptions.from_dict(opts.to_dict() | {"unrelated": 1}) == opts
     assert opts.fast and not EngineOptions().fast

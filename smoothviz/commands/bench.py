@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from smoothviz.bench import DEFAULT_CEILING_BATCHES, BenchModel, engine_variants, format_table, run_bench
+from smoothviz.bench import VARIANT_NAMES, BenchModel, engine_variants, format_table, run_bench, variant_options
 from smoothviz.commands._args import positive_int
 from smoothviz.data import DATASET_INFO, load_dataset
 from smoothviz.device import DEVICE_CHOICES_HELP, resolve_device
@@ -52,9 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--points", type=positive_int, default=2, help="test points sampled together (default 2)")
     parser.add_argument("--repeats", type=positive_int, default=3, help="timed repeats; medians are reported (default 3)")
     parser.add_argument("--variants", default=None,
-                        help="comma-separated engine variants (default: all): " + ", ".join(engine_variants(torch.device("cuda"))))
-    parser.add_argument("--ceiling-batches", type=_int_list, default=list(DEFAULT_CEILING_BATCHES),
-                        help="batch sizes tried for the forward ceiling (default %(default)s)")
+                        help="comma-separated engine variants (default: all): " + ", ".join(VARIANT_NAMES)
+                             + " (CPU default: all but channels_last, fast-fp16 and cuda-graphs)")
+    parser.add_argument("--ceiling-batches", type=_int_list, default=None,
+                        help="batch sizes tried for the forward ceiling (default 64,256,1024 on CPU, "
+                             "1024,4096,16384 on CUDA)")
     parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores allowed)")
     parser.add_argument("--solver-points", type=int, default=1000,
                         help="points for the radius-solver timing at dimension 3072 (0 skips it; default 1000)")
@@ -125,15 +127,11 @@ def resolve_models(specs: list[str] | None, device: torch.device, points: int, a
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     threads = set_cpu_threads(args.threads)
-    available = engine_variants(device)
     if args.variants is None:
-        variants = available
+        variants = engine_variants(device)
     else:
         names = [v.strip() for v in args.variants.split(",") if v.strip()]
-        unknown = [v for v in names if v not in engine_variants(torch.device("cuda"))]
-        if unknown:
-            raise InvalidArgument(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(available)}")
-        variants = {v: engine_variants(torch.device("cuda"))[v] for v in names}
+        variants = {v: variant_options(v) for v in names}
     n = args.n or (100_000 if device.type == "cuda" else 10_000)
     models = resolve_models(args.model, device, args.points, args.allow_cpu_resnet)
     log = None if args.quiet else (lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
