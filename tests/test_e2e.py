@@ -123,7 +123,7 @@ def test_every_page_loads_without_exception(server, page):
     page.goto(server)
     wait_idle(page)
     assert_no_exception(page, "overview")
-    links = page.get_by_test_id("stSidebarNavLink")
+    links = page.get_by_test_id("stSidebar").get_by_test_id("stPageLink-NavLink")
     n_pages = 1 + len([p for p in (ROOT / "pages").glob("*.py") if p.name != "__init__.py"])
     assert links.count() == n_pages
     hrefs = [links.nth(i).get_attribute("href") for i in range(links.count())]

@@ -27,11 +27,26 @@ PAGES = {
     "train": "pages/6_Train.py",
 }
 
+NAV = (
+    ("overview", "Overview", ":material/home:"),
+    ("theory", "Theory: curse of dimensionality", ":material/functions:"),
+    ("certify", "Certify", ":material/verified:"),
+    ("compare", "Compare runs", ":material/compare_arrows:"),
+    ("explorer", "Sample explorer", ":material/image_search:"),
+    ("playground", "2-D playground", ":material/scatter_plot:"),
+    ("train", "Train", ":material/model_training:"),
+)
+
 
 def setup_page(title: str, icon: str = "🎯") -> None:
     """Page config and the shared sidebar footer; call first in every page."""
     st.set_page_config(page_title=f"{title} · smoothviz", page_icon=icon, layout="wide")
     with st.sidebar:
+        # Our own menu (config: client.showSidebarNavigation = false) so that the entry page is
+        # called "Overview" rather than after its file name.
+        for key, label, nav_icon in NAV:
+            st.page_link(PAGES[key], label=label, icon=nav_icon)
+        st.divider()
         st.caption(f"Results store: `{display_path(db_path())}`")
         for job in [j for j in job_manager().jobs() if j.status == "running"][:5]:
             if job.kind == "certify" and job.run_id is not None:
