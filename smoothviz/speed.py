@@ -262,7 +262,9 @@ def autocast_context(options: EngineOptions, device: torch.device) -> contextlib
         return contextlib.nullcontext()
     dtype = AUTOCAST_DTYPES[options.autocast]
     try:
-        return torch.autocast(device_type=device.type, dtype=dtype)
+        # No weight-cast cache: each weight is used once per forward pass, and CUDA graph capture
+        # requires the cache off (torch.cuda.graph documentation).
+        return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False)
     except (RuntimeError, ValueError) as exc:
         raise InvalidArgument(f"autocast {options.autocast} is not supported on {device}: {exc}") from None
 
