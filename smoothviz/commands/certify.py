@@ -25,7 +25,7 @@ from smoothviz.certify import (
 )
 from smoothviz.commands._args import open_probability, positive_int
 from smoothviz.data import canonical_name, load_dataset
-from smoothviz.device import resolve_device
+from smoothviz.device import keep_cpu_buffers, resolve_device
 from smoothviz.errors import CheckpointError, InvalidArgument
 from smoothviz.models import read_checkpoint
 from smoothviz.progress import ProgressBar, format_seconds
@@ -188,6 +188,7 @@ def print_summary(store: Store, run_id: int, radii: list[float], seconds: float 
 
 def run(args: argparse.Namespace) -> int:
     radii = parse_radii(args.radii)
+    keep_cpu_buffers()
     if args.n0 > args.n:
         raise InvalidArgument(f"--n0 {args.n0} must not exceed --n {args.n}")
     store = Store(args.db)

@@ -14,7 +14,7 @@ from smoothviz.certify import DEFAULT_N, make_classifier, predict_points, select
 from smoothviz.commands._args import positive_int
 from smoothviz.commands.certify import add_point_arguments, resolve_points, speed_options
 from smoothviz.data import load_dataset
-from smoothviz.device import resolve_device
+from smoothviz.device import keep_cpu_buffers, resolve_device
 from smoothviz.models import load_checkpoint
 from smoothviz.progress import ProgressBar, format_seconds
 from smoothviz.sigma import build_sigma
@@ -31,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    keep_cpu_buffers()
     dataset_name, spec, checkpoint, _meta, indices, _ = resolve_points(args)
     device = resolve_device(args.device)
     ds = load_dataset(dataset_name)
