@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -116,6 +118,19 @@ def test_compile_plumbing_keeps_counts(setup, monkeypatch):
     prepared = prepare_model(model, EngineOptions(compile=True), CPU, (512, *SHAPE))
     assert prepared.applied["compile"] is True and prepared.static_shape
     assert torch.equal(counts(prepared, x, sigma), plain)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("SMOOTHVIZ_TEST_INDUCTOR") != "1",
+    reason="inductor compiles C++ (about a minute on 2 cores); set SMOOTHVIZ_TEST_INDUCTOR=1 to run",
+)
+def test_inductor_compile_keeps_counts(setup):
+    """The real torch.compile (inductor, freezing): same counts as eager for the same draws."""
+    model, x, sigma = setup
+    prepared = prepare_model(model, EngineOptions(compile=True), CPU, (512, *SHAPE))
+    assert prepared.applied["compile"] is True
+    assert torch.equal(counts(prepared, x, sigma), counts(model, x, sigma))
 
 
 def test_compile_failure_falls_back_with_warning(setup, monkeypatch):
