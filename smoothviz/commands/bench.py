@@ -52,8 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--points", type=positive_int, default=2, help="test points sampled together (default 2)")
     parser.add_argument("--repeats", type=positive_int, default=3, help="timed repeats; medians are reported (default 3)")
     parser.add_argument("--variants", default=None,
-                        help="comma-separated engine variants (default: all): " + ", ".join(VARIANT_NAMES)
-                             + " (CPU default: all but channels_last, fast-fp16 and cuda-graphs)")
+                        help="comma-separated engine variants: " + ", ".join(VARIANT_NAMES)
+                             + " (default: on CPU all but channels_last, fast-fp16 and cuda-graphs; "
+                             "on CUDA all but contiguous)")
     parser.add_argument("--ceiling-batches", type=_int_list, default=None,
                         help="batch sizes tried for the forward ceiling (default 64,256,1024 on CPU, "
                              "1024,4096,16384 on CUDA)")
