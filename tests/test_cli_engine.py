@@ -197,4 +197,6 @@ def test_speed_flags_are_recorded_and_keep_counts(tmp_path: Path, ckpts, capsys)
         assert s.run(1)["options"] == {} and s.run(2)["options"] == {"channels_last": False}
         assert s.results(1)["counts"].tolist() == s.results(2)["counts"].tolist()
     code, _, err = cli(capsys, *common, "--cuda-graphs")
-    assert code == 2 and "cuda" in err.lower()
+    assert code == 2 and "--cuda-graphs needs a CUDA device" in err and len(err.strip().splitlines()) == 1
+    with Store(db) as s:
+        assert len(s.runs()) == 2  # nothing recorded for the rejected command

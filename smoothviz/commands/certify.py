@@ -141,8 +141,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="radii of the summary table (default 0,0.25,0.5,0.75,1.0)")
 
 
-def resolve_points(args: argparse.Namespace) -> tuple[str, str, str, dict, list[int], Path]:
-    """(dataset, sigma spec, checkpoint path, checkpoint meta, indices, ...) from the arguments."""
+def resolve_points(args: argparse.Namespace) -> tuple[str, str, str, dict, list[int]]:
+    """(dataset, canonical sigma spec, checkpoint path, checkpoint meta, indices) from the arguments."""
     if args.model is None:
         raise InvalidArgument("--model: a checkpoint is required (or --run RUN for certify)")
     meta = read_checkpoint(args.model)["meta"]
@@ -160,7 +160,7 @@ def resolve_points(args: argparse.Namespace) -> tuple[str, str, str, dict, list[
         indices = parse_indices(args.indices, size)
     else:
         indices = evenly_spaced(args.points or size, size)
-    return dataset, spec, str(args.model), meta, indices, args.model
+    return dataset, spec, str(args.model), meta, indices
 
 
 def print_summary(store: Store, run_id: int, radii: list[float], seconds: float | None = None,
@@ -196,14 +196,17 @@ def run(args: argparse.Namespace) -> int:
         run_id = store.resolve_run(args.run)
         device_override = args.device if args.device != "auto" else None
     else:
-        dataset, spec, checkpoint, _meta, indices, _ = resolve_points(args)
+        dataset, spec, checkpoint, _meta, indices = resolve_points(args)
         device = str(resolve_device(args.device))
+        options = speed_options(args)
+        if options.get("cuda_graphs") and not device.startswith("cuda"):
+            raise InvalidArgument(f"--cuda-graphs needs a CUDA device, not {device}")
         params = parse_sigma_spec(spec)
         name = args.name or f"{Path(checkpoint).stem} {spec} n={args.n}"
         config = dict(
             name=name, dataset=dataset, split=args.split, checkpoint=checkpoint, sigma_spec=spec,
             n0=args.n0, n=args.n, alpha=args.alpha, device=device, indices=indices, seed=args.seed,
-            options=speed_options(args),
+            options=options,
         )
         run_id = None if args.new else store.find_run(**config)
         if run_id is None:

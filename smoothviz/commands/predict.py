@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     keep_cpu_buffers()
-    dataset_name, spec, checkpoint, _meta, indices, _ = resolve_points(args)
+    dataset_name, spec, checkpoint, _meta, indices = resolve_points(args)
     device = resolve_device(args.device)
     ds = load_dataset(dataset_name)
     model, _ = load_checkpoint(checkpoint, device=device, expected_dataset=ds.name)
