@@ -1,5 +1,35 @@
 """Shared pytest configuration."""
 
+from __future__ import annotations
+
 import os
+import signal
+from pathlib import Path
 
 os.environ.setdefault("PYTHONHASHSEED", "0")
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Pids (other than ours) whose command line contains ``text``; empty where /proc is absent."""
+    pids = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline and int(entry.name) != os.getpid():
+            pids.append(int(entry.name))
+    return pids
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop background jobs that a failed test left running (they all work under pytest's tmp dir)."""
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    base = str(factory.getbasetemp())
+    for pid in _processes_mentioning(base):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
