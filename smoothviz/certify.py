@@ -165,7 +165,7 @@ def count_votes(
     lengths: list[int] = []
     filled = 0
 
-    def flush() -> None:
+    def flush(source: Tensor | None = None) -> None:
         nonlocal filled
         owner = torch.repeat_interleave(
             torch.tensor(owners, dtype=torch.int64).to(device, non_blocking=True),
@@ -174,8 +174,8 @@ def count_votes(
         )
         out = new_input(filled) if new_input is not None else None
         batch = torch.addcmul(
-            x.index_select(0, owner), sigma.index_select(0, owner).view(spread), noise[:filled],
-            out=out,
+            x.index_select(0, owner), sigma.index_select(0, owner).view(spread),
+            noise[:filled] if source is None else source, out=out,
         )
         labels = classify(batch)
         if labels.shape != (filled,):
@@ -200,14 +200,16 @@ def count_votes(
             start = 0
             while start < rows:
                 take = min(rows - start, rows_max - filled)
-                if block is not None:
+                # a batch lying wholly inside a larger block reads the block itself (no copy)
+                direct = block is not None and filled == 0 and take == rows_max
+                if block is not None and not direct:
                     noise[filled:filled + take].copy_(block[start:start + take])
                 owners.append(p)
                 lengths.append(take)
                 filled += take
-                start += take
                 if filled == rows_max:
-                    flush()
+                    flush(block[start:start + take] if direct else None)
+                start += take
     if filled:
         flush()
     return counts.view(points, width)[:, :num_classes]
@@ -570,8 +572,12 @@ def _execute(
 
 
 def default_batch_size(device: torch.device) -> int:
-    """Samples per forward pass when neither the run nor the caller gives one."""
-    return 8192 if device.type == "cuda" else 1024
+    """Samples per forward pass when neither the run nor the caller gives one.
+
+    CPU: 256, where a batch's activations stay in the caches (shipped models: throughput flat
+    from 64 to 256 samples, 1.3-1.6x lower at 1024; benchmarks/RESULTS.md, "Speed").
+    """
+    return 8192 if device.type == "cuda" else speed.MAX_AUTO_CPU_BATCH_SIZE
 
 
 # EngineOptions fields that change how fast the classifier runs, not which samples it sees; the

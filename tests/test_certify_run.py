@@ -91,7 +91,7 @@ def test_make_classifier_defaults_and_unknown_options() -> None:
 
     model = build_model("cnn-small", (1, 8, 8), 10)
     clf, size = certify.make_classifier(model, {}, "cpu", None, (1, 8, 8))
-    assert size == 1024 and clf.applied["channels_last"] is True  # CPU default for images
+    assert size == 256 and clf.applied["channels_last"] is True  # CPU defaults for images
     clf, _ = certify.make_classifier(model, {"channels_last": False}, "cpu", 64, (1, 8, 8))
     assert clf.applied["channels_last"] is False
     mlp = build_model("mlp", (2,), 2)

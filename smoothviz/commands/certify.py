@@ -92,7 +92,7 @@ def add_point_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--indices", default=None, help="indices such as 0-99,150,200")
     parser.add_argument("--batch-size", type=batch_size_arg, default=None,
                         help="noisy samples per forward pass, or 'auto' from free device memory "
-                             "(default 1024 on CPU, 8192 on CUDA); it never changes the counts")
+                             "(default 256 on CPU, 8192 on CUDA); it never changes the counts")
     parser.add_argument("--seed", type=int, default=0, help="seed (each point's noise derives from it and its index)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
