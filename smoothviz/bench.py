@@ -30,7 +30,7 @@ from smoothviz import bounds
 from smoothviz.certify import default_batch_size, derive_seed, sample_counts
 from smoothviz.errors import InvalidArgument
 from smoothviz.reference_loop import REFERENCE_BATCH_SIZE, reference_sample_counts
-from smoothviz.speed import EngineOptions, auto_batch_size, prepare_model
+from smoothviz.speed import EngineOptions, prepare_model, resolve_batch_size
 
 EXTRAPOLATE_N0 = 100
 EXTRAPOLATE_N = 100_000
@@ -201,12 +201,7 @@ def engine_tasks(
     """
     t0 = time.perf_counter()
     input_shape = tuple(points.shape[1:])
-    if options.batch_size == "auto":
-        batch = auto_batch_size(model, input_shape, device, options=options)
-    elif isinstance(options.batch_size, int):
-        batch = options.batch_size
-    else:
-        batch = default_batch_size(device)
+    batch = resolve_batch_size(options, model, input_shape, device, default_batch_size(device))
     predictor = prepare_model(model, options, device, (batch, *input_shape))
     pts = points.to(device)
     sig = torch.full((pts.shape[0],), float(sigma), device=device)

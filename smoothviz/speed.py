@@ -43,11 +43,10 @@ class EngineOptions:
     the classifier as evaluated under autocast. ``channels_last``: run 4-D image models in NHWC
     memory format (same noise draws, same fp32 classifier); None (the default) turns it on for
     image inputs on a CPU, where it measured 1.5-1.8x faster on the shipped CNNs, and leaves it
-    off elsewhere. ``compile``: torch.compile the model (falls back to eager
-    with a warning when it fails). ``cuda_graphs``: capture the forward pass in a CUDA graph
-    (CUDA only). ``batch_size``: samples per forward pass, an int, "auto" (from free device
-    memory) or None (the engine's default). ``chunk_points``: points sampled together, their
-    samples sharing forward batches; None lets the engine choose (about eight batches' worth).
+    off elsewhere. ``compile``: torch.compile the model with inductor's freezing (falls back to
+    eager with a warning when it fails). ``cuda_graphs``: capture the forward pass in a CUDA
+    graph (CUDA only). ``batch_size``: samples per forward pass, an int, "auto" (from free device
+    memory) or None (the engine's default).
     """
 
     autocast: str | None = None
@@ -55,7 +54,6 @@ class EngineOptions:
     compile: bool = False
     cuda_graphs: bool = False
     batch_size: int | str | None = None
-    chunk_points: int | None = None
 
     def __post_init__(self) -> None:
         if self.autocast is not None and self.autocast not in AUTOCAST_DTYPES:
@@ -67,35 +65,10 @@ class EngineOptions:
             raise InvalidArgument(f"batch_size must be an integer >= 1 or 'auto', not {bs!r}")
         if self.channels_last not in (None, True, False):
             raise InvalidArgument(f"channels_last must be true, false or None (automatic), not {self.channels_last!r}")
-        ppb = self.chunk_points
-        if ppb is not None and not (isinstance(ppb, int) and ppb >= 1):
-            raise InvalidArgument(f"chunk_points must be an integer >= 1, not {ppb!r}")
-
-    @property
-    def fast(self) -> bool:
-        """True when autocast changes the evaluated classifier (see the module docstring)."""
-        return self.autocast is not None
 
     def to_dict(self) -> dict:
-        """JSON-able form, stored in the run's options."""
+        """JSON-able form (bench results record it)."""
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict | None) -> EngineOptions:
-        """Inverse of ``to_dict``; unknown keys (other run options) are ignored."""
-        data = data or {}
-        names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-    def label(self) -> str:
-        """Short human-readable description such as ``fp32`` or ``bf16+channels_last``."""
-        parts = [self.autocast or "fp32"]
-        parts += [name for name in ("channels_last", "compile", "cuda_graphs") if getattr(self, name) is True]
-        if self.batch_size is not None:
-            parts.append(f"batch={self.batch_size}")
-        if self.chunk_points is not None:
-            parts.append(f"chunk_points={self.chunk_points}")
-        return "+".join(parts)
 
 
 def set_cpu_threads(threads: int | None = None) -> int:

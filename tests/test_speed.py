@@ -166,19 +166,24 @@ def test_cuda_graphs_keep_counts_on_cuda(setup):
     assert torch.equal(cuda_counts(graphed), plain)
 
 
-def test_options_validate_and_round_trip():
+def test_options_validate():
     with pytest.raises(InvalidArgument, match="autocast"):
         EngineOptions(autocast="int8")
     with pytest.raises(InvalidArgument, match="batch_size"):
         EngineOptions(batch_size=0)
-    with pytest.raises(InvalidArgument, match="chunk_points"):
-        EngineOptions(chunk_points=-3)
     with pytest.raises(InvalidArgument, match="channels_last"):
         EngineOptions(channels_last="yes")
     opts = EngineOptions(autocast="bf16", channels_last=True, batch_size="auto")
-    assert EngineOptions.from_dict(opts.to_dict() | {"unrelated": 1}) == opts
-    assert opts.fast and not EngineOptions().fast
-    assert opts.label() == "bf16+channels_last+batch=auto"
+    assert EngineOptions(**opts.to_dict()) == opts
+
+
+def test_resolve_batch_size(monkeypatch):
+    model = tiny_cnn()
+    assert speed.resolve_batch_size(EngineOptions(batch_size=77), model, SHAPE, CPU, 256) == 77
+    assert speed.resolve_batch_size(EngineOptions(), model, SHAPE, CPU, 256) == 256
+    monkeypatch.setattr(speed, "available_memory", lambda device: 2**20)
+    auto = speed.resolve_batch_size(EngineOptions(batch_size="auto"), model, SHAPE, CPU, 256)
+    assert auto == auto_batch_size(model, SHAPE, CPU) and auto < 256
 
 
 @pytest.mark.parametrize("mode", ["bf16", "fp16"])
