@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from smoothviz.errors import InvalidArgument
+from smoothviz.processes import pid_alive
 
 RUNNING, DONE, FAILED, CANCELLED, LOST = "running", "done", "failed", "cancelled", "lost"
 _ID = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -43,22 +44,6 @@ class Job:
     returncode: int | None = None
     status: str = RUNNING
     extra: dict = field(default_factory=dict)
-
-
-def _pid_alive(pid: int) -> bool:
-    """True while ``pid`` is a live (not zombie) process."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        state = stat.read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")
 
 
 class JobManager:
@@ -169,7 +154,7 @@ class JobManager:
         elif proc is not None and proc.returncode is not None:
             job.returncode = proc.returncode
             job.status = CANCELLED if job.cancel_requested else (DONE if proc.returncode == 0 else FAILED)
-        elif proc is None and not _pid_alive(job.pid):
+        elif proc is None and not pid_alive(job.pid):
             job.status = CANCELLED if job.cancel_requested else LOST
         else:
             job.status = RUNNING

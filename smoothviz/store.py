@@ -27,6 +27,7 @@ from typing import IO, Any
 import pandas as pd
 
 from smoothviz.errors import InvalidArgument, LogFormatError, StoreError
+from smoothviz.processes import pid_alive
 
 DEFAULT_DB = Path("runs/smoothviz.db")
 SCHEMA_VERSION = "1"
@@ -108,16 +109,6 @@ def file_sha256(path: str | Path) -> str | None:
 
 def _iso(t: float | None) -> str | None:
     return None if t is None else dt.datetime.fromtimestamp(t).isoformat(timespec="seconds")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _json(value: Any) -> str:
@@ -306,7 +297,7 @@ class Store:
         return None
 
     def _effective_status(self, status: str, pid: int | None, host: str | None) -> str:
-        if status == "running" and pid is not None and host == socket.gethostname() and not _pid_alive(pid):
+        if status == "running" and pid is not None and host == socket.gethostname() and not pid_alive(pid):
             return "interrupted"
         return status
 
