@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from smoothviz.certify import certify_points
+from smoothviz.certify import PointResult, certify_points
 from smoothviz.data import Dataset
 from smoothviz.errors import InvalidArgument
 from smoothviz.sigma import SigmaFunction
@@ -104,6 +104,42 @@ def noisy_copies(
     return noisy.cpu().numpy(), pred.cpu().numpy()
 
 
+def certify_test_points(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    indices: list[int],
+    sigma_fn: SigmaFunction,
+    *,
+    n0: int,
+    n: int,
+    alpha: float,
+    batch_size: int,
+    seed: int,
+) -> list[PointResult]:
+    """CERTIFY (Cohen et al. 2019, with sigma(x) and the sound radius) for the test points ``indices``.
+
+    Runs on the model's device with r taken from ``sigma_fn`` and the dimension from ``dataset``,
+    so the explorer and the playground certify exactly as a certification run would.
+    """
+    idx = torch.tensor(indices, dtype=torch.long)
+    return certify_points(
+        model,
+        dataset.test_x[idx],
+        dataset.test_y[idx],
+        list(indices),
+        sigma_fn,
+        n0=n0,
+        n=n,
+        alpha=alpha,
+        num_classes=dataset.num_classes,
+        batch_size=batch_size,
+        device=next(model.parameters()).device,
+        seed=seed,
+        r=float(sigma_fn.r),
+        dim=dataset.dim,
+    )
+
+
 def explore_point(
     model: torch.nn.Module,
     dataset: Dataset,
@@ -147,21 +183,8 @@ def explore_point(
     gen = torch.Generator(device="cpu").manual_seed(seed + 1)
     noisy, noisy_pred = noisy_copies(model, x.cpu(), sigma, num_noisy, gen)
 
-    (res,) = certify_points(
-        model,
-        x.unsqueeze(0),
-        torch.tensor([label]),
-        [idx],
-        sigma_fn,
-        n0=n0,
-        n=n,
-        alpha=alpha,
-        num_classes=dataset.num_classes,
-        batch_size=batch_size,
-        device=device,
-        seed=seed,
-        r=float(sigma_fn.r),
-        dim=dataset.dim,
+    (res,) = certify_test_points(
+        model, dataset, [idx], sigma_fn, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed
     )
     return PointExploration(
         idx=idx,

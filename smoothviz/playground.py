@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from smoothviz.bounds import clopper_pearson_lower
-from smoothviz.certify import certify_points, sample_counts
+from smoothviz.certify import sample_counts
 from smoothviz.data import Dataset
 from smoothviz.errors import InvalidArgument
+from smoothviz.explorer import certify_test_points
 from smoothviz.models import load_checkpoint
 from smoothviz.sigma import SigmaFunction
 from smoothviz.train import train_model
@@ -163,25 +164,10 @@ def certify_selected(
         raise InvalidArgument(f"test indices must be in [0, {num_test - 1}], got {bad}")
     if not indices:
         return []
-    idx = torch.tensor(indices, dtype=torch.long)
-    x = dataset.test_x[idx]
-    results = certify_points(
-        model,
-        x,
-        dataset.test_y[idx],
-        list(indices),
-        sigma_fn,
-        n0=n0,
-        n=n,
-        alpha=alpha,
-        num_classes=dataset.num_classes,
-        batch_size=batch_size,
-        device=_model_device(model),
-        seed=seed,
-        r=float(sigma_fn.r),
-        dim=dataset.dim,
+    results = certify_test_points(
+        model, dataset, indices, sigma_fn, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed
     )
-    xy = x.cpu().numpy()
+    xy = dataset.test_x[torch.tensor(indices, dtype=torch.long)].cpu().numpy()
     return [
         CertifiedPoint(
             idx=int(res.idx),
