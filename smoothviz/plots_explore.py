@@ -245,13 +245,18 @@ def region_map(
                 )
             )
     _add_circles(fig, circles)
+    return _plane_layout(fig, xs, ys, title, legend=dict(orientation="h", yanchor="top", y=-0.15))
+
+
+def _plane_layout(fig: go.Figure, xs: np.ndarray, ys: np.ndarray, title: str, **layout) -> go.Figure:
+    """The layout every map of the plane shares: x₁/x₂ axes over the grid at equal scale, so circles stay round."""
     fig.update_layout(
         title=title,
         xaxis_title="x₁ (input units)",
         yaxis_title="x₂ (input units)",
         height=460,
         margin=dict(l=10, r=10, t=50, b=10),
-        legend=dict(orientation="h", yanchor="top", y=-0.15),
+        **layout,
     )
     fig.update_xaxes(range=[float(xs[0]), float(xs[-1])], constrain="domain")
     fig.update_yaxes(range=[float(ys[0]), float(ys[-1])], scaleanchor="x", scaleratio=1, constrain="domain")
@@ -335,17 +340,7 @@ def scalar_heatmap(
                 name="training points",
             )
         )
-    fig.update_layout(
-        title=title,
-        xaxis_title="x₁ (input units)",
-        yaxis_title="x₂ (input units)",
-        height=460,
-        margin=dict(l=10, r=10, t=50, b=10),
-        showlegend=False,
-    )
-    fig.update_xaxes(range=[float(xs[0]), float(xs[-1])], constrain="domain")
-    fig.update_yaxes(range=[float(ys[0]), float(ys[-1])], scaleanchor="x", scaleratio=1, constrain="domain")
-    return fig
+    return _plane_layout(fig, xs, ys, title, showlegend=False)
 
 
 def training_curves(history: Sequence[Mapping[str, float]]) -> go.Figure:
