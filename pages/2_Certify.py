@@ -11,13 +11,13 @@ import torch
 
 from pages._ui import (
     PAGES, ROOT, db_path, display_path, get_store, job_manager, list_checkpoints,
-    load_dataset, query_int, run_label, set_query, setup_page, short_spec, show_error,
+    load_dataset, load_sigma, query_int, run_label, set_query, setup_page, short_spec, show_error,
 )
 from smoothviz import analysis, data, plots
 from smoothviz.commands.certify import evenly_spaced, parse_indices
 from smoothviz.errors import SmoothvizError
 from smoothviz.jobs import RUNNING, certify_job_id
-from smoothviz.sigma import build_sigma, canonical_spec, parse_sigma_spec
+from smoothviz.sigma import canonical_spec, parse_sigma_spec
 
 setup_page("Certify", "✅")
 ACTIVE = ("pending", "running")
@@ -33,9 +33,8 @@ def fmt_seconds(s: float | None) -> str:
 
 @st.cache_data(max_entries=16, show_spinner="Computing σ(x) on the chosen points…")
 def sigma_on_points(dataset: str, spec: str, indices: tuple[int, ...]) -> np.ndarray:
-    ds = load_dataset(dataset)
-    fn = build_sigma(spec, ds.train_x)
-    return fn(ds.test_x[list(indices)]).detach().cpu().numpy().astype(float)
+    sigma_fn = load_sigma(dataset, spec)
+    return sigma_fn(load_dataset(dataset).test_x[list(indices)]).detach().cpu().numpy().astype(float)
 
 
 def results_figure(run: dict, results) -> object:

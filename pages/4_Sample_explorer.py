@@ -13,6 +13,7 @@ from pages._ui import (
     list_checkpoints,
     load_dataset,
     load_model,
+    load_sigma,
     query_int,
     set_query,
     setup_page,
@@ -34,20 +35,12 @@ IMAGE_DATASETS = [name for name, info in DATASET_INFO.items() if len(info.input_
 N_CHOICES = (1000, 2000, 5000, 10000)
 
 
-@st.cache_resource(max_entries=4, show_spinner="Preparing σ(x)…")
-def sigma_function(dataset: str, spec: str):
-    """The sigma function ``spec`` on ``dataset``'s training set (kNN statistics computed once)."""
-    from smoothviz.sigma import build_sigma
-
-    return build_sigma(spec, load_dataset(dataset).train_x)
-
-
 @st.cache_data(max_entries=8, show_spinner="σ(x) over the test set…")
 def test_sigmas(dataset: str, spec: str):
     """sigma(x) on a fixed subset of test points, to place one point's sigma among the others."""
     from smoothviz.explorer import sample_test_sigmas
 
-    return sample_test_sigmas(sigma_function(dataset, spec), load_dataset(dataset))
+    return sample_test_sigmas(load_sigma(dataset, spec), load_dataset(dataset))
 
 
 @st.cache_data(max_entries=64, show_spinner="Sampling noisy copies and certifying…")
@@ -57,7 +50,7 @@ def explore(dataset: str, ckpt: str, mtime: float, spec: str, idx: int, n0: int,
 
     model, _ = load_model(ckpt, dataset=dataset)
     return explore_point(
-        model, load_dataset(dataset), idx, sigma_function(dataset, spec), n0=n0, n=n, alpha=alpha, seed=seed
+        model, load_dataset(dataset), idx, load_sigma(dataset, spec), n0=n0, n=n, alpha=alpha, seed=seed
     )
 
 

@@ -15,6 +15,7 @@ from pages._ui import (
     list_checkpoints,
     load_dataset,
     load_model,
+    load_sigma,
     query_ints,
     set_query,
     setup_page,
@@ -90,14 +91,6 @@ def get_model(dataset: str, source: str, train_spec: str, seed: int):
     return load_model(source, dataset=dataset)
 
 
-@st.cache_resource(max_entries=8, show_spinner=False)
-def sigma_function(dataset: str, spec: str):
-    """The sigma function ``spec`` on ``dataset``'s training set."""
-    from smoothviz.sigma import build_sigma
-
-    return build_sigma(spec, load_dataset(dataset).train_x)
-
-
 @st.cache_data(max_entries=16, show_spinner="Monte Carlo on the grid…")
 def maps(dataset: str, source: str, mtime: float, train_spec: str, seed: int, spec: str, res: int, n: int,
          alpha: float):
@@ -107,7 +100,7 @@ def maps(dataset: str, source: str, mtime: float, train_spec: str, seed: int, sp
     model, _ = get_model(dataset, source, train_spec, seed)
     ds = load_dataset(dataset)
     grid = playground.make_grid(ds, resolution=res)
-    sig = sigma_function(dataset, spec)
+    sig = load_sigma(dataset, spec)
     return {
         "xs": grid.xs,
         "ys": grid.ys,
@@ -125,7 +118,7 @@ def certified(dataset: str, source: str, mtime: float, train_spec: str, seed: in
 
     model, _ = get_model(dataset, source, train_spec, seed)
     return playground.certify_selected(
-        model, load_dataset(dataset), list(points), sigma_function(dataset, spec), n0=n0, n=n, alpha=alpha, seed=seed
+        model, load_dataset(dataset), list(points), load_sigma(dataset, spec), n0=n0, n=n, alpha=alpha, seed=seed
     )
 
 

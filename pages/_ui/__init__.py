@@ -111,6 +111,14 @@ def load_dataset(name: str):
     return data.load_dataset(name)
 
 
+@st.cache_resource(max_entries=8, show_spinner="Preparing σ(x)…")
+def load_sigma(dataset: str, spec: str):
+    """The sigma function ``spec`` on ``dataset``'s training set, built once for all pages (kNN statistics)."""
+    from smoothviz.sigma import build_sigma
+
+    return build_sigma(spec, load_dataset(dataset).train_x)
+
+
 @st.cache_resource(max_entries=4, show_spinner="Loading checkpoint…")
 def _load_model(path: str, mtime: float, device: str, dataset: str | None):
     from smoothviz import models
