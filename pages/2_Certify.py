@@ -12,6 +12,7 @@ import torch
 from pages._ui import (
     PAGES, ROOT, db_path, display_path, get_store, job_manager, list_checkpoints,
     load_dataset, load_sigma, query_int, run_label, set_query, setup_page, short_spec, show_error,
+    stop_on_error,
 )
 from smoothviz import analysis, data, plots
 from smoothviz.commands.certify import evenly_spaced, parse_indices
@@ -144,11 +145,8 @@ dataset = c1.selectbox("Dataset", names, index=names.index(data.DEFAULT_DATASET)
                        bind="query-params")
 if dataset in data.DATASET_INFO:
     c1.caption(data.DATASET_INFO[dataset].description)
-try:
+with stop_on_error():
     ds = load_dataset(dataset)
-except SmoothvizError as exc:
-    show_error(exc)
-    st.stop()
 
 ckpts = list_checkpoints(dataset)
 if not ckpts:

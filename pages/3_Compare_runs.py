@@ -12,6 +12,7 @@ import streamlit as st
 
 from pages._ui import (
     PAGES, get_store, load_dataset, query_ints, run_label, set_query, setup_page, short_spec, show_error,
+    stop_on_error,
 )
 from smoothviz import analysis, data, plots
 from smoothviz.errors import SmoothvizError
@@ -66,11 +67,8 @@ def import_section(expanded: bool) -> None:
 
 st.title("Compare runs")
 store = get_store()
-try:
+with stop_on_error():
     runs = store.runs()
-except SmoothvizError as exc:
-    show_error(exc)
-    st.stop()
 if runs.empty:
     st.info("The store has no runs yet. Certify some points on the **Certify** page "
             "(or `python -m smoothviz certify ...` in a shell), or import a log below.")

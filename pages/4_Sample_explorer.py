@@ -17,11 +17,10 @@ from pages._ui import (
     query_int,
     set_query,
     setup_page,
-    show_error,
+    stop_on_error,
 )
 from smoothviz import plots, plots_explore
 from smoothviz.data import DATASET_INFO, DEFAULT_DATASET
-from smoothviz.errors import SmoothvizError
 
 setup_page("Sample explorer", "🔍")
 st.title("Sample explorer")
@@ -72,11 +71,8 @@ with st.sidebar:
         format_func=lambda d: f"{d} — {DATASET_INFO[d].description}",
     )
 
-try:
+with stop_on_error():
     ds = load_dataset(dataset_name)
-except SmoothvizError as exc:
-    show_error(exc)
-    st.stop()
 
 # ---------------------------------------------------------------- checkpoint
 ckpts = list_checkpoints(dataset_name)
@@ -147,13 +143,10 @@ with st.sidebar:
 
 set_query(dataset=dataset_name, ckpt=labels[ckpt], sigma=spec, idx=int(idx), n=int(n))
 
-try:
+with stop_on_error():
     res = explore(
         dataset_name, ckpt, Path(ckpt).stat().st_mtime, spec, int(idx), int(n0), int(n), float(alpha), int(seed)
     )
-except SmoothvizError as exc:
-    show_error(exc)
-    st.stop()
 
 names = ds.class_names
 

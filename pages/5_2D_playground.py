@@ -19,10 +19,9 @@ from pages._ui import (
     query_ints,
     set_query,
     setup_page,
-    show_error,
+    stop_on_error,
 )
 from smoothviz import plots_explore
-from smoothviz.errors import SmoothvizError
 
 setup_page("2-D playground", "🧭")
 st.title("2-D playground")
@@ -126,11 +125,8 @@ def certified(dataset: str, source: str, mtime: float, train_spec: str, seed: in
 with st.sidebar:
     st.header("Playground")
     dataset_name = st.selectbox("Dataset", TOY, key="pg_dataset")
-try:
+with stop_on_error():
     ds = load_dataset(dataset_name)
-except SmoothvizError as exc:
-    show_error(exc)
-    st.stop()
 
 ckpts = list_checkpoints(dataset_name)
 sources = [ON_THE_FLY] + [p for p, _ in ckpts]
@@ -209,15 +205,12 @@ set_query(
 
 mtime = Path(source).stat().st_mtime if source != ON_THE_FLY else 0.0
 common = (dataset_name, source, mtime, train_spec, int(seed))
-try:
+with stop_on_error():
     model, meta = get_model(dataset_name, source, train_spec, int(seed))
     m_const = maps(*common, const_spec, int(res), int(n_grid), float(alpha))
     m_knn = maps(*common, knn_spec, int(res), int(n_grid), float(alpha))
     c_const = certified(*common, const_spec, tuple(points), int(n0_cert), int(n_cert), float(alpha))
     c_knn = certified(*common, knn_spec, tuple(points), int(n0_cert), int(n_cert), float(alpha))
-except SmoothvizError as exc:
-    show_error(exc)
-    st.stop()
 
 
 def _acc(key: str) -> str:

@@ -9,6 +9,8 @@ Loaders are cached by small identifiers (dataset name, checkpoint path + mtime),
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +175,16 @@ def show_error(exc: BaseException) -> None:
         st.error(str(exc), icon="⚠️")
     else:
         st.error(f"{type(exc).__name__}: {exc}", icon="⚠️")
+
+
+@contextmanager
+def stop_on_error() -> Iterator[None]:
+    """Run the block; a user error in it shows its message and ends the page script (no traceback)."""
+    try:
+        yield
+    except SmoothvizError as exc:
+        show_error(exc)
+        st.stop()
 
 
 def query_int(key: str, default: int | None = None) -> int | None:
