@@ -2,63 +2,20 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from smoothviz import bounds, data, models
+from apptest_support import ROOT, open_page, save_digits_checkpoint
+from apptest_support import plotly_figures as figures
+from apptest_support import fresh_app_state  # noqa: F401  (autouse: a temporary store, no shared caches)
+from smoothviz import bounds, data
 from smoothviz.jobs import JobManager
 from smoothviz.store import Store
 
-ROOT = Path(__file__).resolve().parents[1]
 PAGE_FILES = ["app.py"] + sorted(f"pages/{p.name}" for p in (ROOT / "pages").glob("*.py") if p.name != "__init__.py")
-TIMEOUT = 120  # the first run of a page imports torch
-
-
-@pytest.fixture(autouse=True)
-def fresh_app_state(tmp_path, monkeypatch):
-    """A temporary results store per test, and no cache shared between tests."""
-    monkeypatch.setenv("SMOOTHVIZ_DB", str(tmp_path / "runs" / "test.db"))
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    yield
-    st.cache_data.clear()
-    st.cache_resource.clear()
-
-
-def open_page(page: str, **query: str) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-    at.run()
-    if page != "app.py":
-        at.switch_page(page)
-        for key, value in query.items():
-            at.query_params[key] = value
-        at.run()
-    return at
-
-
-def _decode(value):
-    """Plotly 6 sends numeric arrays as {"dtype", "bdata"(, "shape")}; turn them back into lists."""
-    if isinstance(value, dict) and "bdata" in value and "dtype" in value:
-        arr = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
-        if "shape" in value:
-            arr = arr.reshape([int(n) for n in str(value["shape"]).split(",")])
-        return arr.tolist()
-    if isinstance(value, dict):
-        return {k: _decode(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    return value
-
-
-def figures(at: AppTest) -> list[dict]:
-    return [_decode(json.loads(el.proto.spec)) for el in at.get("plotly_chart")]
 
 
 def figure(at: AppTest, title_start: str) -> dict:
@@ -160,16 +117,8 @@ def test_compare_on_an_empty_store_says_how_to_start():
 
 @pytest.fixture
 def digits_checkpoint(tmp_path, monkeypatch):
-    info = data.DATASET_INFO["digits"]
-    folder = tmp_path / "ckpt"
-    folder.mkdir()
-    model = models.build_model("mlp", info.input_shape, info.num_classes)
-    models.save_checkpoint(folder / "digits-mlp.pt", model, {
-        "dataset": "digits", "arch": "mlp", "input_shape": list(info.input_shape),
-        "num_classes": info.num_classes, "sigma": "knn:0.3,0.02,10", "sigma_params": {}, "r": 0.02,
-    })
-    monkeypatch.setenv("SMOOTHVIZ_CHECKPOINTS", str(folder))
-    return folder / "digits-mlp.pt"
+    """An untrained digits MLP whose metadata says it was trained with a kNN sigma of small r."""
+    return save_digits_checkpoint(tmp_path / "ckpt", monkeypatch, "knn:0.3,0.02,10", 0.02)
 
 
 def test_certify_defaults_from_checkpoint_and_validates(digits_checkpoint):

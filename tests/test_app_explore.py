@@ -3,82 +3,39 @@ messages instead of tracebacks, and a real training job from start to finished c
 
 from __future__ import annotations
 
-import base64
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-import streamlit as st
 import torch
 from scipy.stats import norm
 from streamlit.testing.v1 import AppTest
 
+import apptest_support as support
+from apptest_support import fresh_app_state  # noqa: F401  (autouse: a temporary store, no shared caches)
 from smoothviz import bounds, data, models
 
-ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT = 120  # a page's first run imports torch and may train the playground's MLP
 START = "FormSubmitter:train_form-Start training"  # the Train page's submit button
-
-
-@pytest.fixture(autouse=True)
-def fresh_state(tmp_path, monkeypatch):
-    """Own store, jobs and checkpoint folders per test; no caches shared between tests."""
-    monkeypatch.setenv("SMOOTHVIZ_DB", str(tmp_path / "runs" / "test.db"))
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    yield
-    st.cache_data.clear()
-    st.cache_resource.clear()
 
 
 @pytest.fixture
 def digits_checkpoint(tmp_path, monkeypatch):
     """An (untrained, seeded) digits MLP whose metadata says it was trained with a kNN sigma."""
-    info = data.DATASET_INFO["digits"]
-    folder = tmp_path / "ckpt"
-    folder.mkdir()
     torch.manual_seed(0)
-    model = models.build_model("mlp", info.input_shape, info.num_classes)
-    models.save_checkpoint(folder / "digits-mlp.pt", model, {
-        "dataset": "digits", "arch": "mlp", "input_shape": list(info.input_shape),
-        "num_classes": info.num_classes, "sigma": "knn:0.3,0.5,10", "sigma_params": {}, "r": 0.5,
-    })
-    monkeypatch.setenv("SMOOTHVIZ_CHECKPOINTS", str(folder))
-    return folder / "digits-mlp.pt"
+    return support.save_digits_checkpoint(tmp_path / "ckpt", monkeypatch, "knn:0.3,0.5,10", 0.5)
 
 
 def open_page(page: str, **query: str) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-    at.run()
-    at.switch_page(page)
-    for key, value in query.items():
-        at.query_params[key] = value
-    at.run()
+    """``page`` with ``query`` in the URL after its first run, which must raise nothing."""
+    at = support.open_page(page, **query)
     assert not at.exception, [e.message for e in at.exception]
     return at
-
-
-def _decode(value):
-    """Plotly sends numeric arrays as {"dtype", "bdata"(, "shape")}; turn them back into lists."""
-    if isinstance(value, dict) and "bdata" in value and "dtype" in value:
-        arr = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
-        if "shape" in value:
-            arr = arr.reshape([int(n) for n in str(value["shape"]).split(",")])
-        return arr.tolist()
-    if isinstance(value, dict):
-        return {k: _decode(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    return value
 
 
 def figures(at: AppTest) -> dict[str, dict]:
     """Every plotly figure on the page by title (images without a title are keyed by their first subplot title)."""
     out = {}
-    for el in at.get("plotly_chart"):
-        fig = _decode(json.loads(el.proto.spec))
+    for fig in support.plotly_figures(at):
         title = (fig["layout"].get("title") or {}).get("text") or fig["layout"]["annotations"][0]["text"]
         out[title] = fig
     return out
