@@ -278,3 +278,25 @@ def test_auto_batch_size_run_stays_within_measured_memory(monkeypatch):
         pytest.skip("no /proc/self/clear_refs on this system: peak memory cannot be reset")
     assert batch > 100
     assert growth <= 0.5 * free
+
+
+def test_certify_cli_records_the_fast_mode(tmp_path):
+    """``certify --fast`` runs under bf16 autocast and records it with the run."""
+    from smoothviz.cli import main
+    from smoothviz.data import load_dataset
+    from smoothviz.models import build_model, save_checkpoint
+    from smoothviz.store import Store
+
+    ds = load_dataset("digits")
+    torch.manual_seed(0)
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, build_model("cnn-small", ds.input_shape, ds.num_classes),
+                    {"dataset": "digits", "arch": "cnn-small", "input_shape": list(ds.input_shape),
+                     "num_classes": ds.num_classes, "sigma": "constant:0.25"})
+    db = tmp_path / "runs.db"
+    common = ["certify", "--model", str(ckpt), "--points", "2", "--n0", "10", "--n", "100", "--db", str(db), "--quiet"]
+    assert main([*common, "--fast"]) == 0
+    assert main([*common, "--autocast", "bf16"]) == 0  # the same run: resumed, not a new one
+    runs = Store(db).runs()
+    assert len(runs) == 1
+    assert Store(db).run(int(runs["id"].iloc[0]))["options"] == {"autocast": "bf16"}

@@ -97,9 +97,12 @@ def add_point_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     speedy = parser.add_argument_group("speed options (recorded with the run)")
-    speedy.add_argument("--autocast", choices=("bf16", "fp16"), default=None,
-                        help="fast mode: evaluate the classifier under autocast; the certificate is then "
-                             "for the classifier as evaluated in that precision")
+    fast = speedy.add_mutually_exclusive_group()
+    fast.add_argument("--autocast", choices=("bf16", "fp16"), default=None,
+                      help="fast mode: evaluate the classifier under autocast; the certificate is then "
+                           "for the classifier as evaluated in that precision, not for the fp32 model")
+    fast.add_argument("--fast", action="store_const", const="bf16", dest="autocast",
+                      help="the fast mode in bf16 (same as --autocast bf16; same caveat)")
     speedy.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                         help="NHWC memory format, same noise draws (default: on for images on CPU)")
     speedy.add_argument("--compile", action="store_true", help="torch.compile the classifier")
