@@ -575,7 +575,7 @@ def default_batch_size(device: torch.device) -> int:
     """Samples per forward pass when neither the run nor the caller gives one.
 
     CPU: 256, where a batch's activations stay in the caches (shipped models: throughput flat
-    from 64 to 256 samples, 1.3-1.6x lower at 1024; benchmarks/RESULTS.md, "Speed").
+    from 64 to 256 samples, 1.1-1.7x lower at 1024; benchmarks/RESULTS.md, "Speed").
     """
     return 8192 if device.type == "cuda" else speed.MAX_AUTO_CPU_BATCH_SIZE
 

@@ -29,8 +29,8 @@ from smoothviz.errors import InvalidArgument
 AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 # "auto" on a CPU: memory allows far larger batches, but once a batch's activations leave the
-# caches throughput drops (shipped models, one thread: flat from 64 to 256 samples, 1.3-1.6x
-# lower at 512-1024, 2x lower at 4096; see benchmarks/RESULTS.md).
+# caches throughput drops (shipped models: flat from 64 to 256 samples, 1.1-1.7x lower at 1024;
+# see benchmarks/RESULTS.md, "Speed").
 MAX_AUTO_CPU_BATCH_SIZE = 256
 MAX_AUTO_CUDA_BATCH_SIZE = 1 << 17
 
