@@ -18,6 +18,15 @@ from smoothviz.models import build_model, save_checkpoint
 VARIANTS = "default,contiguous,fast-bf16,batch-auto,cuda-graphs"
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensors: one thread is fastest on a shared 2-core machine; restore it afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     ds = load_dataset("digits")
@@ -36,8 +45,10 @@ def bench_run(checkpoint, tmp_path_factory):
             "--repeats", "1", "--variants", VARIANTS, "--ceiling-batches", "64,256", "--solver-points", "20",
             "--threads", "1", "--out", str(out), "--quiet"]
     printed = io.StringIO()
+    threads = torch.get_num_threads()
     with contextlib.redirect_stdout(printed):
         code = main(args)
+    torch.set_num_threads(threads)
     return code, out, printed.getvalue()
 
 

@@ -16,6 +16,15 @@ from smoothviz.sigma import Constant
 SHAPE = (1, 8, 8)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensors: one thread is fastest on a shared 2-core machine; restore it afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_cnn(seed: int = 0, classes: int = 5) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(
@@ -55,7 +64,6 @@ def test_count_votes_matches_bincount():
 
 
 def test_reference_batches_repeat_one_point():
-    torch.set_num_threads(1)
     model = RecordingModel(tiny_cnn())
     x = torch.rand(SHAPE)
     votes = reference_sample_counts(model, x, 0.5, 2500, 5, generator=torch.Generator().manual_seed(0))
@@ -88,7 +96,6 @@ def test_reference_loop_matches_the_engine_statistically():
     """Same classifier, same sigma, independent draws: the vote distributions of the reference
     loop and the engine agree (chi-square homogeneity per point), so the speed comparison is a
     comparison of the same computation."""
-    torch.set_num_threads(1)
     model = tiny_cnn()
     x = torch.rand((4, *SHAPE), generator=torch.Generator().manual_seed(1))
     num, sigma = 4000, 0.5
@@ -105,7 +112,6 @@ def test_reference_loop_matches_the_engine_statistically():
 
 
 def test_reference_certify_agrees_with_engine_certify():
-    torch.set_num_threads(1)
     model = tiny_cnn(seed=3)
     x = torch.rand((6, *SHAPE), generator=torch.Generator().manual_seed(5))
     sigma, n, alpha = 0.25, 4000, 0.001

@@ -20,6 +20,15 @@ SHAPE = (1, 8, 8)
 CPU = torch.device("cpu")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensors: one thread is fastest on a shared 2-core machine; restore it afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_cnn(seed: int = 0, classes: int = 5, channels: int = 1) -> nn.Module:
     """A small CNN whose votes spread over several classes at sigma 0.5 (a demanding comparison)."""
     torch.manual_seed(seed)
@@ -31,7 +40,6 @@ def tiny_cnn(seed: int = 0, classes: int = 5, channels: int = 1) -> nn.Module:
 
 @pytest.fixture(scope="module")
 def setup():
-    torch.set_num_threads(1)
     x = torch.rand((4, *SHAPE), generator=torch.Generator().manual_seed(1))
     sigma = torch.full((4,), 0.5)
     return tiny_cnn(), x, sigma
@@ -190,7 +198,6 @@ def test_resolve_batch_size(monkeypatch):
 def test_fast_mode_agrees_on_clear_margin_points(mode):
     """Autocast changes the classifier slightly; where fp32 certifies with a clear margin the
     predictions must agree, and the vote distributions must agree within sampling error."""
-    torch.set_num_threads(1)
     model = tiny_cnn(seed=3)
     x = torch.rand((12, *SHAPE), generator=torch.Generator().manual_seed(5))
     sigma_fn = Constant(0.25)
@@ -262,7 +269,6 @@ def _peak_rss_growth(fn) -> int | None:
 def test_auto_batch_size_run_stays_within_measured_memory(monkeypatch):
     """A real forward pass at the automatic batch size grows the resident memory by less than the
     budget the batch size was chosen for."""
-    torch.set_num_threads(1)
     model = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 64, 10)).eval()
     free = 64 * 2**20
     monkeypatch.setattr(speed, "available_memory", lambda device: free)
