@@ -18,7 +18,7 @@ import torch
 from smoothviz.bench import VARIANT_NAMES, BenchModel, engine_variants, format_table, run_bench, variant_options
 from smoothviz.commands._args import positive_int
 from smoothviz.data import DATASET_INFO, load_dataset
-from smoothviz.device import DEVICE_CHOICES_HELP, resolve_device
+from smoothviz.device import DEVICE_CHOICES_HELP, keep_cpu_buffers, resolve_device
 from smoothviz.errors import CheckpointError, InvalidArgument
 from smoothviz.models import build_model, list_checkpoints, load_checkpoint
 from smoothviz.speed import set_cpu_threads
@@ -127,6 +127,7 @@ def resolve_models(specs: list[str] | None, device: torch.device, points: int, a
 
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
+    keep_cpu_buffers()  # as certify and predict do, so the engine is timed as it runs there
     threads = set_cpu_threads(args.threads)
     if args.variants is None:
         variants = engine_variants(device)
