@@ -574,8 +574,8 @@ def _execute(
 def default_batch_size(device: torch.device) -> int:
     """Samples per forward pass when neither the run nor the caller gives one.
 
-    CPU: 256, where a batch's activations stay in the caches (shipped models: throughput flat
-    from 64 to 256 samples, 1.1-1.7x lower at 1024; benchmarks/RESULTS.md, "Speed").
+    CPU: 256 (speed.MAX_AUTO_CPU_BATCH_SIZE): larger batches are no faster, and without
+    keep_cpu_buffers 1024 ran 1.1-1.7x slower (page faults; benchmarks/RESULTS.md, "Speed").
     """
     return 8192 if device.type == "cuda" else speed.MAX_AUTO_CPU_BATCH_SIZE
 

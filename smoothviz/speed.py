@@ -28,9 +28,10 @@ from smoothviz.errors import InvalidArgument
 
 AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-# "auto" on a CPU: memory allows far larger batches, but once a batch's activations leave the
-# caches throughput drops (shipped models: flat from 64 to 256 samples, 1.1-1.7x lower at 1024;
-# see benchmarks/RESULTS.md, "Speed").
+# "auto" on a CPU: memory allows far larger batches, but they do not run faster (shipped models:
+# 256 to 4096 within noise when freed buffers stay in the heap, and 1.1-1.7x slower at 1024 when
+# each buffer pays fresh page faults; see benchmarks/RESULTS.md, "Speed"), and a small batch
+# keeps progress and cancellation responsive.
 MAX_AUTO_CPU_BATCH_SIZE = 256
 MAX_AUTO_CUDA_BATCH_SIZE = 1 << 17
 
@@ -42,7 +43,7 @@ class EngineOptions:
     ``autocast``: None (fp32), "bf16" or "fp16" -- the "fast" mode; the certificate is then for
     the classifier as evaluated under autocast. ``channels_last``: run 4-D image models in NHWC
     memory format (same noise draws, same fp32 classifier); None (the default) turns it on for
-    image inputs on a CPU, where it measured 1.5-1.8x faster on the shipped CNNs, and leaves it
+    image inputs on a CPU, where it measured 1.6-1.9x faster on the shipped CNNs, and leaves it
     off elsewhere. ``compile``: torch.compile the model with inductor's freezing (falls back to
     eager with a warning when it fails). ``cuda_graphs``: capture the forward pass in a CUDA
     graph (CUDA only). ``batch_size``: samples per forward pass, an int, "auto" (from free device
