@@ -15,7 +15,9 @@ from pages._ui import (
     stop_on_error,
 )
 from smoothviz import analysis, data, plots
+from smoothviz.certify import default_batch_size
 from smoothviz.commands.certify import evenly_spaced, parse_indices
+from smoothviz.device import resolve_device
 from smoothviz.errors import SmoothvizError
 from smoothviz.jobs import RUNNING, certify_job_id
 from smoothviz.sigma import canonical_spec, parse_sigma_spec
@@ -226,7 +228,9 @@ points = int(q1.number_input(f"points (of {n_test} test points, evenly spaced)",
 index_text = q2.text_input("or indices (e.g. 0-9,15,20)", "", key="indices", bind="query-params")
 devices = ["auto", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
 device = q3.selectbox("device", devices, key="device", bind="query-params")
-batch_size = int(q4.number_input("batch size (noisy samples per forward pass)", 1, 1_000_000, 4096, 256, key="batch"))
+engine_batch = default_batch_size(resolve_device(device))
+batch_size = int(q4.number_input("batch size (noisy samples per forward pass)", 1, 1_000_000, engine_batch, 256,
+                                 key="batch", help=f"never changes the counts; the engine's default here is {engine_batch}"))
 try:
     trained_with = parse_sigma_spec(meta.get("sigma") or "")
 except SmoothvizError:
