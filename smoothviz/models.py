@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import warnings
 import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -185,12 +186,14 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
-    """A short one-line reason (torch's unpickling errors span many lines)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    reason = next((line for line in lines if line.startswith("WeightsUnpickler error:")), None)
-    if reason is not None:
-        reason = reason.split(". Please use")[0]
-    return (reason or (lines[0] if lines else type(exc).__name__))[:200]
+    """A short one-line reason (torch's unpickling errors span many lines of advice)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0]
+        detail = " ".join(detail.split()).split(". Please use")[0]
+        return f"not a weights-only torch file ({detail or 'refused to unpickle'})"[:200]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -199,7 +202,9 @@ def read_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols: we refuse them anyway
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, TypeError,
             AttributeError, KeyError, IndexError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} is not a readable checkpoint: {_first_line(exc)}") from None
