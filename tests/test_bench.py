@@ -18,13 +18,7 @@ from smoothviz.models import build_model, save_checkpoint
 VARIANTS = "default,contiguous,fast-bf16,batch-auto,cuda-graphs"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is fastest on a shared 2-core machine; restore it afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,7 @@ SHAPE = (1, 8, 8)
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is fastest on a shared 2-core machine; restore it afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cnn(seed: int = 0, classes: int = 5, channels: int = 1) -> nn.Module:

@@ -22,12 +22,7 @@ API_META_KEYS = {"dataset", "arch", "input_shape", "num_classes", "sigma", "sigm
                  "epochs", "clean_accuracy", "noisy_accuracy", "train_args", "git_commit", "created"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_tiny_training_gives_a_weights_only_checkpoint_that_beats_chance(tmp_path):
