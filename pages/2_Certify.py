@@ -16,7 +16,8 @@ from pages._ui import (
 )
 from smoothviz import analysis, data, plots
 from smoothviz.certify import default_batch_size
-from smoothviz.commands.certify import evenly_spaced, parse_indices
+from smoothviz.points import evenly_spaced, parse_indices
+from smoothviz.progress import format_seconds
 from smoothviz.device import resolve_device
 from smoothviz.errors import SmoothvizError
 from smoothviz.jobs import RUNNING, certify_job_id
@@ -24,14 +25,6 @@ from smoothviz.sigma import canonical_spec, parse_sigma_spec
 
 setup_page("Certify", "✅")
 ACTIVE = ("pending", "running")
-
-
-def fmt_seconds(s: float | None) -> str:
-    """Seconds as h:mm:ss (or '—' when unknown)."""
-    if s is None or not np.isfinite(s):
-        return "—"
-    s = int(round(s))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 @st.cache_data(max_entries=16, show_spinner="Computing σ(x) on the chosen points…")
@@ -69,7 +62,7 @@ def live_progress(run_id: int) -> None:
         st.rerun(scope="app")
     done, total = int(prog["done"]), max(int(prog["total"]), 1)
     rate = prog.get("rate_per_s")
-    text = f"{done}/{total} points · " + (f"{rate:.2f} points/s · ETA {fmt_seconds(prog.get('eta_s'))}"
+    text = f"{done}/{total} points · " + (f"{rate:.2f} points/s · ETA {format_seconds(prog.get('eta_s'))}"
                                           if rate else "starting…")
     st.progress(min(done / total, 1.0), text=text)
     if job is not None:

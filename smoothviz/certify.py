@@ -46,7 +46,7 @@ from smoothviz.data import Dataset, load_dataset
 from smoothviz.device import resolve_device
 from smoothviz.errors import Cancelled, CheckpointError, InvalidArgument, SmoothvizError, StoreError
 from smoothviz.models import load_checkpoint
-from smoothviz.sigma import build_sigma
+from smoothviz.sigma import SigmaFunction, build_sigma
 from smoothviz.store import Store, file_sha256
 
 ABSTAIN = -1
@@ -400,6 +400,42 @@ def certify_points(
     """CERTIFY of Cohen et al. with sigma(x) per point; the list of every point's result."""
     return list(iter_certify(model, x, labels, idx, sigma_fn, n0, n, alpha, num_classes, batch_size,
                              device, seed, r, dim, progress, cancel, chunk_points))
+
+
+def certify_test_points(
+    model: nn.Module,
+    dataset: Dataset,
+    indices: list[int],
+    sigma_fn: SigmaFunction,
+    *,
+    n0: int,
+    n: int,
+    alpha: float,
+    batch_size: int,
+    seed: int,
+) -> list[PointResult]:
+    """CERTIFY (Cohen et al. 2019, with sigma(x) and the sound radius) for the test points ``indices``.
+
+    Runs on the model's device with r taken from ``sigma_fn`` and the dimension from ``dataset``,
+    so the explorer and the playground certify exactly as a certification run would.
+    """
+    idx = torch.tensor(indices, dtype=torch.long)
+    return certify_points(
+        model,
+        dataset.test_x[idx],
+        dataset.test_y[idx],
+        list(indices),
+        sigma_fn,
+        n0=n0,
+        n=n,
+        alpha=alpha,
+        num_classes=dataset.num_classes,
+        batch_size=batch_size,
+        device=next(model.parameters()).device,
+        seed=seed,
+        r=float(sigma_fn.r),
+        dim=dataset.dim,
+    )
 
 
 def predict_points(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from smoothviz.certify import PointResult, certify_points
+from smoothviz.certify import certify_test_points
 from smoothviz.data import Dataset
 from smoothviz.errors import InvalidArgument
 from smoothviz.sigma import SigmaFunction
@@ -102,42 +102,6 @@ def noisy_copies(
     with torch.no_grad():
         pred = model(noisy.to(device)).argmax(dim=1)
     return noisy.cpu().numpy(), pred.cpu().numpy()
-
-
-def certify_test_points(
-    model: torch.nn.Module,
-    dataset: Dataset,
-    indices: list[int],
-    sigma_fn: SigmaFunction,
-    *,
-    n0: int,
-    n: int,
-    alpha: float,
-    batch_size: int,
-    seed: int,
-) -> list[PointResult]:
-    """CERTIFY (Cohen et al. 2019, with sigma(x) and the sound radius) for the test points ``indices``.
-
-    Runs on the model's device with r taken from ``sigma_fn`` and the dimension from ``dataset``,
-    so the explorer and the playground certify exactly as a certification run would.
-    """
-    idx = torch.tensor(indices, dtype=torch.long)
-    return certify_points(
-        model,
-        dataset.test_x[idx],
-        dataset.test_y[idx],
-        list(indices),
-        sigma_fn,
-        n0=n0,
-        n=n,
-        alpha=alpha,
-        num_classes=dataset.num_classes,
-        batch_size=batch_size,
-        device=next(model.parameters()).device,
-        seed=seed,
-        r=float(sigma_fn.r),
-        dim=dataset.dim,
-    )
 
 
 def explore_point(

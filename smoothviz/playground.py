@@ -16,7 +16,7 @@ from smoothviz.bounds import clopper_pearson_lower
 from smoothviz.certify import sample_counts
 from smoothviz.data import Dataset
 from smoothviz.errors import InvalidArgument
-from smoothviz.explorer import certify_test_points
+from smoothviz.certify import certify_test_points
 from smoothviz.models import load_checkpoint
 from smoothviz.sigma import SigmaFunction
 from smoothviz.train import train_model

@@ -28,41 +28,13 @@ from smoothviz.data import canonical_name, load_dataset
 from smoothviz.device import keep_cpu_buffers, resolve_device
 from smoothviz.errors import CheckpointError, InvalidArgument
 from smoothviz.models import read_checkpoint
+from smoothviz.points import evenly_spaced, parse_indices
 from smoothviz.progress import ProgressBar, format_seconds
 from smoothviz.sigma import canonical_spec, parse_sigma_spec
 from smoothviz.store import DEFAULT_DB, Store
 
 NAME = "certify"
 HELP = "Certify test points (CERTIFY of Cohen et al. with constant or input-dependent sigma) into the store."
-
-
-def parse_indices(text: str, size: int) -> list[int]:
-    """Indices from text like ``0-9,15,20`` (sorted, unique, each in [0, size))."""
-    out: set[int] = set()
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        lo_text, dash, hi_text = part.partition("-")
-        try:
-            lo = int(lo_text)
-            hi = int(hi_text) if dash else lo
-        except ValueError:
-            raise InvalidArgument(f"--indices: {part!r} is not an index or a range a-b") from None
-        if lo > hi:
-            raise InvalidArgument(f"--indices: range {part!r} runs backwards")
-        if lo < 0 or hi >= size:
-            raise InvalidArgument(f"--indices: {part!r} is outside the split (0 to {size - 1})")
-        out.update(range(lo, hi + 1))
-    if not out:
-        raise InvalidArgument("--indices: no index given")
-    return sorted(out)
-
-
-def evenly_spaced(points: int, size: int) -> list[int]:
-    """``points`` indices spread evenly over [0, size) (all of them when points >= size)."""
-    if points >= size:
-        return list(range(size))
-    return sorted({int(i) for i in np.linspace(0, size - 1, points).round()})
 
 
 def parse_radii(text: str) -> list[float]:
