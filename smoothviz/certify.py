@@ -30,7 +30,6 @@ so a resumed run reproduces a clean run exactly.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import time
@@ -46,11 +45,11 @@ from smoothviz.data import Dataset, load_dataset
 from smoothviz.device import resolve_device
 from smoothviz.errors import Cancelled, CheckpointError, InvalidArgument, SmoothvizError, StoreError
 from smoothviz.models import load_checkpoint
+from smoothviz.noise import NoiseStream, derive_seed
 from smoothviz.sigma import SigmaFunction, build_sigma
 from smoothviz.store import Store, file_sha256
 
 ABSTAIN = -1
-NOISE_BLOCK = 1024  # rows of noise per independently seeded block
 STAGE_SELECTION, STAGE_ESTIMATION, STAGE_PREDICT = 0, 1, 2
 DEFAULT_N0 = 100
 DEFAULT_N = 100_000
@@ -94,18 +93,6 @@ class PredictResult:
     seconds: float = 0.0
 
 
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (e.g. seed, idx, stage, block); stable across runs and hosts."""
-    text = ",".join(str(int(p)) for p in parts).encode()
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
-
-
-def block_sizes(num: int) -> list[int]:
-    """Rows of each noise block of one point's ``num`` samples."""
-    full, rest = divmod(int(num), NOISE_BLOCK)
-    return [NOISE_BLOCK] * full + ([rest] if rest else [])
-
-
 def argmax_classifier(model: nn.Module) -> Classifier:
     """The base classifier f: a noisy batch -> int64 labels (argmax of the logits) on the device."""
 
@@ -137,7 +124,7 @@ def count_votes(
     Point p gets ``nums[p]`` samples x[p] + sigma[p] * eps. Noise order: for p in order, for each
     block of ``block_sizes(nums[p])``: ``torch.randn((rows, *shape), generator=generator)``, the
     generator first reseeded with ``derive_seed(seeds[p], block)`` when ``seeds`` is given (else
-    drawn in sequence). Consecutive rows of that stream fill batches of ``batch_size``; each batch
+    drawn in sequence); smoothviz.noise draws them (in parallel on a CPU, same values). Consecutive rows of that stream fill batches of ``batch_size``; each batch
     is classified in one call of ``classify`` and its votes added on the device (no host sync).
     ``on_batch(rows)`` runs after each batch (progress, cancellation); ``new_input(m)`` gives the
     buffer a batch is written into (e.g. in the model's memory format). A label >= num_classes is
@@ -152,66 +139,34 @@ def count_votes(
         raise InvalidArgument("nums and seeds need one entry per point")
     width = num_classes + 1  # one spill column per point for labels outside the classes
     counts = torch.zeros(points * width, dtype=torch.int64, device=device)
-    total = int(sum(nums))
-    if total == 0:
+    if int(sum(nums)) == 0:
         return counts.view(points, width)[:, :num_classes]
-    rows_max = min(batch_size, total)
-    noise = torch.empty((rows_max, *shape), device=device, dtype=x.dtype)
-    ones = torch.ones(rows_max, dtype=torch.int64, device=device)
+    stream = NoiseStream(nums, shape, batch_size, generator, seeds, device, x.dtype)
+    ones = torch.ones(stream.batch_rows, dtype=torch.int64, device=device)
     sigma = sigma.to(device=device, dtype=x.dtype)
     spread = (-1,) + (1,) * len(shape)
-
-    owners: list[int] = []
-    lengths: list[int] = []
-    filled = 0
-
-    def flush(source: Tensor | None = None) -> None:
-        nonlocal filled
-        owner = torch.repeat_interleave(
-            torch.tensor(owners, dtype=torch.int64).to(device, non_blocking=True),
-            torch.tensor(lengths, dtype=torch.int64).to(device, non_blocking=True),
-            output_size=filled,
-        )
-        out = new_input(filled) if new_input is not None else None
-        batch = torch.addcmul(
-            x.index_select(0, owner), sigma.index_select(0, owner).view(spread),
-            noise[:filled] if source is None else source, out=out,
-        )
+    for segments, noise in stream.batches():
+        m = noise.shape[0]
+        out = new_input(m) if new_input is not None else None
+        if len(segments) == 1:
+            # one point: its input and sigma broadcast over the batch, no gather
+            p = segments[0][0]
+            batch = torch.addcmul(x[p:p + 1], sigma[p:p + 1].view(spread), noise, out=out)
+            offset: Tensor | int = p * width
+        else:
+            owner = torch.repeat_interleave(
+                torch.tensor([p for p, _ in segments], dtype=torch.int64).to(device, non_blocking=True),
+                torch.tensor([k for _, k in segments], dtype=torch.int64).to(device, non_blocking=True),
+                output_size=m,
+            )
+            batch = torch.addcmul(x.index_select(0, owner), sigma.index_select(0, owner).view(spread), noise, out=out)
+            offset = owner * width
         labels = classify(batch)
-        if labels.shape != (filled,):
-            raise CheckpointError(f"classifier returned labels of shape {tuple(labels.shape)} for {filled} inputs")
-        counts.scatter_add_(0, owner * width + labels.clamp(max=num_classes), ones[:filled])
+        if labels.shape != (m,):
+            raise CheckpointError(f"classifier returned labels of shape {tuple(labels.shape)} for {m} inputs")
+        counts.scatter_add_(0, labels.clamp(max=num_classes) + offset, ones[:m])
         if on_batch is not None:
-            on_batch(filled)
-        owners.clear()
-        lengths.clear()
-        filled = 0
-
-    for p in range(points):
-        for b, rows in enumerate(block_sizes(nums[p])):
-            if seeds is not None:
-                generator.manual_seed(derive_seed(seeds[p], b))
-            if rows <= rows_max - filled:
-                torch.randn((rows, *shape), generator=generator, device=device, dtype=x.dtype,
-                            out=noise[filled:filled + rows])
-                block = None
-            else:
-                block = torch.randn((rows, *shape), generator=generator, device=device, dtype=x.dtype)
-            start = 0
-            while start < rows:
-                take = min(rows - start, rows_max - filled)
-                # a batch lying wholly inside a larger block reads the block itself (no copy)
-                direct = block is not None and filled == 0 and take == rows_max
-                if block is not None and not direct:
-                    noise[filled:filled + take].copy_(block[start:start + take])
-                owners.append(p)
-                lengths.append(take)
-                filled += take
-                if filled == rows_max:
-                    flush(block[start:start + take] if direct else None)
-                start += take
-    if filled:
-        flush()
+            on_batch(m)
     return counts.view(points, width)[:, :num_classes]
 
 
@@ -607,15 +562,6 @@ def _execute(
     return "done"
 
 
-def default_batch_size(device: torch.device) -> int:
-    """Samples per forward pass when neither the run nor the caller gives one.
-
-    CPU: 256 (speed.MAX_AUTO_CPU_BATCH_SIZE): larger batches are no faster, and without
-    keep_cpu_buffers 1024 ran 1.1-1.7x slower (page faults; benchmarks/RESULTS.md, "Speed").
-    """
-    return 8192 if device.type == "cuda" else speed.MAX_AUTO_CPU_BATCH_SIZE
-
-
 # EngineOptions fields that change how fast the classifier runs, not which samples it sees; the
 # batch size is recorded in its own column and never changes the counts.
 OPTION_KEYS = ("autocast", "channels_last", "compile", "cuda_graphs")
@@ -653,5 +599,5 @@ def make_classifier(
     if batch_size == "auto":
         size = speed.auto_batch_size(model, shape, device, options=opts)
     else:
-        size = int(batch_size) if batch_size is not None else default_batch_size(device)
+        size = int(batch_size) if batch_size is not None else speed.default_batch_size(device, model, shape, opts)
     return speed.prepare_model(model, opts, device, (size, *shape)), size

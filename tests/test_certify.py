@@ -11,7 +11,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from smoothviz import bounds, certify
+from smoothviz import bounds, certify, noise
 from smoothviz.errors import Cancelled, CheckpointError, InvalidArgument
 
 torch.set_num_threads(1)
@@ -31,12 +31,12 @@ def reference_counts(model, x, sigma, num, num_classes, seeds, generator=None) -
     with torch.no_grad():
         for p in range(x.shape[0]):
             votes: Counter = Counter()
-            for b, rows in enumerate(certify.block_sizes(num)):
+            for b, rows in enumerate(noise.block_sizes(num)):
                 if seeds is not None:
-                    g.manual_seed(certify.derive_seed(seeds[p], b))
-                noise = torch.randn((rows, *x.shape[1:]), generator=g)
+                    g.manual_seed(noise.derive_seed(seeds[p], b))
+                eps = torch.randn((rows, *x.shape[1:]), generator=g)
                 for i in range(rows):
-                    sample = x[p] + sigma[p] * noise[i]
+                    sample = x[p] + sigma[p] * eps[i]
                     votes[int(model(sample.unsqueeze(0)).argmax())] += 1
             for c, k in votes.items():
                 out[p, c] = k
@@ -54,7 +54,7 @@ def setup():
 
 def test_counts_match_reference_loop_seeded(setup) -> None:
     model, x, sigma = setup
-    num = 2 * certify.NOISE_BLOCK + 300  # two full blocks and a partial one
+    num = 2 * noise.NOISE_BLOCK + 300  # two full blocks and a partial one
     seeds = [11, 12, 13]
     engine = certify.sample_counts(model, x, sigma, num, 3, 700, torch.Generator(), seeds=seeds)
     assert engine.dtype == torch.int64 and engine.shape == (3, 3)
@@ -64,7 +64,7 @@ def test_counts_match_reference_loop_seeded(setup) -> None:
 
 def test_counts_match_reference_loop_sequential_generator(setup) -> None:
     model, x, sigma = setup
-    num = certify.NOISE_BLOCK + 77
+    num = noise.NOISE_BLOCK + 77
     engine = certify.sample_counts(model, x, sigma, num, 3, 500, torch.Generator().manual_seed(5))
     ref = reference_counts(model, x, sigma, num, 3, None, torch.Generator().manual_seed(5))
     assert (engine.numpy() == ref).all()
@@ -92,8 +92,8 @@ def test_certify_matches_reference_certify(setup) -> None:
         batch_size=256, device="cpu", seed=seed, r=0.0, dim=16,
     )
     sig = [sigma_value] * 3
-    sel = reference_counts(model, x, sig, n0, 3, [certify.derive_seed(seed, i, 0) for i in idx])
-    est = reference_counts(model, x, sig, n, 3, [certify.derive_seed(seed, i, 1) for i in idx])
+    sel = reference_counts(model, x, sig, n0, 3, [noise.derive_seed(seed, i, 0) for i in idx])
+    est = reference_counts(model, x, sig, n, 3, [noise.derive_seed(seed, i, 1) for i in idx])
     for j, res in enumerate(results):
         guess = int(np.argmax(sel[j]))
         k = int(est[j, guess])
