@@ -10,15 +10,13 @@ import streamlit as st
 import torch
 
 from pages._ui import (
-    PAGES, ROOT, db_path, display_path, get_store, job_manager, list_checkpoints,
+    PAGES, ROOT, db_path, display_path, engine_batch_size, get_store, job_manager, list_checkpoints,
     load_dataset, load_sigma, query_int, run_label, set_query, setup_page, short_spec, show_error,
     stop_on_error,
 )
 from smoothviz import analysis, data, plots
-from smoothviz.certify import default_batch_size
 from smoothviz.points import evenly_spaced, parse_indices
 from smoothviz.progress import format_seconds
-from smoothviz.device import resolve_device
 from smoothviz.errors import SmoothvizError
 from smoothviz.jobs import RUNNING, certify_job_id
 from smoothviz.sigma import canonical_spec, parse_sigma_spec
@@ -221,9 +219,9 @@ points = int(q1.number_input(f"points (of {n_test} test points, evenly spaced)",
 index_text = q2.text_input("or indices (e.g. 0-9,15,20)", "", key="indices", bind="query-params")
 devices = ["auto", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
 device = q3.selectbox("device", devices, key="device", bind="query-params")
-engine_batch = default_batch_size(resolve_device(device))
+engine_batch = engine_batch_size(ckpt, device)
 batch_size = int(q4.number_input("batch size (noisy samples per forward pass)", 1, 1_000_000, engine_batch, 256,
-                                 key="batch", help=f"never changes the counts; the engine's default here is {engine_batch}"))
+                                 key=f"batch@{ckpt}|{device}", help=f"never changes the counts; the engine's default here is {engine_batch}"))
 try:
     trained_with = parse_sigma_spec(meta.get("sigma") or "")
 except SmoothvizError:

@@ -27,21 +27,30 @@ import torch
 from torch import Tensor, nn
 
 from smoothviz import bounds
-from smoothviz.certify import default_batch_size, derive_seed, sample_counts
+from smoothviz.certify import sample_counts
 from smoothviz.errors import InvalidArgument
+from smoothviz.noise import derive_seed
 from smoothviz.reference_loop import REFERENCE_BATCH_SIZE, reference_sample_counts
-from smoothviz.speed import EngineOptions, prepare_model, resolve_batch_size
+from smoothviz.speed import EngineOptions, default_batch_size, prepare_model, resolve_batch_size
 
 EXTRAPOLATE_N0 = 100
 EXTRAPOLATE_N = 100_000
 SOLVER_DIM = 3072
-CPU_CEILING_BATCHES = (64, 256, 1024)
+CPU_CEILING_BATCHES = (64, 256, 1024, 4096)
 CUDA_CEILING_BATCHES = (1024, 4096, 16384)
 
 
-def default_ceiling_batches(device: torch.device) -> tuple[int, ...]:
-    """Batch sizes the ceiling tries: small ones suit a CPU's caches, large ones fill a GPU."""
-    return CUDA_CEILING_BATCHES if device.type == "cuda" else CPU_CEILING_BATCHES
+def default_ceiling_batches(
+    device: torch.device, model: nn.Module | None = None, input_shape: tuple[int, ...] | None = None,
+) -> tuple[int, ...]:
+    """Batch sizes the ceiling tries: small ones suit a CPU's caches, large ones fill a GPU.
+
+    With a model, the engine's own default batch size for it is tried too.
+    """
+    sizes = set(CUDA_CEILING_BATCHES if device.type == "cuda" else CPU_CEILING_BATCHES)
+    if model is not None and input_shape is not None:
+        sizes.add(default_batch_size(device, model, input_shape))
+    return tuple(sorted(sizes))
 
 
 @dataclass
@@ -201,7 +210,7 @@ def engine_tasks(
     """
     t0 = time.perf_counter()
     input_shape = tuple(points.shape[1:])
-    batch = resolve_batch_size(options, model, input_shape, device, default_batch_size(device))
+    batch = resolve_batch_size(options, model, input_shape, device)
     predictor = prepare_model(model, options, device, (batch, *input_shape))
     pts = points.to(device)
     sig = torch.full((pts.shape[0],), float(sigma), device=device)
@@ -288,7 +297,7 @@ def bench_model(
     say = log or (lambda _msg: None)
     samples = bm.points.shape[0] * n
     say(f"{bm.name}: preparing")
-    batches = ceiling_batches or default_ceiling_batches(device)
+    batches = ceiling_batches or default_ceiling_batches(device, bm.model, bm.input_shape)
     tasks = ceiling_tasks(bm.model, bm.input_shape, device, batches, samples)
     tasks.append(reference_task(bm.model, bm.points, bm.sigma, n, bm.num_classes, device))
     engine: dict[str, dict] = {}

@@ -28,11 +28,15 @@ from smoothviz.errors import InvalidArgument
 
 AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-# "auto" on a CPU: memory allows far larger batches, but they do not run faster (shipped models:
-# 256 to 4096 within noise when freed buffers stay in the heap, and 1.1-1.7x slower at 1024 when
-# each buffer pays fresh page faults; see benchmarks/RESULTS.md, "Speed"), and a small batch
-# keeps progress and cancellation responsive.
-MAX_AUTO_CPU_BATCH_SIZE = 256
+# CPU batch size: the largest power of two whose measured activations fit in CPU_BATCH_BYTES,
+# kept within [MIN_CPU_BATCH_SIZE, MAX_CPU_BATCH_SIZE]. Measured on the 2-core dev machine
+# (benchmarks/RESULTS.md, "Speed"): the shipped CNNs (115-290 kB of activations per sample) run
+# fastest near 256 and no faster above it, while an MLP on 8x8 digits (4 kB per sample) ran 2x
+# faster at 8192 than at 256, where per-batch overheads dominated. Small batches also keep
+# progress and cancellation responsive.
+CPU_BATCH_BYTES = 32 << 20
+MIN_CPU_BATCH_SIZE = 256
+MAX_CPU_BATCH_SIZE = 8192
 MAX_AUTO_CUDA_BATCH_SIZE = 1 << 17
 
 
@@ -176,6 +180,19 @@ def measure_memory_per_sample(
     return MemoryProbe(per_sample, probe_batch, "cpu sum of module outputs x2")
 
 
+def cpu_batch_size(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    options: EngineOptions | None = None,
+    probe: MemoryProbe | None = None,
+) -> int:
+    """The engine's CPU batch size for ``model``: activations of about CPU_BATCH_BYTES per batch."""
+    if probe is None:
+        probe = measure_memory_per_sample(model, input_shape, torch.device("cpu"), options)
+    fit = max(1, CPU_BATCH_BYTES // max(1, probe.bytes_per_sample))
+    return int(min(MAX_CPU_BATCH_SIZE, max(MIN_CPU_BATCH_SIZE, 1 << (fit.bit_length() - 1))))
+
+
 def auto_batch_size(
     model: nn.Module,
     input_shape: tuple[int, ...],
@@ -188,8 +205,8 @@ def auto_batch_size(
     """The largest batch whose measured memory fits in ``memory_fraction`` of free memory.
 
     Never exceeds the memory it measured: ``batch * probe.bytes_per_sample <= memory_fraction *
-    available_memory(device)``. Capped at ``max_batch`` (default: a per-device size beyond which
-    throughput no longer grows) and rounded down to a multiple of 8 when >= 8.
+    available_memory(device)``. Capped at ``max_batch`` (default: a size beyond which throughput
+    no longer grows, on a CPU ``cpu_batch_size``) and rounded down to a multiple of 8 when >= 8.
     """
     if not 0.0 < memory_fraction <= 1.0:
         raise InvalidArgument(f"memory_fraction must be in (0, 1], not {memory_fraction}")
@@ -204,11 +221,31 @@ def auto_batch_size(
             f"({probe.bytes_per_sample} bytes needed, {budget} available)"
         )
     if max_batch is None:
-        max_batch = MAX_AUTO_CUDA_BATCH_SIZE if device.type == "cuda" else MAX_AUTO_CPU_BATCH_SIZE
+        if device.type == "cuda":
+            max_batch = MAX_AUTO_CUDA_BATCH_SIZE
+        else:
+            max_batch = cpu_batch_size(model, input_shape, options, probe)
     batch = min(batch, max_batch)
     if batch >= 8:
         batch -= batch % 8
     return int(batch)
+
+
+def default_batch_size(
+    device: torch.device,
+    model: nn.Module | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    options: EngineOptions | None = None,
+) -> int:
+    """Samples per forward pass when none is given: 8192 on CUDA; ``cpu_batch_size`` on a CPU.
+
+    Without a model (nothing to measure) a CPU gets MIN_CPU_BATCH_SIZE.
+    """
+    if torch.device(device).type == "cuda":
+        return 8192
+    if model is None or input_shape is None:
+        return MIN_CPU_BATCH_SIZE
+    return cpu_batch_size(model, tuple(input_shape), options)
 
 
 def resolve_batch_size(
@@ -216,14 +253,13 @@ def resolve_batch_size(
     model: nn.Module,
     input_shape: tuple[int, ...],
     device: torch.device,
-    default: int,
 ) -> int:
-    """The batch size ``options`` ask for: an int as given, "auto" measured, None ``default``."""
+    """The batch size ``options`` ask for: an int as given, "auto" measured, None the default."""
     if options.batch_size == "auto":
         return auto_batch_size(model, input_shape, device, options=options)
     if isinstance(options.batch_size, int):
         return options.batch_size
-    return default
+    return default_batch_size(device, model, input_shape, options)
 
 
 # ---------------------------------------------------------------------------------------------

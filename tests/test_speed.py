@@ -182,11 +182,33 @@ def test_options_validate():
 
 def test_resolve_batch_size(monkeypatch):
     model = tiny_cnn()
-    assert speed.resolve_batch_size(EngineOptions(batch_size=77), model, SHAPE, CPU, 256) == 77
-    assert speed.resolve_batch_size(EngineOptions(), model, SHAPE, CPU, 256) == 256
+    assert speed.resolve_batch_size(EngineOptions(batch_size=77), model, SHAPE, CPU) == 77
+    assert speed.resolve_batch_size(EngineOptions(), model, SHAPE, CPU) == speed.cpu_batch_size(model, SHAPE)
     monkeypatch.setattr(speed, "available_memory", lambda device: 2**20)
-    auto = speed.resolve_batch_size(EngineOptions(batch_size="auto"), model, SHAPE, CPU, 256)
+    auto = speed.resolve_batch_size(EngineOptions(batch_size="auto"), model, SHAPE, CPU)
     assert auto == auto_batch_size(model, SHAPE, CPU) and auto < 256
+
+
+def test_cpu_batch_size_follows_measured_activations():
+    """A power of two whose measured activations fill about CPU_BATCH_BYTES, within the bounds."""
+    cases = {
+        "mlp": nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)),
+        "cnn": nn.Sequential(nn.Conv2d(1, 64, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64 * 64, 10)),
+        "wide": nn.Sequential(nn.Conv2d(1, 512, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(512 * 64, 10)),
+    }
+    sizes = {}
+    for name, model in cases.items():
+        probe = measure_memory_per_sample(model.eval(), (1, 8, 8), CPU)
+        size = sizes[name] = speed.cpu_batch_size(model, (1, 8, 8), probe=probe)
+        assert size & (size - 1) == 0, "a power of two"
+        assert speed.MIN_CPU_BATCH_SIZE <= size <= speed.MAX_CPU_BATCH_SIZE
+        if speed.MIN_CPU_BATCH_SIZE < size < speed.MAX_CPU_BATCH_SIZE:
+            assert size * probe.bytes_per_sample <= speed.CPU_BATCH_BYTES < 2 * size * probe.bytes_per_sample
+    assert sizes["mlp"] == speed.MAX_CPU_BATCH_SIZE and sizes["wide"] == speed.MIN_CPU_BATCH_SIZE
+    assert sizes["mlp"] > sizes["cnn"] >= sizes["wide"]
+    assert speed.default_batch_size(CPU) == speed.MIN_CPU_BATCH_SIZE
+    assert speed.default_batch_size(CPU, cases["mlp"], (1, 8, 8)) == sizes["mlp"]
+    assert speed.default_batch_size(torch.device("cuda"), cases["mlp"], (1, 8, 8)) == 8192
 
 
 @pytest.mark.parametrize("mode", ["bf16", "fp16"])
@@ -238,7 +260,7 @@ def test_auto_batch_size_errors_without_memory_and_caps(monkeypatch):
     with pytest.raises(InvalidArgument, match="not enough free memory"):
         auto_batch_size(model, SHAPE, CPU)
     monkeypatch.setattr(speed, "available_memory", lambda device: 2**40)
-    assert auto_batch_size(model, SHAPE, CPU) == speed.MAX_AUTO_CPU_BATCH_SIZE
+    assert auto_batch_size(model, SHAPE, CPU) == speed.cpu_batch_size(model, SHAPE)
 
 
 def _peak_rss_growth(fn) -> int | None:

@@ -134,6 +134,21 @@ def load_model(path: str | Path, device: str = "cpu", dataset: str | None = None
     return _load_model(str(p), p.stat().st_mtime if p.exists() else 0.0, device, dataset)
 
 
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _engine_batch_size(path: str, mtime: float, device: str) -> int:
+    from smoothviz import speed
+    from smoothviz.device import resolve_device
+
+    model, meta = _load_model(path, mtime, "cpu", None)
+    return speed.default_batch_size(resolve_device(device), model, tuple(meta["input_shape"]))
+
+
+def engine_batch_size(path: str | Path, device: str) -> int:
+    """The engine's default batch size for a checkpoint on ``device`` (measured once, cached)."""
+    p = Path(path) if Path(path).is_absolute() else ROOT / path
+    return _engine_batch_size(str(p), p.stat().st_mtime if p.exists() else 0.0, device)
+
+
 def checkpoint_dirs() -> tuple[Path, ...]:
     """Where checkpoints are looked for: ``$SMOOTHVIZ_CHECKPOINTS`` (os.pathsep-separated dirs), else
     assets/ and the training folder next to the database (runs/checkpoints/ by default)."""

@@ -56,8 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              + " (default: on CPU all but channels_last, fast-fp16 and cuda-graphs; "
                              "on CUDA all but contiguous)")
     parser.add_argument("--ceiling-batches", type=_int_list, default=None,
-                        help="batch sizes tried for the forward ceiling (default 64,256,1024 on CPU, "
-                             "1024,4096,16384 on CUDA)")
+                        help="batch sizes tried for the forward ceiling (default 64,256,1024,4096 on CPU, "
+                             "1024,4096,16384 on CUDA, and the engine's default batch for each model)")
     parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores allowed)")
     parser.add_argument("--solver-points", type=int, default=1000,
                         help="points for the radius-solver timing at dimension 3072 (0 skips it; default 1000)")
