@@ -35,10 +35,9 @@ def block_sizes(num: int) -> list[int]:
 
 @dataclass(frozen=True)
 class Block:
-    """Block ``index`` of point ``point``: ``rows`` rows starting at row ``start`` of the stream."""
+    """A block of point ``point``: ``rows`` rows from row ``start`` of the stream, drawn with ``seed``."""
 
     point: int
-    index: int
     rows: int
     start: int
     seed: int | None
@@ -75,7 +74,7 @@ class NoiseStream:
         for p, num in enumerate(nums):
             for b, rows in enumerate(block_sizes(num)):
                 seed = None if seeds is None else derive_seed(seeds[p], b)
-                self.blocks.append(Block(p, b, rows, start, seed))
+                self.blocks.append(Block(p, rows, start, seed))
                 start += rows
         self.total = start
         self.batch_rows = max(1, min(int(batch_rows), self.total))
