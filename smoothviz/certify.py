@@ -22,7 +22,7 @@ comparison.
 
 Engine design: many points are sampled in one forward batch on the device; noise is drawn on the
 device; votes are counted on the device with ``scatter_add_`` at point*num_classes + class. The
-noise of each point comes in blocks of ``NOISE_BLOCK`` rows, each block drawn from the generator
+noise of each point comes in blocks of ``noise.NOISE_BLOCK`` rows, each block drawn from the generator
 reseeded with a seed derived from (seed, idx, stage, block): the counts of a point then depend
 only on (seed, idx), not on the batch size, the chunking, or which other points share a batch,
 so a resumed run reproduces a clean run exactly.
@@ -121,14 +121,15 @@ def count_votes(
 ) -> Tensor:
     """SAMPLEUNDERNOISE for several points at once: int64 votes [P, num_classes] on x's device.
 
-    Point p gets ``nums[p]`` samples x[p] + sigma[p] * eps. Noise order: for p in order, for each
-    block of ``block_sizes(nums[p])``: ``torch.randn((rows, *shape), generator=generator)``, the
-    generator first reseeded with ``derive_seed(seeds[p], block)`` when ``seeds`` is given (else
-    drawn in sequence); smoothviz.noise draws them (in parallel on a CPU, same values). Consecutive rows of that stream fill batches of ``batch_size``; each batch
-    is classified in one call of ``classify`` and its votes added on the device (no host sync).
-    ``on_batch(rows)`` runs after each batch (progress, cancellation); ``new_input(m)`` gives the
-    buffer a batch is written into (e.g. in the model's memory format). A label >= num_classes is
-    counted in a spill column that is not returned, so the row sums then fall short of ``nums``.
+    Point p gets ``nums[p]`` samples x[p] + sigma[p] * eps. Noise order (smoothviz.noise): for p
+    in order, for each block of ``block_sizes(nums[p])``: ``torch.randn((rows, *shape),
+    generator=generator)``, the generator first reseeded with ``derive_seed(seeds[p], block)`` when
+    ``seeds`` is given (else drawn in sequence). Consecutive rows of that stream fill batches of
+    ``batch_size``; each batch is classified in one call of ``classify`` and its votes added on
+    the device (no host sync). ``on_batch(rows)`` runs after each batch (progress, cancellation);
+    ``new_input(m)`` gives the buffer a batch is written into (e.g. in the model's memory format).
+    A label >= num_classes is counted in a spill column that is not returned, so the row sums
+    then fall short of ``nums``.
     """
     if batch_size < 1:
         raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
