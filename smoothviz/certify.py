@@ -45,9 +45,10 @@ from smoothviz.data import Dataset, load_dataset
 from smoothviz.device import resolve_device
 from smoothviz.errors import Cancelled, CheckpointError, InvalidArgument, SmoothvizError, StoreError
 from smoothviz.models import load_checkpoint
-from smoothviz.noise import NoiseStream, derive_seed
+from smoothviz.noise import derive_seed
 from smoothviz.sigma import SigmaFunction, build_sigma
 from smoothviz.store import Store, file_sha256
+from smoothviz.votes import Classifier, argmax_classifier, check_sigma, count_votes
 
 ABSTAIN = -1
 STAGE_SELECTION, STAGE_ESTIMATION, STAGE_PREDICT = 0, 1, 2
@@ -56,7 +57,6 @@ DEFAULT_N = 100_000
 DEFAULT_ALPHA = 0.001
 CANCEL_POLL_SECONDS = 0.5  # how often a running certification reads the store's cancel flag
 
-Classifier = Callable[[Tensor], Tensor]
 ProgressFn = Callable[[dict], None]
 CancelFn = Callable[[], bool]
 
@@ -91,84 +91,6 @@ class PredictResult:
     sigma: float
     counts: list[int] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def argmax_classifier(model: nn.Module) -> Classifier:
-    """The base classifier f: a noisy batch -> int64 labels (argmax of the logits) on the device."""
-
-    def classify(batch: Tensor) -> Tensor:
-        return model(batch).argmax(1)
-
-    return classify
-
-
-def _check_sigma(sigma: Tensor, points: int) -> None:
-    if sigma.shape != (points,):
-        raise InvalidArgument(f"sigma has shape {tuple(sigma.shape)}, expected ({points},)")
-
-
-def count_votes(
-    classify: Classifier,
-    x: Tensor,
-    sigma: Tensor,
-    nums: Sequence[int],
-    num_classes: int,
-    batch_size: int,
-    generator: torch.Generator,
-    seeds: Sequence[int] | None = None,
-    on_batch: Callable[[int], None] | None = None,
-    new_input: Callable[[int], Tensor] | None = None,
-) -> Tensor:
-    """SAMPLEUNDERNOISE for several points at once: int64 votes [P, num_classes] on x's device.
-
-    Point p gets ``nums[p]`` samples x[p] + sigma[p] * eps. Noise order (smoothviz.noise): for p
-    in order, for each block of ``block_sizes(nums[p])``: ``torch.randn((rows, *shape),
-    generator=generator)``, the generator first reseeded with ``derive_seed(seeds[p], block)`` when
-    ``seeds`` is given (else drawn in sequence). Consecutive rows of that stream fill batches of
-    ``batch_size``; each batch is classified in one call of ``classify`` and its votes added on
-    the device (no host sync). ``on_batch(rows)`` runs after each batch (progress, cancellation);
-    ``new_input(m)`` gives the buffer a batch is written into (e.g. in the model's memory format).
-    A label >= num_classes is counted in a spill column that is not returned, so the row sums
-    then fall short of ``nums``.
-    """
-    if batch_size < 1:
-        raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
-    device, shape = x.device, tuple(x.shape[1:])
-    points = x.shape[0]
-    _check_sigma(sigma, points)
-    if len(nums) != points or (seeds is not None and len(seeds) != points):
-        raise InvalidArgument("nums and seeds need one entry per point")
-    width = num_classes + 1  # one spill column per point for labels outside the classes
-    counts = torch.zeros(points * width, dtype=torch.int64, device=device)
-    if int(sum(nums)) == 0:
-        return counts.view(points, width)[:, :num_classes]
-    stream = NoiseStream(nums, shape, batch_size, generator, seeds, device, x.dtype)
-    ones = torch.ones(stream.batch_rows, dtype=torch.int64, device=device)
-    sigma = sigma.to(device=device, dtype=x.dtype)
-    spread = (-1,) + (1,) * len(shape)
-    for segments, noise in stream.batches():
-        m = noise.shape[0]
-        out = new_input(m) if new_input is not None else None
-        if len(segments) == 1:
-            # one point: its input and sigma broadcast over the batch, no gather
-            p = segments[0][0]
-            batch = torch.addcmul(x[p:p + 1], sigma[p:p + 1].view(spread), noise, out=out)
-            offset: Tensor | int = p * width
-        else:
-            owner = torch.repeat_interleave(
-                torch.tensor([p for p, _ in segments], dtype=torch.int64).to(device, non_blocking=True),
-                torch.tensor([k for _, k in segments], dtype=torch.int64).to(device, non_blocking=True),
-                output_size=m,
-            )
-            batch = torch.addcmul(x.index_select(0, owner), sigma.index_select(0, owner).view(spread), noise, out=out)
-            offset = owner * width
-        labels = classify(batch)
-        if labels.shape != (m,):
-            raise CheckpointError(f"classifier returned labels of shape {tuple(labels.shape)} for {m} inputs")
-        counts.scatter_add_(0, labels.clamp(max=num_classes) + offset, ones[:m])
-        if on_batch is not None:
-            on_batch(m)
-    return counts.view(points, width)[:, :num_classes]
 
 
 def sample_counts(
@@ -299,7 +221,7 @@ def iter_certify(
         m = stop - start
         with torch.inference_mode():
             sig = sigma_fn(xs).to(device=device, dtype=torch.float32).reshape(-1)
-            _check_sigma(sig, m)
+            check_sigma(sig, m)
             # virtual points: first the m selection samplings, then the m estimation samplings
             votes = count_votes(
                 classify, torch.cat([xs, xs]), torch.cat([sig, sig]), [n0] * m + [n] * m,
@@ -432,7 +354,7 @@ def predict_points(
         m = stop - start
         with torch.inference_mode():
             sig = sigma_fn(xs).to(device=device, dtype=torch.float32).reshape(-1)
-            _check_sigma(sig, m)
+            check_sigma(sig, m)
             votes = count_votes(
                 classify, xs, sig, [n] * m, num_classes, batch_size, generator,
                 [derive_seed(seed, i, STAGE_PREDICT) for i in idx[start:stop]],

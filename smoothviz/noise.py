@@ -54,7 +54,8 @@ class NoiseStream:
     order (consecutive rows of one point merged), ``noise`` is a [rows, *shape] tensor valid
     until the next batch is requested. A block that lies inside one batch is drawn straight into
     the batch buffer; a block cut by a batch boundary is drawn on its own when first needed, and
-    a batch lying wholly inside it reads it without a copy.
+    a batch lying wholly inside it reads it without a copy. ``first_blocks[p]`` numbers point
+    p's first block (default 0), so a run of a point's blocks can be drawn on its own.
     """
 
     def __init__(
@@ -66,13 +67,15 @@ class NoiseStream:
         seeds: Sequence[int] | None = None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        first_blocks: Sequence[int] | None = None,
     ) -> None:
         self.shape, self.device, self.dtype = tuple(shape), torch.device(device), dtype
         self.generator = generator
         self.blocks: list[Block] = []
         start = 0
         for p, num in enumerate(nums):
-            for b, rows in enumerate(block_sizes(num)):
+            first = 0 if first_blocks is None else int(first_blocks[p])
+            for b, rows in enumerate(block_sizes(num), start=first):
                 seed = None if seeds is None else derive_seed(seeds[p], b)
                 self.blocks.append(Block(p, rows, start, seed))
                 start += rows

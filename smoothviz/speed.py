@@ -320,6 +320,11 @@ class Predictor:
             return self.forward(padded)[:m]
         return self.forward(noisy)
 
+    @property
+    def thread_safe(self) -> bool:
+        """Whether several threads may call it at once: an eager forward, not compiled code or a graph."""
+        return not self.static_shape
+
     def new_input(self, m: int) -> Tensor:
         """An uninitialised input batch of ``m`` samples in the model's memory format.
 
