@@ -31,7 +31,8 @@ from smoothviz.certify import sample_counts
 from smoothviz.errors import InvalidArgument
 from smoothviz.noise import derive_seed
 from smoothviz.reference_loop import REFERENCE_BATCH_SIZE, reference_sample_counts
-from smoothviz.speed import EngineOptions, default_batch_size, prepare_model, resolve_batch_size
+from smoothviz.speed import EngineOptions, Predictor, default_batch_size, prepare_model, resolve_batch_size
+from smoothviz.votes import one_torch_thread, sampling_pool, sampling_threads
 
 EXTRAPOLATE_N0 = 100
 EXTRAPOLATE_N = 100_000
@@ -152,6 +153,30 @@ def seconds_per_point(samples_per_s: float, n0: int = EXTRAPOLATE_N0, n: int = E
     return (n0 + n) / samples_per_s if samples_per_s > 0 else math.inf
 
 
+def forward_loop(predictor: Predictor, inputs: Tensor, loops: int, threads: int = 1) -> Callable[[], None]:
+    """``loops`` forward passes on ``inputs``; with ``threads`` > 1 they are split across that many
+    threads with one torch thread each, as the engine samples on a CPU (votes.count_votes)."""
+    if threads <= 1:
+        def run() -> None:
+            for _ in range(loops):
+                predictor(inputs)
+
+        return run
+    shares = [loops // threads + (1 if i < loops % threads else 0) for i in range(threads)]
+    own_inputs = [inputs] + [inputs.clone() for _ in range(threads - 1)]
+
+    def one(i: int) -> None:
+        with torch.inference_mode():
+            for _ in range(shares[i]):
+                predictor(own_inputs[i])
+
+    def run_threads() -> None:
+        with one_torch_thread():
+            list(sampling_pool(threads).map(one, range(threads)))
+
+    return run_threads
+
+
 def ceiling_tasks(
     model: nn.Module, input_shape: tuple[int, ...], device: torch.device, batch_sizes: Sequence[int],
     samples: int,
@@ -160,9 +185,12 @@ def ceiling_tasks(
 
     The inputs are drawn once (uniform in [0, 1] plus Gaussian noise, already in the memory
     format), so only the forward pass and its argmax are timed: the physical limit of
-    certification. Image inputs try both contiguous and channels_last formats.
+    certification. Image inputs try both contiguous and channels_last formats. On a CPU with
+    several threads, each setting also runs as one forward pass per thread with one torch thread
+    each (the engine's way of using the cores), and the best of all counts as the ceiling.
     """
     formats = {"contiguous": False, "channels_last": True} if len(input_shape) == 3 else {"contiguous": False}
+    threads = torch.get_num_threads() if device.type == "cpu" else 1
     tasks = []
     for fmt, channels_last in formats.items():
         options = EngineOptions(channels_last=channels_last)
@@ -172,12 +200,10 @@ def ceiling_tasks(
             shape = (bs, *input_shape)
             inputs.copy_(torch.rand(shape, device=device) + 0.25 * torch.randn(shape, device=device))
             loops = max(1, math.ceil(samples / bs))
-
-            def run(predictor=predictor, inputs=inputs, loops=loops) -> None:
-                for _ in range(loops):
-                    predictor(inputs)
-
-            tasks.append(Task(f"ceiling@{fmt}@{bs}", run, loops * bs, {"batch_size": int(bs), "format": fmt}))
+            for k in sorted({1, threads}):
+                label = fmt if k == 1 else f"{fmt} x{k} threads"
+                tasks.append(Task(f"ceiling@{label}@{bs}", forward_loop(predictor, inputs, loops, k), loops * bs,
+                                  {"batch_size": int(bs), "format": label, "threads": k}))
     return tasks
 
 
@@ -228,13 +254,11 @@ def engine_tasks(
     shape = (batch, *input_shape)
     inputs.copy_(torch.rand(shape, device=device) + sigma * torch.randn(shape, device=device))
     loops = max(1, math.ceil(samples / batch))
-
-    def forward_only() -> None:
-        for _ in range(loops):
-            predictor(inputs)
-
+    threads = sampling_threads(predictor, device, seeded=True)
+    info["threads"] = threads
     return [Task(f"engine:{name}", run, samples, info),
-            Task(f"ceiling:{name}", forward_only, loops * batch, {"batch_size": batch})]
+            Task(f"ceiling:{name}", forward_loop(predictor, inputs, loops, threads), loops * batch,
+                 {"batch_size": batch, "threads": threads})]
 
 
 def knn_sigma_seconds(train_x: Tensor, points: Tensor, device: torch.device, k: int = 20, repeats: int = 3) -> dict:
@@ -427,9 +451,11 @@ def format_table(result: dict) -> str:
             note = ""
             if row["applied"].get("compile") not in (None, True):
                 note = f"  ({row['applied']['compile']})"
-            lines.append(line(label, row, row["batch_size"], note))
+            threads = row.get("threads", 1)
+            batch = row["batch_size"] if threads == 1 else f"{row['batch_size']} x{threads} threads"
+            lines.append(line(label, row, batch, note))
         by_batch = ", ".join(f"{k.replace('@', ' ')}: {v:,.0f}" for k, v in ceil["by_batch"].items())
-        lines.append(f"ceiling (fp32) by format and batch size, images/s: {by_batch}")
+        lines.append(f"ceiling (fp32) by format, threading and batch size, images/s: {by_batch}")
         best = ceil["best_over_options"]
         lines.append(f"best ceiling over all options: {best['images_per_s']:,.0f} images/s ({best['variant']})")
         if "knn_sigma" in mod:
@@ -443,8 +469,10 @@ def format_table(result: dict) -> str:
         lines.append("")
         lines.append(f"input-dependent radius solver: {s['points_per_s']:,.0f} points/s at dimension {s['dim']}")
     lines.append("")
-    lines.append("vs ceil: against the fp32 forward at its best memory format and batch size; vs own: "
-                 "against the forward with the same options and batch size")
+    lines.append("vs ceil: against the fp32 forward at its best memory format, batch size and threading; vs own: "
+                 "against the forward with the same options, batch size and threading")
+    lines.append("on a CPU the engine (and 'x2 threads' etc. in the ceiling sweep) runs one forward pass per "
+                 "thread with one torch thread each; the reference loop uses all threads in each forward pass")
     lines.append(f"s/pt n=1e5: extrapolated from the wall-clock throughput, (n0={EXTRAPOLATE_N0} + "
                  f"n={EXTRAPOLATE_N:,}) / images/s")
     return "\n".join(lines)
