@@ -20,8 +20,9 @@ Here sigma = sigma(x) may depend on the point; R(pA) is the sound input-dependen
 Sukenik et al. (2022) (Cohen's sigma*Phi^-1(pA) when r = 0), with the naive radius kept for
 comparison.
 
-Engine design: many points are sampled in one forward batch on the device; noise is drawn on the
-device; votes are counted on the device with ``scatter_add_`` at point*num_classes + class. The
+Engine design (smoothviz.votes, smoothviz.noise): many points are sampled in one forward batch on
+the device; noise is drawn on the device; votes are counted on the device with ``scatter_add_`` at
+point*num_classes + class; on a CPU, one sampling thread per core. The
 noise of each point comes in blocks of ``noise.NOISE_BLOCK`` rows, each block drawn from the generator
 reseeded with a seed derived from (seed, idx, stage, block): the counts of a point then depend
 only on (seed, idx), not on the batch size, the chunking, or which other points share a batch,
