@@ -70,3 +70,77 @@ def save_digits_checkpoint(folder: Path, monkeypatch: pytest.MonkeyPatch, sigma:
     })
     monkeypatch.setenv("SMOOTHVIZ_CHECKPOINTS", str(folder))
     return folder / "digits-mlp.pt"
+
+
+# ---------------------------------------------------------------- hostile state shared by the page suites
+HOSTILE_QUERY_VALUES = (
+    "", " ", "-1", "0", "1e309", "-1e309", "nan", "inf", "9223372036854775808", "1.5", "abc",
+    "../../etc/passwd", "/etc/passwd", "%00", "\x00", "a" * 5000, "knn:0.25,0.4,5000",
+    "knn:1,1e9,5", "constant:0.0001", "constant:1e308", "knn:0.25,0.4,20,min=0.00001", "1,2,x,-3",
+)
+
+
+def hostile_store(db: Path, tmp: Path) -> dict[str, int]:
+    """A store holding one run of every kind a user meets: done, imported, running (a live process on
+    this host), cancelled and failed part-way, interrupted (running, its process gone), pending and
+    empty. Returns the run ids by state; the caller stops ``running_pid`` (see ``stop_running``)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from smoothviz.store import Store, import_cohen_log
+
+    store = Store(db)
+
+    def make(name: str, status: str, points: int, done: int, spec: str = "constant:0.25", r: float = 0.0) -> int:
+        run_id = store.create_run(name, "digits", "test", None, spec, {}, r, 100, 1000, 0.001, "cpu",
+                                  list(range(points)), 0, 256)
+        for i in range(done):
+            correct = i % 4 != 0
+            store.add_result(run_id, {
+                "idx": i, "label": i % 10, "predict": i % 10 if correct else -1, "correct": correct,
+                "p_a_lower": 0.95, "sigma": 0.25, "radius": 0.3 if correct else 0.0,
+                "naive_radius": 0.4 if correct else 0.0, "counts": [0] * 10, "seconds": 0.01,
+            })
+        if status != "pending":
+            store.set_status(run_id, status, f"{status} in the test fixture")
+        return run_id
+
+    ids = {
+        "done": make("done run", "done", 12, 12),
+        "knn": make("knn run", "done", 12, 12, "knn:0.25,0.05,20,m=1.5", 0.05),
+        "cancelled": make("cancelled run", "cancelled", 12, 5),
+        "failed": make("failed run", "failed", 12, 3),
+        "pending": make("pending run", "pending", 12, 0),
+        "empty": make("empty done run", "done", 12, 0),
+    }
+    log = tmp / "imported.tsv"
+    log.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t3\t3\t0.42\t1\t0:00:01.5\n"
+                   "1\t7\t-1\t0.0\t0\t1.25\n2\t1\t1\t0.1\t1\t0.5\n")
+    ids["imported"] = import_cohen_log(store, log, "imported log", "digits", "0.25")
+    # interrupted: recorded as running by a process of this host that no longer exists
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    ids["interrupted"] = make("interrupted run", "pending", 12, 2)
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    ids["running"] = make("running run", "pending", 12, 4)
+    with store._write() as c:  # the run's process is the live sleeper (or the dead one) on this host
+        for key, pid in (("interrupted", dead.pid), ("running", running.pid)):
+            c.execute("UPDATE runs SET status='running', pid=?, host=?, started=? WHERE id=?",
+                      (pid, socket.gethostname(), os.path.getmtime(db), ids[key]))
+    ids["running_pid"] = running.pid
+    store.close()
+    return ids
+
+
+def stop_running(ids: dict[str, int]) -> None:
+    """Stop the live process that ``hostile_store`` recorded as executing the running run."""
+    import os
+    import signal
+
+    try:
+        os.kill(ids["running_pid"], signal.SIGKILL)
+        os.waitpid(ids["running_pid"], 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
