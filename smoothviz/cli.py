@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -66,16 +67,50 @@ def build_parser(argv: Sequence[str] = ()) -> tuple[argparse.ArgumentParser, dic
     return parser, verbs
 
 
+_MAX_MESSAGE = 400
+
+
+def one_line(text: object) -> str:
+    """A message as one line of at most a few hundred characters (a 50 MB field is not echoed)."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= _MAX_MESSAGE else flat[: _MAX_MESSAGE - 1] + "…"
+
+
+def _silence_stdout() -> None:
+    """After a closed pipe (``smoothviz runs | head``): send further output nowhere, quietly."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv``, run the verb, and turn user errors into exit code 2 with one line."""
+    """Parse ``argv``, run the verb, and turn user errors into exit code 2 with one line.
+
+    A reader that closes the pipe early ends the verb quietly (exit 141, as a shell reports
+    SIGPIPE); anything unexpected is still one line, with the traceback behind SMOOTHVIZ_DEBUG=1.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, verbs = build_parser(argv)
     args = parser.parse_args(argv)
     try:
-        return int(verbs[args.verb].run(args) or 0)
+        code = int(verbs[args.verb].run(args) or 0)
+        sys.stdout.flush()
+        return code
     except SmoothvizError as exc:
-        print(f"smoothviz {args.verb}: error: {exc}", file=sys.stderr)
+        print(f"smoothviz {args.verb}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"smoothviz {args.verb}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141
+    except MemoryError:
+        print(f"smoothviz {args.verb}: error: out of memory; use fewer points or a smaller batch size",
+              file=sys.stderr)
+        return 2
+    except Exception as exc:  # the last net: a bug still reaches the user as one line
+        if os.environ.get("SMOOTHVIZ_DEBUG"):
+            raise
+        print(f"smoothviz {args.verb}: internal error: {type(exc).__name__}: {one_line(exc)} "
+              "(please report it; SMOOTHVIZ_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1

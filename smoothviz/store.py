@@ -30,6 +30,7 @@ from smoothviz.errors import InvalidArgument, LogFormatError, StoreError
 from smoothviz.processes import pid_alive
 
 DEFAULT_DB = Path("runs/smoothviz.db")
+DB_ENV = "SMOOTHVIZ_DB"
 SCHEMA_VERSION = "1"
 STATUSES = ("pending", "running", "done", "cancelled", "failed", "interrupted")
 RESULT_COLUMNS = [
@@ -107,6 +108,12 @@ def file_sha256(path: str | Path) -> str | None:
     return h.hexdigest()
 
 
+def default_db() -> Path:
+    """The results database that the CLI and the dashboard share: ``$SMOOTHVIZ_DB``, else runs/smoothviz.db."""
+    env = os.environ.get(DB_ENV, "").strip()
+    return Path(env) if env else DEFAULT_DB
+
+
 def _iso(t: float | None) -> str | None:
     return None if t is None else dt.datetime.fromtimestamp(t).isoformat(timespec="seconds")
 
@@ -134,13 +141,31 @@ def _opt_float(value: Any) -> float | None:
 class Store:
     """The results database; one connection per Store, safe to share between threads."""
 
-    def __init__(self, path: str | Path = DEFAULT_DB) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path | None = None, *, create: bool = True) -> None:
+        """Open the database at ``path`` (default: ``default_db()``).
+
+        ``create=False`` (reading verbs) refuses a missing file instead of creating an empty store.
+        Missing parent folders are created only for the default location; elsewhere a missing
+        folder is a one-line error, so a mistyped path never leaves directories behind.
+        """
+        self.path = Path(path) if path is not None else default_db()
         self._lock = threading.RLock()
-        if self.path.exists() and self.path.is_dir():
-            raise StoreError(f"database {self.path}: is a directory")
+        if self.path.exists() and not self.path.is_file():
+            kind = "a directory" if self.path.is_dir() else "not a regular file"
+            raise StoreError(f"database {self.path}: is {kind}")
+        if not self.path.exists():
+            if not create:
+                raise StoreError(f"no results store at {self.path} (nothing has been certified or imported there)")
+            if not self.path.parent.is_dir():
+                if self.path.parent.exists():
+                    raise StoreError(f"database {self.path}: {self.path.parent} is not a folder")
+                if self.path.resolve() != default_db().resolve():
+                    raise StoreError(f"database {self.path}: folder {self.path.parent} does not exist")
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StoreError(f"database {self.path}: cannot create {self.path.parent} ({exc.strerror})") from None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(
                 str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False
             )

@@ -41,7 +41,7 @@ def _result(idx: int, **kw) -> dict:
 
 @pytest.fixture()
 def store(tmp_path: Path) -> Store:
-    s = Store(tmp_path / "runs" / "test.db")
+    s = Store(tmp_path / "test.db")
     yield s
     s.close()
 

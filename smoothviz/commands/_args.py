@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 
 def _number(text: str) -> float:
@@ -57,3 +58,12 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be >= 1")
     return value
+
+
+def add_db_argument(parser: argparse.ArgumentParser) -> None:
+    """``--db``: the results database; absent means ``$SMOOTHVIZ_DB``, else the default file.
+
+    Open it with ``Store(args.db, create=...)``: ``None`` resolves to ``store.default_db()``.
+    """
+    parser.add_argument("--db", type=Path, default=None,
+                        help="results database (default: $SMOOTHVIZ_DB, else runs/smoothviz.db)")
