@@ -14,6 +14,14 @@ import torch
 
 from smoothviz.errors import SigmaSpecError
 
+# The values a spec may hold. Inputs lie in [0, 1]^N, so sigma above SIGMA_MAX is noise alone and
+# below SIGMA_MIN the float32 noise vanishes under the pixel values; r beyond R_MAX overflows exp
+# for any nearest-neighbour distance. Widgets take their ranges from here, so any spec the library
+# accepts fits them.
+SIGMA_MIN, SIGMA_MAX = 1e-6, 100.0
+R_MAX = 1000.0
+M_MAX = 1e6
+
 # Bytes one distance entry costs while a block is alive (cdist output, top-k buffers, masks).
 _BYTES_PER_ENTRY = 16
 _CPU_BUDGET = 256 * 2**20
@@ -179,15 +187,22 @@ class KNN(SigmaFunction):
 
 
 def _check_positive(name: str, value: float, spec: str) -> None:
+    """A noise level: a number in [SIGMA_MIN, SIGMA_MAX]."""
     if not isinstance(value, (int, float)) or isinstance(value, bool) \
             or not math.isfinite(value) or value <= 0:
         raise SigmaSpecError(f"sigma spec {spec!r}: {name} must be a finite number > 0, got {value}")
+    if not SIGMA_MIN <= value <= SIGMA_MAX:
+        raise SigmaSpecError(f"sigma spec {spec!r}: {name} = {value:g} is outside [{SIGMA_MIN:g}, {SIGMA_MAX:g}] "
+                             "(inputs are in [0, 1])")
 
 
 def _check_finite_nonneg(name: str, value: float, spec: str) -> None:
+    """A semi-elasticity: a number in [0, R_MAX]."""
     if not isinstance(value, (int, float)) or isinstance(value, bool) \
             or not math.isfinite(value) or value < 0:
         raise SigmaSpecError(f"sigma spec {spec!r}: {name} must be a finite number >= 0, got {value}")
+    if value > R_MAX:
+        raise SigmaSpecError(f"sigma spec {spec!r}: {name} = {value:g} exceeds {R_MAX:g}")
 
 
 def _number(text: str, name: str, spec: str) -> float:
@@ -242,8 +257,8 @@ def parse_sigma_spec(spec: str) -> dict:
             raise SigmaSpecError(f"sigma spec {spec!r}: option {key!r} given twice")
         number = _number(value, key, spec)
         if key == "m":
-            if not math.isfinite(number):
-                raise SigmaSpecError(f"sigma spec {spec!r}: m must be finite")
+            if not (math.isfinite(number) and abs(number) <= M_MAX):
+                raise SigmaSpecError(f"sigma spec {spec!r}: m must be finite and within ±{M_MAX:g}")
         else:
             _check_positive(key, number, spec)
         out[keys[key]] = number
