@@ -10,6 +10,7 @@ a browser reload or a fresh server sees running and finished jobs alike.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -21,7 +22,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from smoothviz.errors import InvalidArgument
+from smoothviz.errors import InvalidArgument, StoreError
 from smoothviz.processes import pid_alive
 
 RUNNING, DONE, FAILED, CANCELLED, LOST = "running", "done", "failed", "cancelled", "lost"
@@ -115,11 +116,32 @@ class JobManager:
 
     def start_certify(self, run_id: int, db: str | Path, device: str | None = None,
                       cwd: str | Path | None = None) -> Job:
-        """Execute (or resume) run ``run_id`` of the store at ``db`` with ``smoothviz certify --run``."""
+        """Execute (or resume) run ``run_id`` of the store at ``db`` with ``smoothviz certify --run``.
+
+        A job of this run that is still running is returned as it is. Otherwise the run is marked
+        ``pending`` before the process starts, so that whoever looks at the store sees at once
+        that it is about to run (not the ``cancelled`` or ``failed`` of its previous attempt).
+        StoreError if another process (e.g. the command line) is executing the run.
+        """
+        from smoothviz.store import Store
+
+        job_id = certify_job_id(run_id)
+        existing = self.get(job_id)
+        if existing is not None and existing.status == RUNNING:
+            return existing
+        store = Store(db, create=False)
+        try:
+            run = store.run(int(run_id))
+            if run["status"] == "running":
+                raise StoreError(f"run {run_id} is already being executed by process {run['pid']} on {run['host']}")
+            if run["status"] != "pending":
+                store.set_status(int(run_id), "pending", "starting")
+        finally:
+            store.close()
         args = ["certify", "--run", str(int(run_id)), "--db", str(db)]
         if device:
             args += ["--device", device]
-        return self.start("certify", args, job_id=certify_job_id(run_id), run_id=int(run_id), db=db, cwd=cwd)
+        return self.start("certify", args, job_id=job_id, run_id=int(run_id), db=db, cwd=cwd)
 
     def _reap(self, job_id: str, proc: subprocess.Popen) -> None:
         rc = proc.wait()
@@ -225,15 +247,25 @@ class JobManager:
             self._terminate(job)
         return True
 
+    def _still_running(self, job: Job) -> bool:
+        """True while ``job``'s own process runs (a later job under the same id is another process)."""
+        current = self.get(job.id)
+        return current is not None and current.pid == job.pid and current.status == RUNNING
+
     def _terminate_later(self, job: Job, grace_s: float) -> None:
         end = time.monotonic() + grace_s
         while time.monotonic() < end:
-            if not self.is_running(job.id):
+            if not self._still_running(job):
                 return
             time.sleep(0.1)
         self._terminate(job)
         if job.kind == "certify" and job.run_id is not None and job.db:
-            self.wait(job.id, timeout=10.0)
+            end = time.monotonic() + 10.0
+            while self._still_running(job) and time.monotonic() < end:
+                time.sleep(0.1)
+            current = self.get(job.id)
+            if current is None or current.pid != job.pid:
+                return  # the run was started again meanwhile: its status belongs to the new process
             from smoothviz.store import Store
 
             store = Store(job.db)
@@ -246,7 +278,145 @@ class JobManager:
         except (ProcessLookupError, PermissionError):
             pass
 
+    # ------------------------------------------------------------------ progress
+    def engine_progress(self, job_id: str) -> EngineProgress | None:
+        """What the job's engine last reported: its progress file if it writes one, else the
+        latest progress-bar line of its log (None before the first one)."""
+        found = self.read_progress(job_id)
+        if found is not None:
+            parsed = EngineProgress.from_dict(found)
+            if parsed is not None:
+                return parsed
+        return parse_progress_line(self.log_tail(job_id, 4000))
+
 
 def certify_job_id(run_id: int) -> str:
     """The job id under which the dashboard executes store run ``run_id``."""
     return f"certify-run{int(run_id)}"
+
+
+# ---------------------------------------------------------------------- progress of a certify job
+# A line of smoothviz.progress.ProgressBar: "[####----] 3/50 points (12%)  1.2 points/s  ETA 0:00:40".
+_BAR_LINE = re.compile(
+    r"\[[#-]*\]\s+(\d+)/(\d+)\s+\S+\s+\((\d+(?:\.\d+)?)%\)\s+(?:([0-9][0-9.eE+-]*)|-)\s+\S+/s"
+    r"\s+ETA\s+(\d+:\d{2}:\d{2}|\?)"
+)
+
+
+@dataclass(frozen=True)
+class EngineProgress:
+    """The engine's own count for the points of this session (a resumed run skips stored points).
+
+    ``fraction`` is the share of this session's samples drawn so far, so it moves while a point
+    is still being sampled; ``done`` counts finished points only.
+    """
+
+    done: int
+    total: int
+    fraction: float
+    rate: float | None = None
+    eta_s: float | None = None
+
+    @classmethod
+    def from_dict(cls, info: dict) -> EngineProgress | None:
+        """From the engine's progress dict (``done``, ``total``, ``fraction``, ``rate``, ``eta``)."""
+        try:
+            done, total = int(info["done"]), int(info["total"])
+            fraction = float(info.get("fraction", done / total if total else 1.0))
+        except (KeyError, TypeError, ValueError):
+            return None
+        rate, eta = _finite(info.get("rate")), _finite(info.get("eta"))
+        if total < 0 or not 0 <= done <= total or not math.isfinite(fraction):
+            return None
+        return cls(done, total, min(max(fraction, 0.0), 1.0), rate, eta)
+
+
+def _finite(value: object) -> float | None:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def _seconds(text: str) -> float | None:
+    if text == "?":
+        return None
+    h, m, s = (int(p) for p in text.split(":"))
+    return float(h * 3600 + m * 60 + s)
+
+
+def parse_progress_line(log: str) -> EngineProgress | None:
+    """The latest complete progress-bar line in ``log`` (a job log's tail), or None.
+
+    A line still being written (no newline yet) is ignored, and so is anything else the job
+    prints between progress lines.
+    """
+    lines = re.split(r"[\r\n]", log)
+    if not log.endswith(("\n", "\r")):
+        lines = lines[:-1]
+    for line in reversed(lines):
+        m = _BAR_LINE.search(line)
+        if m is None:
+            continue
+        done, total = int(m.group(1)), int(m.group(2))
+        if done > total:
+            continue
+        rate = _finite(m.group(4)) if m.group(4) else None
+        return EngineProgress(done, total, min(float(m.group(3)) / 100.0, 1.0), rate or None, _seconds(m.group(5)))
+    return None
+
+
+@dataclass(frozen=True)
+class LiveProgress:
+    """One consistent view of a running certification: the store's finished points plus the
+    engine's samples of the points in flight (``point_samples``, while less than one point's
+    worth is in flight)."""
+
+    done: int
+    total: int
+    fraction: float
+    samples_per_point: int
+    point_samples: int | None = None
+    rate: float | None = None
+    eta_s: float | None = None
+    started: bool = True
+
+    def text(self) -> str:
+        """One line for the progress bar."""
+        from smoothviz.progress import format_seconds
+
+        head = f"{self.done}/{self.total} {'point' if self.total == 1 else 'points'} ({100 * self.fraction:.0f}%)"
+        if not self.started:
+            return f"{head} · starting: loading the data, the model and σ(x)…"
+        parts = [head]
+        if self.point_samples is not None:
+            parts.append(f"{self.point_samples:,} samples in flight (a point takes {self.samples_per_point:,})")
+        if self.rate:
+            parts.append(f"{self.rate:.3g} points/s · ETA {format_seconds(self.eta_s)}")
+        return " · ".join(parts)
+
+
+def live_progress(total: int, stored: int, samples_per_point: int, engine: EngineProgress | None,
+                  store_rate: float | None = None, store_eta: float | None = None) -> LiveProgress:
+    """Combine the store's count (``stored`` of ``total`` points committed) with the engine's.
+
+    The engine counts only the points of its own session: on a resumed run the points stored
+    before it started are ``total - engine.total``. Progress within a point comes from the
+    engine's sample fraction, so a run with a large n moves before its first point is stored.
+    """
+    total = max(int(total), 0)
+    stored = min(max(int(stored), 0), total)
+    per_point = max(int(samples_per_point), 1)
+    if engine is None or engine.total > total:
+        fraction = stored / total if total else 1.0
+        return LiveProgress(stored, total, fraction, per_point, None, store_rate, store_eta, started=False)
+    before = total - engine.total
+    in_points = engine.fraction * engine.total
+    done = max(stored, min(before + engine.done, total))
+    fraction = max(stored, before + in_points) / total if total else 1.0
+    within = before + in_points - done
+    point_samples = int(round(within * per_point)) if 0 < within < 1 and done < total else None
+    rate = engine.rate if engine.rate else store_rate
+    eta = engine.eta_s if engine.rate else store_eta
+    return LiveProgress(done, total, min(fraction, 1.0), per_point, point_samples, rate, eta, started=True)
