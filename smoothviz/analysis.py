@@ -7,7 +7,7 @@ wrong at every radius.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -96,9 +96,11 @@ def per_class_accuracy(
     class_names: Sequence[str] | None = None,
     use: str = "radius",
 ) -> pd.DataFrame:
-    """Certified accuracy at radius r for each true class (columns class, name, count, certified_accuracy).
+    """Certified accuracy at radius r for each true class.
 
-    With ``class_names`` every class appears, a class without points having NaN accuracy.
+    Columns: class, name, count (points of the class), certified (of them, correct with radius
+    >= r) and certified_accuracy (certified / count). With ``class_names`` every class appears, a
+    class without points having count 0 and NaN accuracy (absent, unlike a class with none certified).
     """
     radius, correct = _arrays(results_df, use)
     labels = results_df["label"].to_numpy(dtype=int)
@@ -107,8 +109,9 @@ def per_class_accuracy(
     for c in classes:
         mask = labels == c
         name = class_names[c] if class_names is not None else str(c)
-        rows.append((int(c), name, int(mask.sum()), certified_accuracy(radius[mask], correct[mask], r)))
-    return pd.DataFrame(rows, columns=["class", "name", "count", "certified_accuracy"])
+        certified = int(np.sum(correct[mask] & (radius[mask] >= r)))
+        rows.append((int(c), name, int(mask.sum()), certified, certified_accuracy(radius[mask], correct[mask], r)))
+    return pd.DataFrame(rows, columns=["class", "name", "count", "certified", "certified_accuracy"])
 
 
 def fairness_gaps(per_class_df: pd.DataFrame) -> dict:
@@ -158,3 +161,42 @@ def summary(results_df: pd.DataFrame, radii: Sequence[float] = DEFAULT_RADII, us
         "average_certified_radius": average_certified_radius(results_df, use),
         "table": dict(zip(table["radius"].tolist(), table["certified_accuracy"].tolist())),
     }
+
+
+def naive_column(radius: float) -> str:
+    """The Compare table's column of the naive radius's claim at ``radius`` (not a certificate)."""
+    return f"R={radius:g} naive (no guarantee)"
+
+
+def compare_table(
+    entries: Sequence[tuple[str, dict, pd.DataFrame]],
+    radii: Sequence[float] = DEFAULT_RADII,
+    spec_label: Callable[[str | None], str] | None = None,
+) -> pd.DataFrame:
+    """One row per run: the run, then certified accuracy at each radius, then ACR and the run's settings.
+
+    ``entries`` are (label, run record, per-point results). For a run with an input-dependent sigma
+    (r > 0) the naive radius sigma(x)*Phi^-1(p_A), which is no guarantee there, gets its own column
+    beside each sound one; for constant sigma the two coincide and the naive column stays empty.
+    ``spec_label`` shortens the sigma spec for the table (the full spec is the run's ``sigma_spec``).
+    """
+    dependent = any((run.get("r") or 0) > 0 for _, run, _ in entries)
+    rows = []
+    for label, run, results in entries:
+        s = summary(results, radii)
+        is_dependent = (run.get("r") or 0) > 0
+        naive = accuracy_table(results, radii, use="naive_radius") if is_dependent else None
+        row: dict = {"run": label}
+        for i, r in enumerate(radii):
+            row[f"R={r:g}"] = s["table"][float(r)]
+            if dependent:
+                row[naive_column(r)] = float(naive["certified_accuracy"].iloc[i]) if is_dependent else None
+        spec = run.get("sigma_spec")
+        row.update({
+            "ACR": s["average_certified_radius"], "accuracy": s["accuracy"], "abstention": s["abstention_rate"],
+            "points": s["points"], "σ": spec_label(spec) if spec_label else spec, "r": run.get("r"),
+            "n": run.get("n"), "n0": run.get("n0"), "alpha": run.get("alpha"), "dataset": run.get("dataset"),
+            "status": run.get("status"),
+        })
+        rows.append(row)
+    return pd.DataFrame(rows)

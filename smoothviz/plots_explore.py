@@ -307,6 +307,21 @@ def _add_circles(fig: go.Figure, circles: Sequence[Mapping[str, float]]) -> None
         )
 
 
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Round values (1, 2, 5 times powers of ten) between ``lo`` > 0 and ``hi``, for a log colour bar.
+
+    Both ends are included when fewer than two round values fall inside, so the bar is always labelled.
+    """
+    if not (lo > 0 and hi >= lo and math.isfinite(hi)):
+        raise ValueError(f"log ticks need 0 < lo <= hi < inf, got {lo}, {hi}")
+    ticks = [m * 10.0**e for e in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+             for m in (1, 2, 5)]
+    inside = [t for t in ticks if lo * (1 - 1e-9) <= t <= hi * (1 + 1e-9)]
+    if len(inside) < 2:
+        inside = sorted({lo, *inside, hi})
+    return inside
+
+
 def scalar_heatmap(
     xs: np.ndarray,
     ys: np.ndarray,
@@ -315,16 +330,35 @@ def scalar_heatmap(
     colorbar_title: str,
     points: np.ndarray | None = None,
     colorscale: str = "Viridis",
+    log_scale: bool = False,
 ) -> go.Figure:
-    """A scalar field on the grid (e.g. sigma(x) or p_A), with the training points as faint dots."""
+    """A scalar field on the grid (e.g. sigma(x) or p_A), with the training points as faint dots.
+
+    ``log_scale`` colours by log10 of the (positive) values, with the colour bar labelled in the
+    values themselves: a kNN sigma(x) = sigma_b*exp(r*(d - m)) grows exponentially away from the
+    data, so on a linear scale everything near the data would share one colour. The hover shows
+    the value itself either way.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    colorbar: dict = dict(title=colorbar_title)
+    z = values
+    if log_scale:
+        positive = values[np.isfinite(values) & (values > 0)]
+        if positive.size == 0:
+            raise ValueError("a log colour scale needs positive values")
+        z = np.log10(np.where(values > 0, values, np.nan))
+        ticks = log_ticks(float(positive.min()), float(positive.max()))
+        colorbar.update(tickvals=[math.log10(t) for t in ticks], ticktext=[f"{t:.3g}" for t in ticks],
+                        title=f"{colorbar_title} (log scale)")
     fig = go.Figure(
         go.Heatmap(
             x=xs,
             y=ys,
-            z=values,
+            z=z,
+            customdata=values,
             colorscale=colorscale,
-            colorbar=dict(title=colorbar_title),
-            hovertemplate="x₁=%{x:.2f}, x₂=%{y:.2f}<br>" + colorbar_title + "=%{z:.4f}<extra></extra>",
+            colorbar=colorbar,
+            hovertemplate="x₁=%{x:.2f}, x₂=%{y:.2f}<br>" + colorbar_title + "=%{customdata:.4g}<extra></extra>",
             name=colorbar_title,
         )
     )
@@ -343,14 +377,25 @@ def scalar_heatmap(
     return _plane_layout(fig, xs, ys, title, showlegend=False)
 
 
-def training_curves(history: Sequence[Mapping[str, float]]) -> go.Figure:
+def _epoch_step(span: int) -> int:
+    """The tick step for ``span`` epochs: 1, 2 or 5 times a power of ten, giving at most ten ticks."""
+    scale = 1
+    while True:
+        for m in (1, 2, 5):
+            if span <= 10 * m * scale:
+                return m * scale
+        scale *= 10
+
+
+def training_curves(history: Sequence[Mapping[str, float]], total_epochs: int | None = None) -> go.Figure:
     """Per-epoch loss (left axis) and accuracies in % (right axis) from a list of epoch records.
 
     Each record has ``epoch`` and any of ``loss``, ``noisy_train_accuracy``, ``clean_accuracy``
-    (fractions in [0, 1]); missing keys are simply not drawn.
+    (fractions in [0, 1]); missing keys are simply not drawn. The epoch axis has integer ticks and
+    runs from epoch 1 to ``total_epochs`` (the planned count) or the last epoch recorded.
     """
     fig = make_subplots(specs=[[{"secondary_y": True}]])
-    epochs = [float(h["epoch"]) for h in history]
+    epochs = [int(h["epoch"]) for h in history]
     if any("loss" in h for h in history):
         fig.add_trace(
             go.Scatter(
@@ -377,6 +422,9 @@ def training_curves(history: Sequence[Mapping[str, float]]) -> go.Figure:
                 ),
                 secondary_y=True,
             )
+    # epochs are whole numbers: ticks at integers only, at most about ten of them
+    last = max([*epochs, int(total_epochs or 0), 1])
+    fig.update_xaxes(tickmode="linear", tick0=0, dtick=_epoch_step(last), tickformat="d", range=[0.5, last + 0.5])
     fig.update_layout(
         title="Training progress",
         xaxis_title="epoch",

@@ -64,6 +64,7 @@ def test_per_class_and_fairness_gaps() -> None:
     per_class = analysis.per_class_accuracy(FRAME, 0.25, class_names=["zero", "one", "two", "three"])
     assert per_class["name"].tolist() == ["zero", "one", "two", "three"]
     assert per_class["count"].tolist() == [2, 2, 2, 0]
+    assert per_class["certified"].tolist() == [1, 0, 1, 0]
     acc = per_class["certified_accuracy"].tolist()
     assert acc[:3] == pytest.approx([0.5, 0.0, 0.5]) and math.isnan(acc[3])
     gaps = analysis.fairness_gaps(per_class)
@@ -88,3 +89,21 @@ def test_run_ceiling_against_mpmath() -> None:
                 "sigma_params": {"kind": "constant", "sigma": 0.25}}
     assert analysis.run_ceiling(constant) == pytest.approx(expected, rel=1e-10)
     assert math.isnan(analysis.run_ceiling({"n": None, "alpha": None, "sigma_max": 0.5}))
+
+
+def test_compare_table_puts_radii_first_and_naive_claims_beside_them() -> None:
+    knn_run = {"r": 0.05, "sigma_spec": "knn:0.25,0.05,20,m=1.46249", "n": 1000, "n0": 100, "alpha": 0.001,
+               "dataset": "digits", "status": "done"}
+    const_run = {"r": 0.0, "sigma_spec": "constant:0.25", "n": 1000, "n0": 100, "alpha": 0.001,
+                 "dataset": "digits", "status": "done"}
+    table = analysis.compare_table([("#1 knn", knn_run, FRAME), ("#2 const", const_run, FRAME)], radii=(0, 0.25),
+                                   spec_label=lambda spec: spec.split(",")[0])
+    assert list(table.columns[:5]) == ["run", "R=0", analysis.naive_column(0), "R=0.25", analysis.naive_column(0.25)]
+    assert "no guarantee" in analysis.naive_column(0.25)
+    knn, const = table.iloc[0], table.iloc[1]
+    assert knn["R=0.25"] == pytest.approx(2 / 6) and knn[analysis.naive_column(0.25)] == pytest.approx(3 / 6)
+    assert pd.isna(const[analysis.naive_column(0.25)])  # constant sigma: naive = sound, no second column value
+    assert knn["σ"] == "knn:0.25" and knn["ACR"] == pytest.approx(1.7 / 6) and knn["points"] == 6
+    only_constant = analysis.compare_table([("#2 const", const_run, FRAME)], radii=(0, 0.25))
+    assert not any("naive" in c for c in only_constant.columns)
+    assert only_constant.loc[0, "σ"] == "constant:0.25"

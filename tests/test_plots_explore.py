@@ -118,6 +118,36 @@ def test_scalar_heatmap_axes_and_colorbar():
     assert "input units" in fig.layout.xaxis.title.text
 
 
+def test_scalar_heatmap_log_scale_keeps_values_for_hover_and_labels_sigma():
+    xs = np.linspace(0, 1, 3)
+    vals = np.array([[0.01, 0.02, 0.05], [0.1, 0.2, 0.5], [1.0, 2.0, 3.0]])
+    heat = pe.scalar_heatmap(xs, xs, vals, "sigma map", "σ(x)", log_scale=True).data[0]
+    np.testing.assert_allclose(np.asarray(heat.z), np.log10(vals))
+    np.testing.assert_array_equal(np.asarray(heat.customdata), vals)  # the hover shows σ itself
+    ticks = [float(t) for t in heat.colorbar.ticktext]
+    assert ticks == [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0]
+    np.testing.assert_allclose(heat.colorbar.tickvals, np.log10(ticks))
+    assert "log" in heat.colorbar.title.text
+
+
+def test_log_ticks_label_a_nearly_constant_field():
+    assert pe.log_ticks(0.1, 0.1) == [0.1]
+    assert pe.log_ticks(0.11, 0.13) == [0.11, 0.13]
+    with pytest.raises(ValueError):
+        pe.log_ticks(0.0, 1.0)
+
+
+def test_training_curves_have_integer_epoch_ticks_over_the_planned_epochs():
+    resumed = [{"epoch": e, "loss": 1.0 / e, "noisy_train_accuracy": 0.1 * e} for e in (4, 5, 6)]
+    fig = pe.training_curves(resumed, total_epochs=8)
+    assert list(fig.data[0].x) == [4, 5, 6] and all(isinstance(x, int) for x in fig.data[0].x)
+    axis = fig.layout.xaxis
+    assert axis.tickmode == "linear" and axis.dtick == 1 and axis.tick0 == 0 and axis.tickformat == "d"
+    assert axis.range == (0.5, 8.5)
+    long = pe.training_curves([{"epoch": e, "loss": 1.0} for e in range(1, 301)])
+    assert long.layout.xaxis.dtick == 50 and long.layout.xaxis.range == (0.5, 300.5)  # at most ten ticks
+
+
 def test_training_curves_axes():
     hist = [
         {"epoch": 1, "loss": 2.0, "noisy_train_accuracy": 0.4},
