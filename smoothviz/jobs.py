@@ -26,6 +26,8 @@ from smoothviz.errors import InvalidArgument, StoreError
 from smoothviz.processes import pid_alive
 
 RUNNING, DONE, FAILED, CANCELLED, LOST = "running", "done", "failed", "cancelled", "lost"
+# How long a certify process that has recorded the end of its run may take to exit.
+EXIT_GRACE_SECONDS = 10.0
 _ID = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -118,20 +120,27 @@ class JobManager:
                       cwd: str | Path | None = None) -> Job:
         """Execute (or resume) run ``run_id`` of the store at ``db`` with ``smoothviz certify --run``.
 
-        A job of this run that is still running is returned as it is. Otherwise the run is marked
-        ``pending`` before the process starts, so that whoever looks at the store sees at once
-        that it is about to run (not the ``cancelled`` or ``failed`` of its previous attempt).
-        StoreError if another process (e.g. the command line) is executing the run.
+        A job of this run that is still executing it is returned as it is; one whose run has
+        already recorded its end (cancelled, say) is let exit first. The run is marked ``pending``
+        before the new process starts, so that whoever looks at the store sees at once that it is
+        about to run (not the ``cancelled`` or ``failed`` of its previous attempt). StoreError if
+        another process (e.g. the command line) is executing the run.
         """
         from smoothviz.store import Store
 
         job_id = certify_job_id(run_id)
-        existing = self.get(job_id)
-        if existing is not None and existing.status == RUNNING:
-            return existing
         store = Store(db, create=False)
         try:
             run = store.run(int(run_id))
+            existing = self.get(job_id)
+            if existing is not None and existing.status == RUNNING:
+                if run["status"] in ("pending", "running"):
+                    return existing
+                # The run has recorded its end and its process is on its way out: let it go first.
+                if self.wait(job_id, timeout=EXIT_GRACE_SECONDS).status == RUNNING:
+                    self._terminate(existing)
+                    self.wait(job_id, timeout=EXIT_GRACE_SECONDS)
+                run = store.run(int(run_id))
             if run["status"] == "running":
                 raise StoreError(f"run {run_id} is already being executed by process {run['pid']} on {run['host']}")
             if run["status"] != "pending":
