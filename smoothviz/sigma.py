@@ -9,6 +9,7 @@ r-semi-elastic; clipping to [sigma_min, sigma_max] keeps that property.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -21,6 +22,10 @@ from smoothviz.errors import SigmaSpecError
 SIGMA_MIN, SIGMA_MAX = 1e-6, 100.0
 R_MAX = 1000.0
 M_MAX = 1e6
+# span_warning speaks up when sigma(x) over the chosen points varies by more than this factor.
+SPAN_WARNING_RATIO = 100.0
+# Relative slack for values clipped exactly to a limit (float32 rounds 1e-6 just below it).
+_LIMIT_SLACK = 1e-6
 
 # Bytes one distance entry costs while a block is alive (cdist output, top-k buffers, masks).
 _BYTES_PER_ENTRY = 16
@@ -99,8 +104,7 @@ class KNN(SigmaFunction):
         if isinstance(k, bool) or int(k) != k or k < 1:
             raise SigmaSpecError(f"sigma spec {spec!r}: k must be an integer >= 1")
         n_train = int(train_x.shape[0])
-        if k > n_train:
-            raise SigmaSpecError(f"sigma spec {spec!r}: k={k} exceeds the {n_train} training points")
+        check_knn_k(int(k), n_train, spec)
         for name, value in (("min", sigma_min), ("max", sigma_max)):
             if value is not None:
                 _check_positive(name, value, spec)
@@ -184,6 +188,60 @@ class KNN(SigmaFunction):
             "kind": "knn", "sigma_b": self.sigma_b, "r": self.r, "k": self.k, "m": self.m,
             "sigma_min": self.sigma_min, "sigma_max": self.sigma_max,
         }
+
+
+def check_knn_k(k: int, n_train: int, spec: str) -> None:
+    """k nearest neighbours need at least k training points (checked before any distance is computed)."""
+    if k > n_train:
+        raise SigmaSpecError(f"sigma spec {spec!r}: k={k} exceeds the {n_train} training points")
+
+
+def _as_doubles(values: torch.Tensor | Sequence[float]) -> torch.Tensor:
+    return torch.as_tensor(values).detach().to("cpu", torch.float64).reshape(-1)
+
+
+def check_sigma_values(
+    values: torch.Tensor | Sequence[float], spec: str, indices: Sequence[int] | None = None
+) -> None:
+    """Every sigma(x) is finite and within [SIGMA_MIN, SIGMA_MAX]; SigmaSpecError names the first
+    point outside (``indices`` number the values; default their positions).
+
+    A spec inside the limits can still give sigma(x) outside them (exp(r * (d - m)) overflows for a
+    large r), so the values on the chosen points are checked before anything is sampled.
+    """
+    v = _as_doubles(values)
+    inside = torch.isfinite(v) & (v >= SIGMA_MIN * (1 - _LIMIT_SLACK)) & (v <= SIGMA_MAX * (1 + _LIMIT_SLACK))
+    if bool(inside.all()):
+        return
+    bad = (~inside).nonzero().reshape(-1)
+    j = int(bad[0])
+    where = indices[j] if indices is not None else j
+    raise SigmaSpecError(
+        f"sigma spec {spec!r}: sigma(x) = {float(v[j]):.3g} at point {where} is outside "
+        f"[{SIGMA_MIN:g}, {SIGMA_MAX:g}] ({len(bad)} of {len(v)} points); use a smaller r or clip with min= and max="
+    )
+
+
+def span_warning(values: torch.Tensor | Sequence[float]) -> str | None:
+    """A warning sentence when sigma(x) over the chosen points spans absurd values, else None.
+
+    Absurd: the largest value is more than SPAN_WARNING_RATIO times the smallest, or some value
+    sits at SIGMA_MIN or SIGMA_MAX (clipped there). Such a sigma function barely smooths some
+    points and drowns others in noise; their certificates say little about the model.
+    """
+    v = _as_doubles(values)
+    v = v[torch.isfinite(v) & (v > 0)]
+    if not len(v):
+        return None
+    lo, hi = float(v.min()), float(v.max())
+    at_min = lo <= SIGMA_MIN * (1 + 1e-3)
+    at_max = hi >= SIGMA_MAX * (1 - 1e-3)
+    if hi / lo <= SPAN_WARNING_RATIO and not (at_min or at_max):
+        return None
+    limits = [f"the limit {limit:g}" for limit, hit in ((SIGMA_MIN, at_min), (SIGMA_MAX, at_max)) if hit]
+    reach = f", reaching {' and '.join(limits)}" if limits else ""
+    return (f"sigma(x) spans {lo:.3g} to {hi:.3g} over the chosen points (a factor of {hi / lo:.3g}{reach}): "
+            "some points are hardly smoothed and others drowned in noise; a smaller r keeps sigma(x) meaningful")
 
 
 def _check_positive(name: str, value: float, spec: str) -> None:

@@ -183,3 +183,44 @@ def test_output_stays_on_the_input_device_and_dtype(cloud):
     s = build_sigma("knn:0.25,0.1,5", torch.from_numpy(train), device="cpu")
     out = s(torch.from_numpy(test).reshape(70, 3, 2, 2))
     assert out.shape == (70,) and out.dtype == torch.float32 and out.device == torch.device("cpu")
+
+
+def test_values_outside_the_limits_are_refused_naming_the_point():
+    sigma_mod.check_sigma_values(torch.tensor([1e-6, 0.25, 100.0]), "constant:0.25")  # limits included
+    sigma_mod.check_sigma_values(torch.tensor([1e-6], dtype=torch.float32), "x")  # float32 rounds 1e-6 down
+    for bad, shown in ((float("inf"), "inf"), (float("nan"), "nan"), (0.0, "0"), (101.0, "101"), (1e-7, "1e-07")):
+        with pytest.raises(SigmaSpecError, match=rf"sigma\(x\) = {shown} at point 17 is outside \[1e-06, 100\] "
+                                                 r"\(1 of 3 points\)"):
+            sigma_mod.check_sigma_values([0.25, bad, 0.3], "knn:0.25,1000,20", [5, 17, 40])
+
+
+def test_knn_with_a_huge_r_gives_values_the_check_refuses(cloud):
+    train, test = cloud
+    fn = KNN(torch.from_numpy(train), 0.25, 1000.0, k=5)
+    values = fn(torch.from_numpy(test))
+    assert not bool(((values >= sigma_mod.SIGMA_MIN) & (values <= sigma_mod.SIGMA_MAX)).all())
+    with pytest.raises(SigmaSpecError, match="is outside"):
+        sigma_mod.check_sigma_values(values, fn.spec)
+
+
+def test_span_warning_flags_absurd_spans_and_values_at_the_limits():
+    assert sigma_mod.span_warning(torch.tensor([0.2, 0.3, 0.45])) is None
+    assert sigma_mod.span_warning([0.01, 0.99]) is None  # a factor of 99 is still below the threshold
+    wide = sigma_mod.span_warning([0.001, 0.2, 0.5])
+    assert "a factor of 500" in wide and "0.001 to 0.5" in wide and "limit" not in wide
+    at_max = sigma_mod.span_warning([50.0, 100.0])
+    assert at_max is not None and "reaching the limit 100" in at_max
+    both = sigma_mod.span_warning([1e-6, 100.0])
+    assert "the limit 1e-06 and the limit 100" in both
+    assert sigma_mod.span_warning([]) is None
+
+
+def test_span_warning_on_digits_with_r_100_clipped():
+    from smoothviz.data import load_dataset
+
+    ds = load_dataset("digits")
+    fn = build_sigma("knn:0.25,100,20,min=1e-6,max=100", ds.train_x)
+    values = fn(ds.test_x[:60])
+    sigma_mod.check_sigma_values(values, fn.spec)  # clipped into the limits: allowed ...
+    assert "spans" in sigma_mod.span_warning(values)  # ... but warned about
+    assert sigma_mod.span_warning(build_sigma("knn:0.25,0.4,20", ds.train_x)(ds.test_x[:60])) is None
