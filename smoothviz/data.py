@@ -3,6 +3,8 @@
 Models normalise inside (``smoothviz.models``), so Gaussian noise is added in pixel space, as in
 Cohen et al. 2019. Image files are read in torchvision's on-disk formats (IDX for (Fashion-)MNIST,
 the python pickles of CIFAR-10) by this module itself; torchvision is used only to download them.
+The registry (``DATASET_INFO``) needs no torch, so argument definitions can list the datasets
+without loading it.
 """
 
 from __future__ import annotations
@@ -11,14 +13,18 @@ import functools
 import gzip
 import os
 import pickle
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from smoothviz.errors import DatasetUnavailable, InvalidArgument
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_DATASET = "digits"
 
@@ -171,6 +177,8 @@ def _load_cached(name: str, root: str, download: bool) -> Dataset:
 
 def _make(name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
           test_y: np.ndarray, class_names: list[str]) -> Dataset:
+    import torch
+
     shape = DATASET_INFO[name].input_shape
     return Dataset(
         name=name,
@@ -270,14 +278,27 @@ def _download(name: str, root: Path) -> None:
     cls(str(root), train=False, download=True)
 
 
+def _exception_text(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message, else its type's name (never empty)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(exc).__name__
+
+
 def _try_download(name: str, root: Path, download: bool) -> str:
-    """Attempt a download; return why the files are still unavailable ('' on success)."""
+    """Attempt a download; return why the files are still unavailable ('' on success).
+
+    A failed download leaves no folder behind that it created: when ``root`` did not exist
+    before, it is removed again.
+    """
     if not download:
-        return "download=False"
+        return "downloading is switched off"
+    existed = root.exists()
     try:
         _download(name, root)
     except Exception as exc:  # network, disk and integrity failures all mean "unavailable"
-        return f"download failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        if not existed:
+            shutil.rmtree(root, ignore_errors=True)
+        return f"download failed: {_exception_text(exc)}"
     return ""
 
 

@@ -1,14 +1,19 @@
-"""Turn a device specification ("auto", "cpu", "cuda", "cuda:N") into a ``torch.device``."""
+"""Turn a device specification ("auto", "cpu", "cuda", "cuda:N") into a ``torch.device``.
+
+torch is imported only when a device is resolved, so argument definitions can use the help text.
+"""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import re
-
-import torch
+from typing import TYPE_CHECKING
 
 from smoothviz.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_CHOICES_HELP = "auto (cuda if available, else cpu), cpu, cuda or cuda:N"
 
@@ -18,6 +23,8 @@ def resolve_device(spec: str = "auto") -> torch.device:
 
     Raises InvalidArgument for an unknown spec or a CUDA device that this machine does not have.
     """
+    import torch
+
     text = (spec or "auto").strip().lower()
     if text == "auto":
         return torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")

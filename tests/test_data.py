@@ -242,3 +242,47 @@ def test_installed_fashion_mnist_has_the_published_sizes():
     assert torch.bincount(ds.train_y).tolist() == [6000] * 10
     assert torch.bincount(ds.test_y).tolist() == [1000] * 10
     assert ds.train_x.min() == 0 and ds.train_x.max() == 1
+
+
+@pytest.mark.parametrize("error", [RuntimeError(""), OSError("\n  \n"), ValueError("\nchecksum mismatch")])
+def test_offline_message_always_has_a_cause_the_folder_and_the_files(tmp_path, monkeypatch, error):
+    def offline(name, root):
+        root.mkdir(parents=True)
+        (root / "MNIST").mkdir()  # a partial download
+        raise error
+
+    monkeypatch.setattr(data, "_download", offline)
+    root = tmp_path / "fresh-root"
+    with pytest.raises(DatasetUnavailable) as info:
+        load_dataset("mnist", root=root)
+    message = str(info.value)
+    cause = message.split("download failed: ", 1)[1].split(")", 1)[0]
+    assert cause.strip() and cause == (str(error).strip() or type(error).__name__)
+    assert str(root.resolve() / "MNIST" / "raw") in message and "train-images-idx3-ubyte.gz" in message
+    assert not root.exists()  # the folder the failed download created is gone again
+
+
+def test_a_failed_download_keeps_a_root_that_existed(tmp_path, monkeypatch):
+    (tmp_path / "mine.txt").write_text("user file")
+
+    def offline(name, root):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(data, "_download", offline)
+    with pytest.raises(DatasetUnavailable, match="Network is unreachable"):
+        load_dataset("cifar10", root=tmp_path)
+    assert (tmp_path / "mine.txt").read_text() == "user file"
+
+
+def test_no_download_names_the_cause(tmp_path):
+    with pytest.raises(DatasetUnavailable, match=r"mnist not found \(downloading is switched off\); put"):
+        load_dataset("mnist", root=tmp_path, download=False)
+
+
+def test_the_registry_needs_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, smoothviz.data as d; d.DATASET_INFO['digits']; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
