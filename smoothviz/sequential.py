@@ -12,11 +12,13 @@ its guarantee. Two sequences for a Bernoulli mean are implemented here:
 
 - ``union_cp_bounds``: Clopper-Pearson bounds at fixed checkpoints t_1 < t_2 < ..., the j-th at
   level alpha_j = 6 alpha / (pi^2 j^2) (sum over all j: alpha), so a union bound makes them hold
-  at all checkpoints at once; between checkpoints the bound is the last checkpoint's. This is
-  the union-bound construction of Voracek (NeurIPS 2024, arXiv 2406.17830, the union-bound
-  confidence sequence of its estimation procedures) with our own spending sequence.
+  at all checkpoints at once; between checkpoints the bound is the last checkpoint's. Voracek
+  (NeurIPS 2024, arXiv 2406.17830) studies such union-bound sequences for randomized smoothing,
+  for the question "is x certified at radius R?" that ``FixedRadiusRule`` answers; the spending
+  sequence and the schedule here are our own.
 - ``mixture_bounds``: the beta-binomial mixture martingale (Robbins 1970, "Statistical methods
-  related to the law of the iterated logarithm", Ann. Math. Statist. 41; Lai 1976) inverted
+  related to the law of the iterated logarithm", Ann. Math. Statist. 41; Lai 1976), with a
+  point mass at q = 1 added to the Beta prior because p_A near 1 is the common case, inverted
   with Ville's inequality (Ville 1939, "Etude critique de la notion de collectif"). It is valid
   at every t, not only at checkpoints. Since every likelihood ratio of Bernoulli(q) against
   Bernoulli(p) is a bet 1 + lam (X - p) with lam = (q - p) / (p (1 - p)), the mixture is the
@@ -466,7 +468,7 @@ class Reason(IntEnum):
     BUDGET = 1  # n_max estimation samples spent
     ABSTAIN = 2  # radius mode: upper bound <= 1/2, p_A > 1/2 is excluded
     RADIUS_CAP = 3  # radius mode: the radius reached max_radius
-    STALLED = 4  # radius mode: the radius grew by less than the tolerance per doubling of t
+    STALLED = 4  # radius mode: the radius grew by less than the tolerance over a doubling of t
     CERTIFIED = 5  # fixed radius: the lower bound reached the p_A the radius needs
     BELOW_TARGET = 6  # fixed radius: upper bound < the p_A needed, the radius is excluded
     SHORT = 7  # not even all remaining samples voting A could reach the goal within n_max
@@ -485,7 +487,9 @@ class State:
     lower > 1/2; fixed radius: lower reached ``target``); ``reason``: a ``Reason``; ``target``:
     the p_A the goal needs (1/2 in radius mode); ``cap``: the p_A whose radius reaches the radius
     mode's max_radius (inf without a cap); ``k_needed``: the fewest votes for c_A among n_max
-    samples with which the final lower bound reaches the goal (n_max + 1: none does).
+    samples with which the final lower bound reaches the goal (n_max + 1: none does);
+    ``ref_t``, ``ref_radius``: where the radius mode's current doubling of the samples began
+    (samples and radius then; 0 until the radius is positive).
     """
 
     t: IntArray
@@ -500,6 +504,8 @@ class State:
     target: Array
     cap: Array
     k_needed: IntArray
+    ref_t: IntArray
+    ref_radius: Array
 
     @property
     def decided(self) -> NDArray[np.bool_]:
@@ -558,7 +564,8 @@ class _Rule:
                       checkpoint=np.zeros(n, dtype=np.int64), lower=np.zeros(n), upper=np.ones(n),
                       radius=np.zeros(n), certified=np.zeros(n, dtype=bool),
                       reason=np.zeros(n, dtype=np.int8), sigma=s, target=target,
-                      cap=self._cap(s), k_needed=self._votes_needed(target))
+                      cap=self._cap(s), k_needed=self._votes_needed(target),
+                      ref_t=np.zeros(n, dtype=np.int64), ref_radius=np.zeros(n))
         short = self._short(state, np.arange(n))
         reason = np.where(short, Reason.SHORT, Reason.UNDECIDED).astype(np.int8)
         return replace(state, reason=reason)
@@ -622,13 +629,13 @@ class _Rule:
                                   "(0 <= new votes <= new samples)")
         low, up = self.bounds_at(k[idx], j)
         fields = {name: getattr(state, name).copy() for name in
-                  ("t", "k", "checkpoint", "lower", "upper", "radius", "certified", "reason")}
-        prev_radius = state.radius[idx]
+                  ("t", "k", "checkpoint", "lower", "upper", "radius", "certified", "reason",
+                   "ref_t", "ref_radius")}
         fields["t"][idx], fields["k"][idx], fields["checkpoint"][idx] = t[idx], k[idx], j + 1
         fields["lower"][idx] = np.maximum(state.lower[idx], low)
         fields["upper"][idx] = np.minimum(state.upper[idx], up)
         new = replace(state, **fields)
-        self._decide(new, idx, prev_radius)
+        self._decide(new, idx)
         return new
 
     def _set_radius(self, state: State, idx: IntArray) -> None:
@@ -666,10 +673,12 @@ class RadiusRule(_Rule):
 
     A point stops at the first checkpoint where (in this order) its radius reached ``max_radius``
     (RADIUS_CAP; checked as lower >= certify_threshold(max_radius), computed once per sigma, so
-    no radius is needed per checkpoint); its radius, once positive, grew since the previous
-    checkpoint by less than ``tolerance`` per doubling of the samples, i.e.
-    gain / log2(t_j / t_(j-1)) < tolerance (STALLED; the default 0 never stops for this); its upper bound is <= 1/2 (ABSTAIN);
-    n_max samples are spent (BUDGET); or not even n_max - t further votes for c_A could lift
+    no radius is needed per checkpoint); its radius grew by less than ``tolerance`` over the
+    last doubling of its samples (STALLED: once the radius is positive at some t_0, it is
+    compared at the first checkpoint t >= 2 t_0 with its value at t_0, and t_0 moves on to t;
+    a whole doubling, so that the checkpoint-to-checkpoint noise of the bound does not stop it;
+    the default 0 never stops for this); its upper bound is <= 1/2 (ABSTAIN); n_max samples are
+    spent (BUDGET); or not even n_max - t further votes for c_A could lift
     the lower bound above 1/2 at n_max (SHORT). It reports the sound radius (``sound_radius``)
     of the running max of the lower bound, > 0 iff that bound exceeds 1/2. With r > 0 each
     radius costs a root-find (about a millisecond), so it is computed once a point is decided,
@@ -701,18 +710,21 @@ class RadiusRule(_Rule):
             return np.full(sigma.shape, np.inf)
         return self._threshold(self.max_radius, sigma)
 
-    def _decide(self, state: State, idx: IntArray, prev_radius: Array) -> None:
+    def _decide(self, state: State, idx: IntArray) -> None:
         """Fill in certified, reason and radius of the points idx just updated in ``state``."""
         certified = state.lower[idx] > 0.5
         reason = np.full(idx.size, Reason.UNDECIDED, dtype=np.int8)
         reason[certified & (state.lower[idx] >= state.cap[idx])] = Reason.RADIUS_CAP
         if self.tolerance > 0:
             self._set_radius(state, idx)
-            j = state.checkpoint[idx] - 1  # the checkpoint just read; j >= 1 where prev_radius > 0
-            doublings = np.log2(self.schedule[j] / self.schedule[np.maximum(j - 1, 0)])
-            gain = state.radius[idx] - prev_radius
-            stalled = certified & (prev_radius > 0) & (gain < self.tolerance * doublings)
+            radius, t = state.radius[idx], state.t[idx]
+            ref_t, ref_radius = state.ref_t[idx], state.ref_radius[idx]
+            window = (ref_radius > 0) & (t >= 2 * ref_t)
+            stalled = window & (radius - ref_radius < self.tolerance)
             reason[(reason == Reason.UNDECIDED) & stalled] = Reason.STALLED
+            restart = (window & ~stalled) | ((ref_radius == 0) & (radius > 0))
+            state.ref_t[idx] = np.where(restart, t, ref_t)
+            state.ref_radius[idx] = np.where(restart, radius, ref_radius)
         reason[(reason == Reason.UNDECIDED) & (state.upper[idx] <= 0.5)] = Reason.ABSTAIN
         state.certified[idx] = certified
         state.reason[idx] = reason = self._decide_common(state, idx, reason)
@@ -751,7 +763,7 @@ class FixedRadiusRule(_Rule):
     def _cap(self, sigma: Array) -> Array:
         return np.full(sigma.shape, np.inf)
 
-    def _decide(self, state: State, idx: IntArray, prev_radius: Array) -> None:
+    def _decide(self, state: State, idx: IntArray) -> None:
         """Fill in certified, reason and (if certified) radius of the points idx just updated."""
         certified = self._goal(state.lower[idx], state.target[idx])
         reason = np.full(idx.size, Reason.UNDECIDED, dtype=np.int8)

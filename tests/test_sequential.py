@@ -397,6 +397,21 @@ def test_all_a_and_no_a_streams_stop_where_the_closed_form_says() -> None:
     assert samples == first_below and certified == 0.0
 
 
+def test_radius_mode_stalls_after_a_doubling_without_gain() -> None:
+    """All votes for A: the radius is first positive at the first checkpoint t_0 where the
+    closed-form lower bound exceeds 1/2; with a tolerance no doubling can meet, the rule stops
+    at the first checkpoint >= 2 t_0; with a tiny one it runs to the budget."""
+    alpha, n_max = 1e-3, 20_000
+    lazy = sq.RadiusRule(alpha=alpha, n_max=n_max, tolerance=10.0)
+    sched = lazy.schedule.astype(float)
+    t0 = sched[np.argmax(_all_a_lower(sched, alpha, *lazy.prior) > 0.5)]
+    samples, certified = sq.expected_samples(lazy, 1.0, 0.25, streams=2)
+    assert samples == sched[np.argmax(sched >= 2 * t0)] and certified == 1.0
+    eager = sq.RadiusRule(alpha=alpha, n_max=n_max, tolerance=1e-9)
+    samples, _ = sq.expected_samples(eager, 1.0, 0.25, streams=2)
+    assert samples == n_max
+
+
 def test_fixed_radius_saves_samples_for_confident_points() -> None:
     """A digits-like point (p_A = 0.999) at R = 0.25, sigma = 0.25: decided in < 1 % of n_max."""
     n_max = 100_000
