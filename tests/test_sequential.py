@@ -13,6 +13,8 @@ import math
 import mpmath as mp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import special, stats
 
 from smoothviz import bounds
@@ -185,6 +187,26 @@ def test_log_martingale_matches_mpmath() -> None:
                        + (mp.mpf(w) if k == t else 0))
                 ref = mp.log(mix) - k * mp.log(mp.mpf(p)) - (t - k) * mp.log(1 - mp.mpf(p))
             assert abs(got - float(ref)) <= 1e-9 * max(1.0, abs(float(ref))), (k, t, p, got, ref)
+
+
+@settings(max_examples=300, deadline=None)
+@given(t=st.integers(1, 10**8), frac=st.floats(0, 1), alpha=st.floats(1e-8, 0.5),
+       a=st.floats(0.05, 5), b=st.floats(0.05, 5), w=st.floats(0, 0.95))
+def test_mixture_ends_are_where_the_martingale_crosses(t, frac, alpha, a, b, w) -> None:
+    """The root-finder against the direct formula of M_t: log M_t = log(1/alpha) at each end that
+    is not 0 or 1, M_t < 1/alpha just inside, and L <= k/t <= U."""
+    k = int(round(frac * t))
+    low, up = sq.mixture_bounds(k, t, alpha, a, b, w)
+    assert 0.0 <= low <= k / t <= up <= 1.0 and low < up
+    level = math.log(1 / alpha)
+    for end, inside in ((low, 0.5 * (low + k / t)), (up, 0.5 * (up + k / t))):
+        if 0.0 < end < 1.0:
+            got = float(sq.mixture_log_martingale(end, k, t, a, b, w))
+            # the end is found to ~1e-13 relative in its logit, so log M_t there is level to
+            # within its slope times that: allow 1e-6 relative to the level
+            assert abs(got - level) <= 1e-6 * max(1.0, level), (k, t, end, got, level)
+        if inside not in (low, up):
+            assert float(sq.mixture_log_martingale(inside, k, t, a, b, w)) < level
 
 
 # ---------------------------------------------------------------------------------------------
