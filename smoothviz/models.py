@@ -3,29 +3,46 @@
 A checkpoint is a plain dict ``{"format", "version", "meta", "state_dict"}`` holding only tensors,
 dicts, lists, strings and numbers, so ``torch.load(path, weights_only=True)`` reads it and a
 tampered file cannot execute code.
+
+Nothing is built from a checkpoint before it is known to fit: the header (dataset, input shape,
+classes) is compared with the dataset's, the architecture is laid out on the ``meta`` device (no
+memory) and its tensor shapes compared with the stored weights, and the weights must be finite.
+``check_compatible`` then runs the built model on a probe batch: one output per class, all finite.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import pickle
+import math
 import warnings
-import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
 
+from smoothviz.cost import MAX_CHECKPOINT_BYTES, MAX_INPUT_ELEMENTS, bytes_text
+from smoothviz.data import DATASET_INFO
 from smoothviz.errors import CheckpointError, InvalidArgument
+from smoothviz.outputs import atomic_output
 
 ARCHITECTURES: tuple[str, ...] = ("mlp", "cnn-small", "lenet", "resnet20", "resnet110")
 CHECKPOINT_FORMAT = "smoothviz-checkpoint"
 CHECKPOINT_VERSION = 1
 REQUIRED_META = ("dataset", "arch", "input_shape", "num_classes")
-_MAX_INPUT_DIM = 2**24
 _MAX_CLASSES = 100_000
+_PROBE_POINTS = 4
+
+
+class DatasetShape(Protocol):
+    """What a checkpoint must agree with: ``data.DatasetInfo`` and ``data.Dataset`` both have it."""
+
+    name: str
+    input_shape: tuple[int, ...]
+
+    @property
+    def num_classes(self) -> int: ...
 
 
 class Normalize(nn.Module):
@@ -164,7 +181,11 @@ def build_model(
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict) -> None:
-    """Write weights and metadata atomically (temporary file, then rename)."""
+    """Write weights and metadata atomically (a temporary file beside ``path``, then a rename).
+
+    Missing parent folders are created; a target that cannot be written (a directory, a device,
+    a full disk) is one InvalidArgument line and leaves any previous file in place.
+    """
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
         raise InvalidArgument(f"checkpoint meta lacks {', '.join(missing)}")
@@ -174,15 +195,17 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict) -> None:
     except (TypeError, ValueError) as exc:
         raise InvalidArgument(f"checkpoint meta is not JSON-able: {exc}") from None
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidArgument(f"checkpoint {path}: cannot create folder {path.parent} ({exc.strerror})") from None
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     payload = {
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
         "meta": plain_meta, "state_dict": state,
     }
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_output(path, "wb", what="checkpoint") as fh:
+        torch.save(payload, fh)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -197,16 +220,26 @@ def _first_line(exc: BaseException) -> str:
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """The raw checkpoint dict, validated; CheckpointError (one line) otherwise. Runs no code."""
+    """The raw checkpoint dict, validated; CheckpointError (one line) otherwise. Runs no code.
+
+    The header must name a known architecture, at most MAX_INPUT_ELEMENTS values per input and
+    2 to 100,000 classes, so a tampered header cannot make anything allocate absurd layers.
+    """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint {path} not found")
+    if not path.is_file():
+        kind = "a directory" if path.is_dir() else "a device or special file"
+        raise CheckpointError(f"checkpoint {path} is {kind}, not a checkpoint file")
+    size = path.stat().st_size
+    if size > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{path} is {bytes_text(size)}, more than the {bytes_text(MAX_CHECKPOINT_BYTES)} "
+                              "a checkpoint may have")
     try:
         with warnings.catch_warnings():  # torch warns about foreign pickle protocols: we refuse them anyway
             warnings.simplefilter("ignore")
             payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, TypeError,
-            AttributeError, KeyError, IndexError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any bytes may arrive here (struct.error for 4 bytes of junk, ...)
         raise CheckpointError(f"{path} is not a readable checkpoint: {_first_line(exc)}") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a smoothviz checkpoint (no '{CHECKPOINT_FORMAT}' header)")
@@ -216,56 +249,177 @@ def read_checkpoint(path: str | Path) -> dict:
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
         raise CheckpointError(f"{path} lacks metadata {', '.join(missing)}")
+    if not isinstance(meta["dataset"], str):
+        raise CheckpointError(f"{path} has an invalid dataset {meta['dataset']!r}")
     if meta["arch"] not in ARCHITECTURES:
         raise CheckpointError(f"{path} has unknown arch {meta['arch']!r}")
     shape, classes = meta["input_shape"], meta["num_classes"]
-    # Bounds keep a tampered header from making build_model allocate absurd layers.
     if not (isinstance(shape, list) and 1 <= len(shape) <= 3
-            and all(isinstance(s, int) and s >= 1 for s in shape)
-            and torch.Size(shape).numel() <= _MAX_INPUT_DIM):
+            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)):
         raise CheckpointError(f"{path} has an invalid input_shape {shape!r}")
-    if not (isinstance(classes, int) and 2 <= classes <= _MAX_CLASSES):
+    values = math.prod(shape)
+    if values > MAX_INPUT_ELEMENTS:
+        raise CheckpointError(f"{path} has an invalid input_shape {shape}: {values:,} values per input, "
+                              f"more than the {MAX_INPUT_ELEMENTS:,} allowed")
+    if not (isinstance(classes, int) and not isinstance(classes, bool) and 2 <= classes <= _MAX_CLASSES):
         raise CheckpointError(f"{path} has an invalid num_classes {classes!r}")
     return payload
+
+
+def check_header(meta: dict, dataset: DatasetShape, source: str | Path = "checkpoint") -> None:
+    """The checkpoint's dataset, input shape and number of classes agree with ``dataset``.
+
+    Compares the header alone, before anything is built; CheckpointError names what differs.
+    """
+    if meta["dataset"] != dataset.name:
+        raise CheckpointError(f"{source} was trained on {meta['dataset']!r}, not on {dataset.name!r}")
+    if [int(s) for s in meta["input_shape"]] != [int(s) for s in dataset.input_shape]:
+        raise CheckpointError(f"{source} declares input shape {list(meta['input_shape'])}, but {dataset.name} "
+                              f"inputs have shape {list(dataset.input_shape)}")
+    if int(meta["num_classes"]) != int(dataset.num_classes):
+        raise CheckpointError(f"{source} declares {meta['num_classes']} classes, but {dataset.name} has "
+                              f"{dataset.num_classes}")
+
+
+def _skeleton(meta: dict, source: str | Path) -> nn.Module:
+    """The checkpoint's architecture on the ``meta`` device: shapes only, no memory, no init cost."""
+    try:
+        with torch.device("meta"):
+            return build_model(meta["arch"], meta["input_shape"], int(meta["num_classes"]))
+    except InvalidArgument as exc:
+        raise CheckpointError(f"{source}: arch {meta['arch']!r} cannot take input {meta['input_shape']}: {exc}") from None
+
+
+def check_weights(payload: dict, source: str | Path = "checkpoint") -> None:
+    """The stored weights have exactly the names, shapes and dtypes of the declared architecture,
+    and every floating-point value is finite; CheckpointError otherwise. Builds nothing real."""
+    meta, state = payload["meta"], payload["state_dict"]
+    expected = _skeleton(meta, source).state_dict()
+    fits = f"{source}: weights do not fit arch {meta['arch']!r} for input {list(meta['input_shape'])} " \
+           f"and {meta['num_classes']} classes"
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        detail = f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(map(str, unexpected[:3]))}"
+        raise CheckpointError(f"{fits}: {detail}")
+    for name, want in expected.items():
+        got = state[name]
+        if not isinstance(got, torch.Tensor):
+            raise CheckpointError(f"{fits}: {name} is not a tensor")
+        if got.shape != want.shape or got.dtype != want.dtype:
+            raise CheckpointError(f"{fits}: {name} has shape {list(got.shape)} ({got.dtype}), "
+                                  f"expected {list(want.shape)} ({want.dtype})")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise CheckpointError(f"{source}: weights hold NaN or infinite values ({', '.join(bad[:3])}{more})")
+
+
+def check_compatible(model: nn.Module, meta: dict, dataset: DatasetShape, source: str | Path = "checkpoint") -> None:
+    """A built model fits ``dataset``: header agrees, all parameters and buffers are finite, and
+    on a probe batch it gives one finite logit per class of the dataset.
+
+    The dashboard, the explorer and the CLI call this before sampling, so a model that does not
+    fit the data is refused in one line instead of certifying every point as some class.
+    """
+    check_header(meta, dataset, source)
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    bad = [k for k, v in tensors if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{source}: weights hold NaN or infinite values ({', '.join(bad[:3])})")
+    device = next((v.device for _, v in tensors), torch.device("cpu"))
+    shape = tuple(int(s) for s in dataset.input_shape)
+    probe = torch.rand((_PROBE_POINTS, *shape), generator=torch.Generator().manual_seed(0))
+    probe[0] = 0.0
+    probe[1] = 1.0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            out = model(probe.to(device))
+    except RuntimeError as exc:
+        raise CheckpointError(f"{source}: the model fails on {dataset.name} inputs: {_first_line(exc)}") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.shape != (_PROBE_POINTS, dataset.num_classes):
+        width = list(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise CheckpointError(f"{source}: the model gives outputs of shape {width} per input, but {dataset.name} "
+                              f"has {dataset.num_classes} classes")
+    if not bool(torch.isfinite(out).all()):
+        raise CheckpointError(f"{source}: the model's outputs are NaN or infinite on a probe batch")
 
 
 def load_checkpoint(
     path: str | Path, device: str | torch.device = "cpu", expected_dataset: str | None = None
 ) -> tuple[nn.Module, dict]:
-    """(model in eval mode on ``device``, meta). CheckpointError on corrupt/foreign/mismatched files."""
+    """(model in eval mode on ``device``, meta). CheckpointError on corrupt/foreign/mismatched files.
+
+    With ``expected_dataset`` (a registered dataset), the header is compared with it before
+    building and ``check_compatible`` runs on the built model.
+    """
     payload = read_checkpoint(path)
     meta = payload["meta"]
-    if expected_dataset is not None and meta["dataset"] != expected_dataset:
-        raise CheckpointError(
-            f"{path} was trained on {meta['dataset']!r}, not on {expected_dataset!r}"
-        )
-    try:
-        model = build_model(meta["arch"], meta["input_shape"], int(meta["num_classes"]))
-        model.load_state_dict(payload["state_dict"], strict=True)
-    except (RuntimeError, InvalidArgument, TypeError, ValueError) as exc:
-        raise CheckpointError(
-            f"{path}: weights do not fit arch {meta['arch']!r}: {_first_line(exc)}"
-        ) from None
-    return model.to(device).eval(), meta
+    info = None
+    if expected_dataset is not None:
+        if meta["dataset"] != expected_dataset:
+            raise CheckpointError(f"{path} was trained on {meta['dataset']!r}, not on {expected_dataset!r}")
+        info = DATASET_INFO.get(expected_dataset)
+        if info is not None:
+            check_header(meta, info, path)
+    check_weights(payload, path)
+    model = _skeleton(meta, path)
+    # assign=True: the loaded tensors become the parameters, so nothing is allocated or initialised twice
+    model.load_state_dict(payload["state_dict"], strict=True, assign=True)
+    model = model.to(device).eval()
+    if info is not None:
+        check_compatible(model, meta, info, path)
+    return model, meta
 
 
-def list_checkpoints(
+def _reason(exc: CheckpointError, path: Path) -> str:
+    """The message of ``exc`` without the file name it starts with."""
+    text = str(exc)
+    for prefix in (f"checkpoint {path}", str(path)):
+        if text.startswith(prefix):
+            return text[len(prefix):].lstrip(": ")
+    return text
+
+
+def scan_checkpoints(
     dirs: Iterable[str | Path] = ("assets", "runs/checkpoints"), dataset: str | None = None
-) -> list[tuple[Path, dict]]:
-    """(path, meta) for every readable ``*.pt`` checkpoint in ``dirs``, sorted by path.
+) -> tuple[list[tuple[Path, dict]], list[tuple[Path, str]]]:
+    """Every ``*.pt`` file in ``dirs``, sorted by path: ([(path, meta)] usable, [(path, reason)] not).
 
-    Unreadable or foreign files and resume files are skipped; ``dataset`` filters by meta.
+    A file is usable when it reads as a smoothviz checkpoint whose header fits its registered
+    dataset and whose weights fit its architecture and are finite; ``dataset`` keeps the usable
+    ones of that dataset (failures are all listed: their dataset may be unreadable). Resume files
+    (``*.pt.resume``) are not checkpoints and are not listed.
     """
-    found = []
+    found: list[tuple[Path, dict]] = []
+    failed: list[tuple[Path, str]] = []
     for d in dirs:
         directory = Path(d)
         if not directory.is_dir():
             continue
         for path in sorted(directory.glob("*.pt")):
             try:
-                meta = read_checkpoint(path)["meta"]
-            except CheckpointError:
+                payload = read_checkpoint(path)
+                meta = payload["meta"]
+                info = DATASET_INFO.get(meta["dataset"])
+                if info is None:
+                    raise CheckpointError(f"{path} was trained on unknown dataset {meta['dataset']!r}")
+                check_header(meta, info, path)
+                check_weights(payload, path)
+            except CheckpointError as exc:
+                failed.append((path, _reason(exc, path)))
                 continue
             if dataset is None or meta["dataset"] == dataset:
                 found.append((path, meta))
-    return found
+    return found, failed
+
+
+def list_checkpoints(
+    dirs: Iterable[str | Path] = ("assets", "runs/checkpoints"), dataset: str | None = None
+) -> list[tuple[Path, dict]]:
+    """(path, meta) for every usable ``*.pt`` checkpoint in ``dirs`` (``scan_checkpoints``' first list)."""
+    return scan_checkpoints(dirs, dataset)[0]

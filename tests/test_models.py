@@ -7,8 +7,20 @@ import pickle
 import pytest
 import torch
 
+from smoothviz import models
+from smoothviz.data import DATASET_INFO, load_dataset
 from smoothviz.errors import CheckpointError, InvalidArgument
-from smoothviz.models import ARCHITECTURES, build_model, list_checkpoints, load_checkpoint, save_checkpoint
+from smoothviz.models import (
+    ARCHITECTURES,
+    build_model,
+    check_compatible,
+    check_header,
+    list_checkpoints,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+    scan_checkpoints,
+)
 
 
 def _meta(dataset="digits", arch="cnn-small", shape=(1, 8, 8), classes=10):
@@ -161,6 +173,8 @@ def test_unknown_arch_in_meta(tmp_path):
 
 @pytest.mark.parametrize("field,value,match", [
     ("input_shape", [1, 100000, 100000], "invalid input_shape"),
+    ("input_shape", [1, 4096, 4096], "16,777,216 values per input, more than the 150,528 allowed"),
+    ("input_shape", [True, 8, 8], "invalid input_shape"),
     ("input_shape", "1,8,8", "invalid input_shape"),
     ("input_shape", [1, -8, 8], "invalid input_shape"),
     ("num_classes", None, "invalid num_classes"),
@@ -188,6 +202,125 @@ def test_list_checkpoints_skips_unreadable_files(tmp_path):
     assert [(p.name, m["dataset"]) for p, m in found] == [("digits.pt", "digits"),
                                                            ("moons.pt", "toy2d-moons")]
     assert [p.name for p, _ in list_checkpoints([a, b], dataset="toy2d-moons")] == ["moons.pt"]
+
+
+def test_header_is_compared_with_the_dataset_before_building():
+    digits = DATASET_INFO["digits"]
+    check_header(_meta(), digits)
+    with pytest.raises(CheckpointError, match="declares 5 classes, but digits has 10"):
+        check_header(_meta(classes=5), digits, "m.pt")
+    with pytest.raises(CheckpointError, match=r"declares input shape \[1, 28, 28\], but digits inputs have shape"):
+        check_header(_meta(shape=(1, 28, 28)), digits, "m.pt")
+    with pytest.raises(CheckpointError, match="trained on 'digits', not on 'mnist'"):
+        check_header(_meta(), DATASET_INFO["mnist"], "m.pt")
+
+
+def test_nothing_real_is_built_before_the_weights_are_known_to_fit(tmp_path, monkeypatch):
+    # a tiny file whose header declares a big input: the dense layer would need 64*150*150*128 floats
+    path = tmp_path / "big.pt"
+    save_checkpoint(path, build_model("mlp", (2,), 10), _meta(shape=(1, 300, 300)))
+    devices = []
+    real = models.build_model
+
+    def spy(*args, **kwargs):
+        devices.append(str(torch.get_default_device()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(models, "build_model", spy)
+    with pytest.raises(CheckpointError, match="weights do not fit arch 'cnn-small' for input \\[1, 300, 300\\]"):
+        load_checkpoint(path)
+    assert devices == ["meta"]  # laid out on the meta device only
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda sd: sd.pop("1.0.bias"), "missing 1.0.bias"),
+    (lambda sd: sd.update(extra=torch.zeros(1)), "unexpected extra"),
+    (lambda sd: sd.update({"1.0.bias": torch.zeros(31)}), r"1.0.bias has shape \[31\]"),
+    (lambda sd: sd.update({"1.0.bias": torch.zeros(32, dtype=torch.float64)}), "torch.float64"),
+    (lambda sd: sd["1.0.bias"].fill_(float("inf")), "NaN or infinite values \\(1.0.bias\\)"),
+])
+def test_weights_must_fit_exactly_and_be_finite(tmp_path, change, match):
+    state = build_model("cnn-small", (1, 8, 8), 10).state_dict()
+    change(state)
+    path = tmp_path / "m.pt"
+    torch.save({"format": "smoothviz-checkpoint", "version": 1, "meta": _meta(), "state_dict": state}, path)
+    with pytest.raises(CheckpointError, match=match) as info:
+        load_checkpoint(path)
+    _assert_one_line(info)
+
+
+def test_check_compatible_probes_the_built_model():
+    digits = load_dataset("digits")
+    model = build_model("cnn-small", (1, 8, 8), 10).eval()
+    check_compatible(model, _meta(), digits)
+    wide = build_model("cnn-small", (1, 8, 8), 12).eval()
+    with pytest.raises(CheckpointError, match="outputs of shape \\[12\\] per input, but digits has 10 classes"):
+        check_compatible(wide, _meta(), digits)
+    broken = build_model("cnn-small", (1, 8, 8), 10).eval()
+    broken[0].std.zero_()  # finite weights, but (x - mean) / 0 gives infinite logits
+    with pytest.raises(CheckpointError, match="NaN or infinite on a probe batch"):
+        check_compatible(broken, _meta(), digits)
+    nan = build_model("cnn-small", (1, 8, 8), 10).eval()
+    with torch.no_grad():
+        nan[1][-1].bias[3] = float("nan")
+    with pytest.raises(CheckpointError, match=r"NaN or infinite values \(1.8.bias\)"):
+        check_compatible(nan, _meta(), digits)
+    assert not model.training
+
+
+def test_loading_for_a_dataset_runs_every_check(tmp_path):
+    model = build_model("cnn-small", (1, 8, 8), 10)
+    with torch.no_grad():
+        model[1][0].weight.fill_(float("nan"))
+    path = tmp_path / "nan.pt"
+    save_checkpoint(path, model, _meta())
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        load_checkpoint(path, expected_dataset="digits")
+    five = tmp_path / "five.pt"
+    save_checkpoint(five, build_model("cnn-small", (1, 8, 8), 5), _meta(classes=5))
+    read_checkpoint(five)  # a well-formed file ...
+    with pytest.raises(CheckpointError, match="declares 5 classes"):  # ... that does not fit digits
+        load_checkpoint(five, expected_dataset="digits")
+
+
+def test_checkpoints_that_are_not_files(tmp_path):
+    with pytest.raises(CheckpointError, match="is a directory"):
+        read_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="is a device or special file"):
+        read_checkpoint("/dev/null")
+
+
+def test_scan_lists_usable_checkpoints_and_says_why_others_fail(tmp_path):
+    save_checkpoint(tmp_path / "a-good.pt", build_model("cnn-small", (1, 8, 8), 10), _meta())
+    save_checkpoint(tmp_path / "b-five.pt", build_model("cnn-small", (1, 8, 8), 5), _meta(classes=5))
+    save_checkpoint(tmp_path / "c-alien.pt", build_model("cnn-small", (1, 8, 8), 10), _meta(dataset="imagenet"))
+    (tmp_path / "d-junk.pt").write_bytes(b"junk")
+    save_checkpoint(tmp_path / "e-moons.pt", build_model("mlp", (2,), 2),
+                    _meta(dataset="toy2d-moons", arch="mlp", shape=(2,), classes=2))
+    (tmp_path / "e-moons.pt.resume").write_bytes(b"resume state")
+    found, failed = scan_checkpoints([tmp_path, tmp_path / "missing"])
+    assert [p.name for p, _ in found] == ["a-good.pt", "e-moons.pt"]
+    reasons = dict((p.name, r) for p, r in failed)
+    assert set(reasons) == {"b-five.pt", "c-alien.pt", "d-junk.pt"}
+    assert reasons["b-five.pt"] == "declares 5 classes, but digits has 10"
+    assert reasons["c-alien.pt"] == "was trained on unknown dataset 'imagenet'"
+    assert reasons["d-junk.pt"].startswith("is not a readable checkpoint")
+    assert all("\n" not in r for r in reasons.values())
+    digits_only, _ = scan_checkpoints([tmp_path], dataset="digits")
+    assert [p.name for p, _ in digits_only] == ["a-good.pt"]
+    assert list_checkpoints([tmp_path]) == found
+
+
+def test_save_checkpoint_refuses_unwritable_targets_in_one_line(tmp_path):
+    model = build_model("mlp", (2,), 2)
+    meta = _meta(dataset="toy2d-moons", arch="mlp", shape=(2,), classes=2)
+    (tmp_path / "d.pt").mkdir()
+    with pytest.raises(InvalidArgument, match="is a directory") as info:
+        save_checkpoint(tmp_path / "d.pt", model, meta)
+    _assert_one_line(info)
+    with pytest.raises(InvalidArgument, match="device or special file"):
+        save_checkpoint("/dev/full", model, meta)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.pt"]  # no temporary file left
 
 
 def test_architecture_tuple_matches_the_contract():
