@@ -312,6 +312,25 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
+def planned_samples(
+    bm: BenchModel, device: torch.device, n: int, repeats: int, variants: dict[str, EngineOptions],
+    ceiling_batches: Sequence[int] | None = None,
+) -> int:
+    """Noisy samples ``bench_model`` will classify for ``bm`` (all tasks, warm-up round included).
+
+    Per round: each ceiling setting (memory format x batch size x threading), the reference loop,
+    and per engine variant the engine and its own ceiling, each about ``points * n`` samples;
+    plus one untimed engine call per variant while it is prepared.
+    """
+    samples = bm.points.shape[0] * n
+    batches = ceiling_batches or default_ceiling_batches(device, bm.model, bm.input_shape)
+    formats = 2 if len(bm.input_shape) == 3 else 1
+    threadings = len({1, torch.get_num_threads()}) if device.type == "cpu" else 1
+    ceiling = sum(max(1, math.ceil(samples / b)) * b for b in batches) * formats * threadings
+    per_round = ceiling + samples + 2 * len(variants) * samples
+    return (1 + repeats) * per_round + len(variants) * samples
+
+
 def bench_model(
     bm: BenchModel, device: torch.device, n: int, repeats: int,
     variants: dict[str, EngineOptions], ceiling_batches: Sequence[int] | None = None,

@@ -41,21 +41,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from smoothviz import bounds, speed
-from smoothviz.data import Dataset, load_dataset
+from smoothviz import bounds, cost, speed
+from smoothviz.data import Dataset, canonical_name, load_dataset
 from smoothviz.device import resolve_device
 from smoothviz.errors import Cancelled, CheckpointError, InvalidArgument, SmoothvizError, StoreError
 from smoothviz.models import load_checkpoint
 from smoothviz.noise import derive_seed
-from smoothviz.sigma import SigmaFunction, build_sigma
+from smoothviz.sigma import SigmaFunction, build_sigma, check_sigma_values, span_warning
 from smoothviz.store import Store, file_sha256
-from smoothviz.votes import Classifier, argmax_classifier, check_sigma, count_votes
+from smoothviz.votes import Classifier, argmax_classifier, check_sigma, count_votes, sampling_threads
 
 ABSTAIN = -1
 STAGE_SELECTION, STAGE_ESTIMATION, STAGE_PREDICT = 0, 1, 2
-DEFAULT_N0 = 100
-DEFAULT_N = 100_000
-DEFAULT_ALPHA = 0.001
 CANCEL_POLL_SECONDS = 0.5  # how often a running certification reads the store's cancel flag
 
 ProgressFn = Callable[[dict], None]
@@ -114,14 +111,15 @@ def sample_counts(
                            generator, seeds)
 
 
-def _validate(n0: int | None, n: int, alpha: float, batch_size: int) -> None:
+def _validate(n0: int | None, n: int, alpha: float | None, batch_size: int | None) -> None:
+    """Sample counts, alpha and batch size in range (None: not given, not checked)."""
     if n < 1:
         raise InvalidArgument(f"n must be >= 1, got {n}")
     if n0 is not None and not 1 <= n0 <= n:
         raise InvalidArgument(f"n0 must be in [1, n={n}], got {n0}")
-    if not 0.0 < alpha < 1.0:
+    if alpha is not None and not 0.0 < alpha < 1.0:
         raise InvalidArgument(f"alpha must be in (0, 1), got {alpha}")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
 
 
@@ -179,6 +177,21 @@ def _prepare(model: nn.Module | Classifier, device: torch.device) -> tuple[Class
     return model, getattr(model, "new_input", None)
 
 
+def _chunk_sigma(
+    sigma_fn: Callable[[Tensor], Tensor], sigmas: Tensor | None, xs: Tensor, start: int, stop: int,
+    device: torch.device, idx: Sequence[int],
+) -> Tensor:
+    """sigma(x) of the chunk's points as float32 [m] on ``device``, checked to lie within the limits."""
+    if sigmas is None:
+        sig = sigma_fn(xs)
+    else:
+        sig = sigmas[start:stop]
+    sig = sig.to(device=device, dtype=torch.float32).reshape(-1)
+    check_sigma(sig, stop - start)
+    check_sigma_values(sig, getattr(sigma_fn, "spec", "") or "sigma(x)", idx[start:stop])
+    return sig
+
+
 def iter_certify(
     model: nn.Module | Classifier,
     x: Tensor,
@@ -197,12 +210,15 @@ def iter_certify(
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     chunk_points: int | None = None,
+    sigmas: Tensor | None = None,
 ) -> Iterator[PointResult]:
     """CERTIFY every point, yielding each PointResult as soon as its chunk is done.
 
     Selection and estimation samples of a chunk of points share forward batches (they are
     independent draws: stage 0 and stage 1 seeds). Raises Cancelled when ``cancel()`` turns true
-    (checked after every batch); points already yielded stay valid.
+    (checked after every batch); points already yielded stay valid. ``sigmas``: sigma(x) of
+    each point computed beforehand (``prepare_run`` does), so ``sigma_fn`` is not called again.
+    sigma(x) outside [SIGMA_MIN, SIGMA_MAX] is refused before a chunk is sampled.
     """
     _validate(n0, n, alpha, batch_size)
     device = torch.device(device)
@@ -221,8 +237,7 @@ def iter_certify(
         xs = x[start:stop].to(device=device, dtype=torch.float32)
         m = stop - start
         with torch.inference_mode():
-            sig = sigma_fn(xs).to(device=device, dtype=torch.float32).reshape(-1)
-            check_sigma(sig, m)
+            sig = _chunk_sigma(sigma_fn, sigmas, xs, start, stop, device, idx)
             # virtual points: first the m selection samplings, then the m estimation samplings
             votes = count_votes(
                 classify, torch.cat([xs, xs]), torch.cat([sig, sig]), [n0] * m + [n] * m,
@@ -232,9 +247,7 @@ def iter_certify(
                 on_batch=tracker.on_batch, new_input=new_input,
             ).cpu().numpy()
         _check_totals(votes, [n0] * m + [n] * m)
-        sigmas = sig.cpu().numpy().astype(np.float64)
-        if not np.all(np.isfinite(sigmas) & (sigmas > 0)):
-            raise InvalidArgument(f"sigma function returned non-positive or non-finite values for points {idx[start:stop]}")
+        point_sigmas = sig.cpu().numpy().astype(np.float64)
         selection, estimation = votes[:m], votes[m:]
         guess = selection.argmax(axis=1)  # first maximum on ties, as numpy documents
         n_a = estimation[np.arange(m), guess]
@@ -243,14 +256,14 @@ def iter_certify(
         radius = np.zeros(m)
         naive = np.zeros(m)
         if certified.any():
-            radius[certified] = bounds.input_dependent_radius(p_a[certified], sigmas[certified], r, dim)
-            naive[certified] = bounds.naive_radius(p_a[certified], sigmas[certified])
+            radius[certified] = bounds.input_dependent_radius(p_a[certified], point_sigmas[certified], r, dim)
+            naive[certified] = bounds.naive_radius(p_a[certified], point_sigmas[certified])
         seconds = (time.perf_counter() - t0) / m
         for j in range(m):
             predict = int(guess[j]) if certified[j] else ABSTAIN
             yield PointResult(
                 idx=idx[start + j], label=labels[start + j], predict=predict,
-                correct=predict == labels[start + j], p_a_lower=float(p_a[j]), sigma=float(sigmas[j]),
+                correct=predict == labels[start + j], p_a_lower=float(p_a[j]), sigma=float(point_sigmas[j]),
                 radius=float(radius[j]), naive_radius=float(naive[j]),
                 counts=[int(c) for c in estimation[j]], seconds=seconds,
             )
@@ -332,8 +345,12 @@ def predict_points(
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     chunk_points: int | None = None,
+    sigmas: Tensor | None = None,
 ) -> list[PredictResult]:
-    """PREDICT of Cohen et al.: abstain unless the top class beats the runner-up at level alpha."""
+    """PREDICT of Cohen et al.: abstain unless the top class beats the runner-up at level alpha.
+
+    ``sigmas``: sigma(x) of each point computed beforehand, as for ``iter_certify``.
+    """
     _validate(None, n, alpha, batch_size)
     device = torch.device(device)
     labels = [int(v) for v in (labels.tolist() if isinstance(labels, Tensor) else labels)]
@@ -354,8 +371,7 @@ def predict_points(
         xs = x[start:stop].to(device=device, dtype=torch.float32)
         m = stop - start
         with torch.inference_mode():
-            sig = sigma_fn(xs).to(device=device, dtype=torch.float32).reshape(-1)
-            check_sigma(sig, m)
+            sig = _chunk_sigma(sigma_fn, sigmas, xs, start, stop, device, idx)
             votes = count_votes(
                 classify, xs, sig, [n] * m, num_classes, batch_size, generator,
                 [derive_seed(seed, i, STAGE_PREDICT) for i in idx[start:stop]],
@@ -368,14 +384,14 @@ def predict_points(
         n_a = votes[np.arange(m), top]
         n_b = votes[np.arange(m), second]
         pvalue = np.asarray(bounds.binomial_test_pvalue(n_a, n_b), dtype=np.float64).reshape(m)
-        sigmas = sig.cpu().numpy().astype(np.float64)
+        point_sigmas = sig.cpu().numpy().astype(np.float64)
         seconds = (time.perf_counter() - t0) / m
         for j in range(m):
             predict = int(top[j]) if pvalue[j] <= alpha else ABSTAIN
             out.append(PredictResult(
                 idx=idx[start + j], label=labels[start + j], predict=predict,
                 correct=predict == labels[start + j], count_a=int(n_a[j]), count_b=int(n_b[j]),
-                p_value=float(pvalue[j]), sigma=float(sigmas[j]),
+                p_value=float(pvalue[j]), sigma=float(point_sigmas[j]),
                 counts=[int(c) for c in votes[j]], seconds=seconds,
             ))
         tracker.point_done(m)
@@ -408,6 +424,106 @@ def select_split(dataset: Dataset, split: str) -> tuple[Tensor, Tensor]:
     raise InvalidArgument(f"split {split!r}: expected 'test' or 'train'")
 
 
+@dataclass
+class EngineClassifier:
+    """The base classifier as the engine calls it, with the batch size and memory it was checked for.
+
+    ``bytes_per_sample``: measured memory of one sample (speed.measure_memory_per_sample);
+    ``threads``: sampling threads that each hold a batch (votes.sampling_threads).
+    """
+
+    classify: Classifier
+    batch_size: int
+    bytes_per_sample: int
+    threads: int
+
+
+@dataclass
+class PreparedRun:
+    """Everything a run needs, loaded and checked before anything is sampled or written.
+
+    ``sigmas`` holds sigma(x) of ``indices`` (same order) on ``device``; ``sigma_warning`` is
+    ``sigma.span_warning`` of them (None when they are reasonable).
+    """
+
+    dataset: Dataset
+    split: str
+    checkpoint: str
+    meta: dict
+    model: nn.Module
+    sigma_fn: SigmaFunction
+    indices: list[int]
+    sigmas: Tensor
+    device: torch.device
+    engine: EngineClassifier
+    sigma_warning: str | None
+
+    def inputs(self, indices: Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
+        """(x, labels, sigma(x)) of ``indices``, a subset of the run's points."""
+        position = {i: p for p, i in enumerate(self.indices)}
+        xs, ys = select_split(self.dataset, self.split)
+        select = torch.tensor(list(indices), dtype=torch.int64)
+        rows = torch.tensor([position[int(i)] for i in indices], dtype=torch.int64)
+        return xs[select], ys[select], self.sigmas[rows.to(self.sigmas.device)]
+
+
+def prepare_run(
+    run: dict,
+    device: str | None = None,
+    batch_size: int | str | None = None,
+) -> PreparedRun:
+    """Load and check every part of a run description before it executes; writes nothing.
+
+    ``run`` holds the store's run fields (``dataset``, ``split``, ``checkpoint``, ``sigma_spec``,
+    ``indices``, ``options``, ``device``, ``batch_size``; ``n0``, ``n``, ``alpha``, and
+    ``checkpoint_sha256`` / ``id`` when known). Checked: device and options, the sizes, the
+    checkpoint (unchanged since the run was recorded; header, weights and a probe batch fit the
+    dataset), the indices, the sigma function built on the dataset (k <= training points) and
+    sigma(x) on every chosen point, and the memory of a batch. ``device`` and ``batch_size``
+    override the recorded ones. Raises a one-line SmoothvizError naming what is wrong.
+    """
+    dev = resolve_device(device or run.get("device") or "auto")
+    options = dict(run.get("options") or {})
+    if engine_options(options).cuda_graphs and dev.type != "cuda":
+        raise InvalidArgument(f"--cuda-graphs needs a CUDA device, not {dev}")
+    if run.get("n") is not None:
+        _validate(run.get("n0"), int(run["n"]), run.get("alpha"), None)
+    name = canonical_name(run["dataset"])
+    checkpoint = run["checkpoint"]
+    if checkpoint is None:
+        raise InvalidArgument("checkpoint: the run names no checkpoint")
+    recorded = run.get("checkpoint_sha256")
+    if recorded is not None and file_sha256(checkpoint) not in (None, recorded):
+        where = f" since run {run['id']} was created" if run.get("id") is not None else ""
+        raise CheckpointError(f"{checkpoint} changed{where} (SHA-256 differs)")
+    dataset = load_dataset(name)
+    model, meta = load_checkpoint(checkpoint, device=dev, expected_dataset=dataset.name)
+    split = str(run.get("split") or "test")
+    xs, _ = select_split(dataset, split)
+    indices = [int(i) for i in run["indices"]]
+    if not indices:
+        raise InvalidArgument("indices: no point to certify")
+    bad = [i for i in indices if not 0 <= i < xs.shape[0]]
+    if bad:
+        raise InvalidArgument(f"indices {bad[:5]} are outside the {split} split (size {xs.shape[0]})")
+    sigma_fn = build_sigma(run["sigma_spec"], dataset.train_x, device=dev)
+    with torch.inference_mode():
+        sigmas = sigma_fn(xs[torch.tensor(indices, dtype=torch.int64)].to(dev)).to(torch.float32).reshape(-1)
+    check_sigma(sigmas, len(indices))
+    check_sigma_values(sigmas, sigma_fn.spec, indices)
+    engine = engine_classifier(model, options, dev, batch_size or run.get("batch_size"), dataset.input_shape)
+    return PreparedRun(dataset, split, str(checkpoint), meta, model, sigma_fn, indices, sigmas, dev, engine,
+                       span_warning(sigmas))
+
+
+def check_executable(run: dict) -> None:
+    """A stored run can execute: a certify run (not an imported log) that no live process runs."""
+    if run["kind"] != "certify":
+        raise StoreError(f"run {run['id']} is an imported log; there is nothing to execute")
+    if run["status"] == "running" and run["pid"] != os.getpid():
+        raise StoreError(f"run {run['id']} is already being executed by process {run['pid']} on {run['host']}")
+
+
 def run_certification(
     store: Store,
     run_id: int,
@@ -415,26 +531,30 @@ def run_certification(
     cancel: CancelFn | None = None,
     device: str | None = None,
     batch_size: int | str | None = None,
+    prepared: PreparedRun | None = None,
 ) -> str:
     """Execute or resume a certify run recorded in the store; returns its final status.
 
-    Loads the run's dataset, checkpoint (which must still have the recorded SHA-256) and sigma
-    function, skips points already stored, commits each point as its chunk finishes, and stops
-    when ``cancel()`` or the store's cancel flag turns true (status "cancelled"). ``device`` and
-    ``batch_size`` override the recorded ones (neither changes the counts' distribution; the
-    batch size does not change them at all). Errors set status "failed" and propagate.
+    First the run is checked with ``prepare_run`` (or ``prepared``, which the caller made from
+    this run): a run that cannot execute is refused with its record left as it was. Then it is
+    marked running, skips points already stored, commits each point as its chunk finishes, and
+    stops when ``cancel()`` or the store's cancel flag turns true (status "cancelled").
+    ``device`` and ``batch_size`` override the recorded ones (neither changes the counts'
+    distribution; the batch size does not change them at all). Errors while it runs set status
+    "failed" and propagate.
     """
     run = store.run(run_id)
-    if run["kind"] != "certify":
-        raise StoreError(f"run {run_id} is an imported log; there is nothing to execute")
-    if run["status"] == "running" and run["pid"] != os.getpid():
-        raise StoreError(f"run {run_id} is already being executed by process {run['pid']} on {run['host']}")
+    check_executable(run)
+    if prepared is None:
+        prepared = prepare_run(run, device, batch_size)
+    elif prepared.indices != [int(i) for i in run["indices"]] or prepared.checkpoint != str(run["checkpoint"]):
+        raise InvalidArgument(f"run {run_id}: the prepared run describes other points or another checkpoint")
     store.set_status(run_id, "running")
     try:
-        status = _execute(store, run, progress, _ThrottledCancel(store, run_id, cancel), device, batch_size)
+        status = _execute(store, run, prepared, progress, _ThrottledCancel(store, run_id, cancel))
     except Cancelled:
         done = len(store.done_indices(run_id))
-        store.set_status(run_id, "cancelled", f"cancelled after {done} of {run['total']} points")
+        store.set_status(run_id, "cancelled", f"cancelled after {done} of {cost.plural(run['total'], 'point')}")
         return "cancelled"
     except KeyboardInterrupt:
         store.set_status(run_id, "interrupted", "interrupted by the user; rerun to resume")
@@ -448,41 +568,21 @@ def run_certification(
     return status
 
 
-def _execute(
-    store: Store,
-    run: dict,
-    progress: ProgressFn | None,
-    cancel: CancelFn,
-    device_spec: str | None,
-    batch_size: int | str | None,
-) -> str:
+def _execute(store: Store, run: dict, prepared: PreparedRun, progress: ProgressFn | None, cancel: CancelFn) -> str:
     run_id = int(run["id"])
-    device = resolve_device(device_spec or run["device"] or "auto")
-    dataset = load_dataset(run["dataset"])
-    checkpoint = run["checkpoint"]
-    if run["checkpoint_sha256"] is not None and file_sha256(checkpoint) not in (None, run["checkpoint_sha256"]):
-        raise CheckpointError(f"{checkpoint} changed since run {run_id} was created (SHA-256 differs)")
-    model, _meta = load_checkpoint(checkpoint, device=device, expected_dataset=dataset.name)
-    sigma_fn = build_sigma(run["sigma_spec"], dataset.train_x, device=device)
-    store.set_sigma_params(run_id, sigma_fn.params())
-    xs, ys = select_split(dataset, run["split"])
-    indices = [int(i) for i in run["indices"]]
-    bad = [i for i in indices if not 0 <= i < xs.shape[0]]
-    if bad:
-        raise InvalidArgument(f"indices {bad[:5]} are outside the {run['split']} split (size {xs.shape[0]})")
+    store.set_sigma_params(run_id, prepared.sigma_fn.params())
     done = store.done_indices(run_id)
-    todo = [i for i in indices if i not in done]
+    todo = [i for i in prepared.indices if i not in done]
     if todo:
-        select = torch.tensor(todo, dtype=torch.int64)
-        classify, size = make_classifier(model, run["options"], device, batch_size or run["batch_size"],
-                                         dataset.input_shape)
+        xs, ys, sigmas = prepared.inputs(todo)
+        engine, dataset = prepared.engine, prepared.dataset
         for result in iter_certify(
-            classify, xs[select], ys[select], todo, sigma_fn, int(run["n0"]), int(run["n"]),
-            float(run["alpha"]), dataset.num_classes, size, device, int(run["seed"] or 0),
-            float(sigma_fn.r), dataset.dim, progress=progress, cancel=cancel,
+            engine.classify, xs, ys, todo, prepared.sigma_fn, int(run["n0"]), int(run["n"]),
+            float(run["alpha"]), dataset.num_classes, engine.batch_size, prepared.device, int(run["seed"] or 0),
+            float(prepared.sigma_fn.r), dataset.dim, progress=progress, cancel=cancel, sigmas=sigmas,
         ):
             store.add_result(run_id, result)
-    store.set_status(run_id, "done", f"{len(indices)} points certified")
+    store.set_status(run_id, "done", f"{cost.plural(len(prepared.indices), 'point')} certified")
     return "done"
 
 
@@ -500,18 +600,21 @@ def engine_options(options: dict | None) -> speed.EngineOptions:
     return speed.EngineOptions(**options)
 
 
-def make_classifier(
+def engine_classifier(
     model: nn.Module,
     options: dict | None,
     device: torch.device | str,
     batch_size: int | str | None,
     input_shape: tuple[int, ...],
-) -> tuple[Classifier, int]:
+) -> EngineClassifier:
     """The base classifier as the engine calls it, prepared with the run's speed options.
 
-    Returns (classifier, batch size); ``batch_size`` "auto" is measured from free device memory.
-    See smoothviz.speed for the options and the soundness caveat of autocast. Options a run does
-    not set take the engine's defaults (channels_last on CPU for (C, H, W) inputs).
+    ``batch_size`` "auto" is measured from free device memory, None is the engine's default. The
+    memory of a batch (measured on a probe batch, times the sampling threads that each hold one)
+    is checked against free memory before anything batch-sized is allocated (compilation and
+    CUDA graphs allocate a full batch). See smoothviz.speed for the options and the soundness
+    caveat of autocast. Options a run does not set take the engine's defaults (channels_last on
+    CPU for (C, H, W) inputs).
     """
     device = torch.device(device)
     opts = engine_options(options)
@@ -520,8 +623,27 @@ def make_classifier(
         # CPU default for images: NHWC convolutions ran 2x faster for the shipped digits and
         # Fashion-MNIST CNNs on the 2-core dev machine; same noise draws, same fp32 classifier.
         opts = replace(opts, channels_last=True)
+    probe = speed.measure_memory_per_sample(model, shape, device, opts)
     if batch_size == "auto":
-        size = speed.auto_batch_size(model, shape, device, options=opts)
+        size = speed.auto_batch_size(model, shape, device, options=opts, probe=probe)
+    elif batch_size is None:
+        size = 8192 if device.type == "cuda" else speed.cpu_batch_size(model, shape, opts, probe)
     else:
-        size = int(batch_size) if batch_size is not None else speed.default_batch_size(device, model, shape, opts)
-    return speed.prepare_model(model, opts, device, (size, *shape)), size
+        size = int(batch_size)
+    eager = not (opts.compile or opts.cuda_graphs)
+    threads = sampling_threads(argmax_classifier(model), device, seeded=True) if eager else 1
+    cost.check_memory(shape, size, device, probe.bytes_per_sample, threads)
+    predictor = speed.prepare_model(model, opts, device, (size, *shape))
+    return EngineClassifier(predictor, size, probe.bytes_per_sample, threads)
+
+
+def make_classifier(
+    model: nn.Module,
+    options: dict | None,
+    device: torch.device | str,
+    batch_size: int | str | None,
+    input_shape: tuple[int, ...],
+) -> tuple[Classifier, int]:
+    """(classifier, batch size) of ``engine_classifier``."""
+    engine = engine_classifier(model, options, device, batch_size, input_shape)
+    return engine.classify, engine.batch_size

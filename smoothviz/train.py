@@ -3,13 +3,15 @@
 Each training point x gets noise N(0, sigma(x)^2 I) in pixel space (Cohen et al. 2019, Sec. 3.1
 trains the base classifier under the smoothing noise; Sukenik et al. 2022, Sec. 6 do the same with
 sigma(x), where a training point's own kNN distance leaves the point itself out). Training is
-seeded per epoch so that a run resumed from its epoch checkpoint ends with the same weights.
+seeded per epoch so that a run resumed from its epoch checkpoint ends with the same weights; the
+epoch checkpoint also keeps each finished epoch's loss and accuracy, which a resumed run reports
+again first, so its log holds the whole history. ``estimate_training`` checks a training and
+measures how long it will take before anything is trained or written.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -19,11 +21,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from smoothviz import cost, speed
 from smoothviz.data import DATASET_INFO, Dataset
 from smoothviz.device import resolve_device
 from smoothviz.errors import Cancelled, InvalidArgument
 from smoothviz.models import build_model, read_checkpoint, save_checkpoint
-from smoothviz.sigma import KNN, SigmaFunction, build_sigma
+from smoothviz.outputs import atomic_output
+from smoothviz.sigma import KNN, SigmaFunction, build_sigma, check_knn_k, parse_sigma_spec
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step")
@@ -101,6 +105,70 @@ def _validate(dataset: Dataset, epochs: int, batch_size: int, lr: float, optimiz
         raise InvalidArgument(f"dataset {dataset.name!r} has an empty split")
 
 
+def epoch_message(epoch: int, epochs: int, loss: float, accuracy: float) -> str:
+    """The line printed after each epoch (``plots_explore.epoch_history`` parses this format)."""
+    return f"epoch {epoch}/{epochs}: loss {loss:.4f}, noisy train accuracy {accuracy:.4f}"
+
+
+def _model(dataset: Dataset, arch: str, seed: int) -> nn.Module:
+    """The untrained model, initialised from ``seed`` without touching the global generator."""
+    info = DATASET_INFO.get(dataset.name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(arch, dataset.input_shape, dataset.num_classes,
+                           mean=info.mean if info else None, std=info.std if info else None)
+
+
+def estimate_training(
+    dataset: Dataset,
+    arch: str,
+    sigma_spec: str,
+    epochs: int,
+    batch_size: int = 128,
+    lr: float | None = None,
+    optimizer: str = "sgd",
+    device: str = "auto",
+    schedule: str = "cosine",
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+) -> cost.Estimate:
+    """Check a training like ``train_model`` would and estimate its duration; trains and writes nothing.
+
+    Checks the arguments, that ``arch`` takes the dataset's inputs, the sigma spec (k <= training
+    points, without computing distances), the device, and that a batch with its gradients fits in
+    free memory; then times a few optimisation steps of a fresh copy of the model on random data.
+    """
+    lr = float(DEFAULT_LR.get(optimizer, 1e-3) if lr is None else lr)
+    _validate(dataset, epochs, batch_size, lr, optimizer, schedule, momentum, weight_decay)
+    params = parse_sigma_spec(sigma_spec)
+    if params["kind"] == "knn":
+        check_knn_k(params["k"], len(dataset.train_x), sigma_spec)
+    dev = resolve_device(device)
+    n = len(dataset.train_x)
+    batch = min(int(batch_size), n)
+    model = _model(dataset, arch, 0).to(dev)
+    probe = speed.measure_memory_per_sample(model, tuple(dataset.input_shape), dev)
+    # training keeps every activation for the backward pass and one gradient of each: twice inference
+    cost.check_memory(dataset.input_shape, batch, dev, 2 * probe.bytes_per_sample)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    generator = torch.Generator(device=dev).manual_seed(0)
+    x = torch.rand((batch, *dataset.input_shape), generator=generator, device=dev)
+    y = torch.randint(0, dataset.num_classes, (batch,), generator=generator, device=dev)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step() -> None:
+        loss = loss_fn(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    rate = cost.measure_train_rate(step)
+    return cost.estimate_train(int(epochs), math.ceil(n / batch_size), batch, rate)
+
+
 def _load_resume(path: Path, config: dict) -> dict | None:
     """The resume state when it belongs to the same configuration, else None."""
     if not path.is_file():
@@ -116,15 +184,14 @@ def _load_resume(path: Path, config: dict) -> dict | None:
 
 
 def _save_resume(path: Path, config: dict, epoch: int, model: nn.Module,
-                 opt: torch.optim.Optimizer, seconds: float) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save({
-        "format": RESUME_FORMAT, "config": config, "epoch": epoch, "seconds": seconds,
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": opt.state_dict(),
-    }, tmp)
-    os.replace(tmp, path)
+                 opt: torch.optim.Optimizer, seconds: float, history: list[list[float]]) -> None:
+    """The state after ``epoch``, with ``history``: [loss, noisy train accuracy] of every finished epoch."""
+    with atomic_output(path, "wb", what="resume file") as fh:
+        torch.save({
+            "format": RESUME_FORMAT, "config": config, "epoch": epoch, "seconds": seconds,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": opt.state_dict(), "history": history,
+        }, fh)
 
 
 def _finished_meta(out: Path, config: dict) -> dict | None:
@@ -161,7 +228,11 @@ def train_model(
     After each epoch the state goes to ``resume_path(out)``; calling again with the same arguments
     continues from there (and returns at once when ``out`` already holds this exact training).
     ``progress`` receives dicts with done/total batches, epoch, loss, rate, eta and a message;
+    after each epoch one with ``event`` "epoch" whose message is ``epoch_message``; a resumed
+    training first reports the epochs finished before (``replayed`` true), in the same form.
     ``cancel`` is polled between batches and raises Cancelled (the last epoch stays resumable).
+    A loss that turns NaN or infinite stops the training (InvalidArgument) before that epoch is
+    saved.
     """
     out = Path(out)
     lr = float(DEFAULT_LR.get(optimizer, 1e-3) if lr is None else lr)
@@ -183,15 +254,10 @@ def train_model(
                     "epochs": epochs, "message": f"{out} already holds this training"})
             return done_meta
     dev = resolve_device(device)
-    info = DATASET_INFO.get(dataset.name)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_model(arch, dataset.input_shape, dataset.num_classes,
-                            mean=info.mean if info else None, std=info.std if info else None)
-    model = model.to(dev)
+    model = _model(dataset, arch, seed).to(dev)
     if sigma_spec.strip().lower().startswith("knn"):
         report({"done": 0, "total": total, "status": "running", "event": "setup",
-                "message": f"computing kNN distances among the {n} training points"})
+                "message": f"computing kNN distances among the {cost.plural(n, 'training point')}"})
     sigma_fn: SigmaFunction = build_sigma(sigma_spec, dataset.train_x, device=dev)
     train_x, train_y = dataset.train_x.to(dev), dataset.train_y.to(dev)
     if isinstance(sigma_fn, KNN):
@@ -207,11 +273,16 @@ def train_model(
 
     rpath = resume_path(out)
     start_epoch, seconds = 0, 0.0
+    history: list[list[float]] = []
     state = _load_resume(rpath, config) if resume else None
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start_epoch, seconds = int(state["epoch"]), float(state["seconds"])
+        history = [[float(loss), float(acc)] for loss, acc in state.get("history", [])]
+        for e, (loss, acc) in enumerate(history, start=1):
+            report({"done": e * per_epoch, "total": total, "status": "running", "epoch": e, "epochs": epochs,
+                    "event": "epoch", "replayed": True, "message": epoch_message(e, epochs, loss, acc)})
 
     loss_fn = nn.CrossEntropyLoss()
     t_start = time.monotonic()
@@ -249,11 +320,14 @@ def train_model(
                 "message": f"epoch {epoch + 1}/{epochs}",
             })
         seconds += time.monotonic() - epoch_t0
-        epoch_msg = (f"epoch {epoch + 1}/{epochs}: loss {loss_sum / n:.4f}, "
-                     f"noisy train accuracy {correct / n:.4f}")
+        if not math.isfinite(loss_sum):
+            raise InvalidArgument(f"training diverged in epoch {epoch + 1}: the loss is {loss_sum / n}; "
+                                  "lower the learning rate (--lr)")
+        history.append([loss_sum / n, correct / n])
         report({"done": (epoch + 1) * per_epoch, "total": total, "status": "running",
-                "epoch": epoch + 1, "epochs": epochs, "event": "epoch", "message": epoch_msg})
-        _save_resume(rpath, config, epoch + 1, model, opt, seconds)
+                "epoch": epoch + 1, "epochs": epochs, "event": "epoch",
+                "message": epoch_message(epoch + 1, epochs, loss_sum / n, correct / n)})
+        _save_resume(rpath, config, epoch + 1, model, opt, seconds, history)
 
     eval_gen = torch.Generator(device=dev).manual_seed(seed + 20_231)
     test_sigma = sigma_fn(dataset.test_x.to(dev))

@@ -10,10 +10,12 @@ import math
 import pytest
 import torch
 
+from smoothviz import cost
 from smoothviz.bench import EXTRAPOLATE_N, EXTRAPOLATE_N0, format_table, seconds_per_point
 from smoothviz.cli import main
 from smoothviz.data import load_dataset
 from smoothviz.models import build_model, save_checkpoint
+from smoothviz.store import file_sha256
 
 VARIANTS = "default,contiguous,fast-bf16,batch-auto,cuda-graphs"
 
@@ -34,20 +36,21 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bench_run(checkpoint, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    folder = tmp_path_factory.mktemp("bench")
+    out, db = folder / "bench.json", folder / "r.db"
     args = ["bench", "--device", "cpu", "--model", str(checkpoint), "--n", "300", "--points", "2",
             "--repeats", "1", "--variants", VARIANTS, "--ceiling-batches", "64,256", "--solver-points", "20",
-            "--threads", "1", "--out", str(out), "--quiet"]
+            "--threads", "1", "--out", str(out), "--db", str(db), "--quiet"]
     printed = io.StringIO()
     threads = torch.get_num_threads()
     with contextlib.redirect_stdout(printed):
         code = main(args)
     torch.set_num_threads(threads)
-    return code, out, printed.getvalue()
+    return code, out, printed.getvalue(), db
 
 
 def test_bench_writes_json_with_every_field(bench_run):
-    code, out, printed = bench_run
+    code, out, printed, _ = bench_run
     assert code == 0
     data = json.loads(out.read_text())
     assert {"created", "command", "machine", "settings", "notes", "models", "radius_solver"} <= set(data)
@@ -88,6 +91,29 @@ def test_bench_writes_json_with_every_field(bench_run):
     assert "engine cuda-graphs" in printed and "n/a" in printed
 
 
+def test_bench_records_the_default_engine_rate_for_estimates(bench_run, checkpoint):
+    _, out, _, db = bench_run
+    (mod,) = json.loads(out.read_text())["models"]
+    assert mod["checkpoint_sha256"] == file_sha256(checkpoint)
+    default = mod["engine"]["default"]
+    rate = cost.sample_rate(checkpoint, "cpu", default["batch_size"], {}, cache=cost.rates_file(db))
+    assert rate.source.startswith("recorded by bench on ")
+    assert rate.samples_per_second == pytest.approx(default["images_per_s"])
+    assert not db.exists()  # only the rates file lies next to the store; bench writes no store
+
+
+def test_planned_samples_count_every_task(checkpoint):
+    from smoothviz.bench import BenchModel, planned_samples
+    from smoothviz.speed import EngineOptions
+
+    model = build_model("mlp", (2,), 2)
+    bm = BenchModel("m", model, (2,), 2, torch.rand(3, 2), 0.25, "random")
+    one = planned_samples(bm, torch.device("cpu"), 100, 1, {"default": EngineOptions()}, [64])
+    # per round: ceiling ceil(300/64)*64 = 320, reference 300, engine + own ceiling 600; two rounds; one preparation
+    assert one == 2 * (320 + 300 + 600) + 300
+    assert planned_samples(bm, torch.device("cpu"), 100, 3, {"default": EngineOptions()}, [64]) == 4 * 1220 + 300
+
+
 def test_seconds_per_point_extrapolates_from_throughput():
     assert seconds_per_point(100_100.0) == pytest.approx(1.0)
     assert seconds_per_point(0.0) == math.inf
@@ -98,7 +124,8 @@ def test_seconds_per_point_extrapolates_from_throughput():
     [(["--model", "resnet110"], "--allow-cpu-resnet"), (["--variants", "default,turbo"], "unknown 'turbo'")],
 )
 def test_bench_rejects_bad_requests(extra, message, capsys, tmp_path):
-    code = main(["bench", "--device", "cpu", "--n", "10", "--out", str(tmp_path / "x.json"), *extra])
+    code = main(["bench", "--device", "cpu", "--n", "10", "--out", str(tmp_path / "x.json"), "--db",
+                 str(tmp_path / "r.db"), *extra])
     assert code == 2
     assert message in capsys.readouterr().err
 
@@ -108,7 +135,8 @@ def test_bench_runs_resnet_path_on_cpu_when_allowed(tmp_path):
     out = tmp_path / "resnet.json"
     code = main(["bench", "--device", "cpu", "--model", "resnet20", "--allow-cpu-resnet", "--n", "16",
                  "--points", "1", "--repeats", "1", "--variants", "default,contiguous",
-                 "--ceiling-batches", "16", "--solver-points", "0", "--threads", "1", "--out", str(out), "--quiet"])
+                 "--ceiling-batches", "16", "--solver-points", "0", "--threads", "1", "--out", str(out),
+                 "--db", str(tmp_path / "r.db"), "--quiet"])
     assert code == 0
     (mod,) = json.loads(out.read_text())["models"]
     assert mod["input_shape"] == [3, 32, 32] and mod["source"] == "random weights"

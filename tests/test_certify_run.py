@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from smoothviz import certify
-from smoothviz.errors import CheckpointError, StoreError
+from smoothviz.errors import CheckpointError, InvalidArgument, SigmaSpecError, StoreError
 from smoothviz.models import build_model, save_checkpoint
 from smoothviz.store import Store
 
@@ -64,15 +64,60 @@ def test_cancel_through_the_store(setup, monkeypatch) -> None:
     assert len(store.results(run_id)) == 10
 
 
-def test_changed_checkpoint_fails_the_run(setup) -> None:
+def test_changed_checkpoint_is_refused_before_the_run_is_touched(setup) -> None:
     store, config, ckpt = setup
     run_id = store.create_run(**config)
+    before = store.run(run_id)
     save_checkpoint(ckpt, build_model("cnn-small", (1, 8, 8), 10),
                     {"dataset": "digits", "arch": "cnn-small", "input_shape": [1, 8, 8], "num_classes": 10})
-    with pytest.raises(CheckpointError, match="changed"):
+    with pytest.raises(CheckpointError, match="changed since run 1 was created"):
         certify.run_certification(store, run_id)
-    info = store.run(run_id)
-    assert info["status"] == "failed" and "changed" in info["message"]
+    after = store.run(run_id)
+    assert after["status"] == "pending" and after["message"] == before["message"]
+    assert after["updated"] == before["updated"] and len(store.results(run_id)) == 0
+
+
+@pytest.mark.parametrize("change, error, match", [
+    ({"indices": [0, 400]}, InvalidArgument, "outside the test split"),
+    ({"sigma_spec": "knn:0.25,0.4,5000"}, SigmaSpecError, "exceeds the 1437 training points"),
+    ({"sigma_spec": "knn:0.25,100,20"}, SigmaSpecError, "outside"),
+    ({"n0": 500}, InvalidArgument, "n0 must be in"),
+    ({"options": {"turbo": True}}, InvalidArgument, "unknown engine options"),
+    ({"batch_size": 10**12}, InvalidArgument, "a batch needs about"),
+])
+def test_a_recorded_run_that_cannot_execute_is_refused_untouched(setup, change, error, match) -> None:
+    store, config, _ = setup
+    run_id = store.create_run(**{**config, **change})
+    before = store.run(run_id)
+    with pytest.raises(error, match=match):
+        certify.run_certification(store, run_id)
+    after = store.run(run_id)
+    assert (after["status"], after["message"], after["updated"]) == (before["status"], before["message"],
+                                                                     before["updated"])
+    assert len(store.results(run_id)) == 0
+
+
+def test_nan_weights_are_refused_before_sampling(setup, tmp_path: Path) -> None:
+    store, config, _ = setup
+    model = build_model("cnn-small", (1, 8, 8), 10)
+    with torch.no_grad():
+        model[1][0].weight[0, 0, 0, 0] = float("nan")
+    bad = tmp_path / "nan.pt"
+    save_checkpoint(bad, model, {"dataset": "digits", "arch": "cnn-small", "input_shape": [1, 8, 8], "num_classes": 10})
+    run_id = store.create_run(**{**config, "checkpoint": str(bad)})
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        certify.run_certification(store, run_id)
+    assert store.run(run_id)["status"] == "pending" and len(store.results(run_id)) == 0
+
+
+def test_prepared_run_holds_checked_sigmas_and_warns_about_absurd_spans(setup) -> None:
+    _, config, _ = setup
+    plain = certify.prepare_run({**config, "sigma_spec": "knn:0.25,0.4,20"})
+    assert plain.sigma_warning is None and plain.sigmas.shape == (len(config["indices"]),)
+    expected = plain.sigma_fn(plain.dataset.test_x[config["indices"]])
+    assert torch.allclose(plain.sigmas, expected)  # sigma(x) of the run's points, in their order
+    wild = certify.prepare_run({**config, "sigma_spec": "knn:0.25,100,20,min=1e-6,max=100"})
+    assert "spans" in wild.sigma_warning and "limit" in wild.sigma_warning
 
 
 def test_imported_runs_cannot_be_executed(setup, tmp_path: Path) -> None:
@@ -87,8 +132,6 @@ def test_imported_runs_cannot_be_executed(setup, tmp_path: Path) -> None:
 
 
 def test_make_classifier_defaults_and_unknown_options() -> None:
-    from smoothviz.errors import InvalidArgument
-
     model = build_model("cnn-small", (1, 8, 8), 10)
     clf, size = certify.make_classifier(model, {}, "cpu", None, (1, 8, 8))
     assert size == 256 and clf.applied["channels_last"] is True  # CPU defaults for images

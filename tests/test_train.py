@@ -12,8 +12,9 @@ import torch
 from smoothviz import data, train
 from smoothviz.cli import main
 from smoothviz.data import load_dataset
-from smoothviz.errors import Cancelled
+from smoothviz.errors import Cancelled, InvalidArgument, SigmaSpecError
 from smoothviz.models import load_checkpoint
+from smoothviz.plots_explore import epoch_history
 from smoothviz.sigma import KNN, build_sigma
 from smoothviz.train import evaluate, resume_path, train_model
 
@@ -88,15 +89,20 @@ def test_resume_after_cancel_ends_with_the_same_weights(tmp_path):
         polls.append(1)
         return len(polls) > 20
 
+    first = []
     with pytest.raises(Cancelled, match="rerun to resume from epoch 1"):
-        train_model(ds, "mlp", "constant:0.1", 3, out, cancel=cancel_in_second_epoch, **args)
+        train_model(ds, "mlp", "constant:0.1", 3, out, cancel=cancel_in_second_epoch, progress=first.append, **args)
     assert not out.exists()
     state = torch.load(resume_path(out), weights_only=True)
     assert state["epoch"] == 1
 
     events = []
     resumed = train_model(ds, "mlp", "constant:0.1", 3, out, progress=events.append, **args)
-    assert events[0]["done"] == 16 and events[0]["epoch"] == 2  # continued in epoch 2
+    # the finished epoch is reported again first, exactly as it was when it finished
+    (before,) = [e for e in first if e.get("event") == "epoch"]
+    assert events[0]["replayed"] and events[0]["message"] == before["message"] and events[0]["done"] == 15
+    assert events[1]["done"] == 16 and events[1]["epoch"] == 2  # continued in epoch 2
+    assert [e["epoch"] for e in events if e.get("event") == "epoch"] == [1, 2, 3]
     assert not resume_path(out).exists()
     a = torch.load(tmp_path / "a.pt", weights_only=True)["state_dict"]
     b = torch.load(out, weights_only=True)["state_dict"]
@@ -141,7 +147,61 @@ def test_cli_trains_and_writes_the_progress_file(tmp_path, capsys):
     state = json.loads(progress.read_text())
     assert state["status"] == "done" and state["done"] == state["total"] == 24
     assert "clean accuracy" in state["message"] and "epoch 2/2" in stderr
-    assert "computing kNN distances among the 1500 training points" in stderr
+    assert "computing kNN distances among the 1,500 training points" in stderr
+    assert "training mlp on toy2d-moons (1,500 points)" in stderr and "for 2 epochs" in stderr
+    assert "estimate: " in stderr and "2 epochs × 12 batches of 128 at" in stderr
+
+
+def test_a_resumed_cli_log_holds_every_epoch(tmp_path, capsys):
+    ds = load_dataset("toy2d-blobs")
+    out = tmp_path / "b.pt"
+    first = []
+    polls = []
+    with pytest.raises(Cancelled):
+        train_model(ds, "mlp", "constant:0.1", 3, out, batch_size=100, seed=1, device="cpu",
+                    progress=first.append, cancel=lambda: polls.append(1) or len(polls) > 20)
+    code, _, stderr = _cli(capsys, "--dataset", "toy2d-blobs", "--arch", "mlp", "--sigma", "constant:0.1",
+                           "--epochs", "3", "--batch-size", "100", "--seed", "1", "--device", "cpu",
+                           "--out", str(out))
+    assert code == 0, stderr
+    history = epoch_history(stderr)
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    (before,) = [e["message"] for e in first if e.get("event") == "epoch"]
+    assert epoch_history(before) == history[:1]  # epoch 1 as the first, interrupted job printed it
+    assert stderr.count(before) == 1
+
+
+def test_a_diverging_training_stops_before_saving_that_epoch(tmp_path):
+    ds = load_dataset("toy2d-moons")
+    out = tmp_path / "m.pt"
+    with pytest.raises(InvalidArgument, match="training diverged in epoch 1: the loss is .*lower the learning rate"):
+        train_model(ds, "mlp", "constant:0.1", 2, out, lr=1e30, device="cpu")
+    assert not out.exists() and not resume_path(out).exists()
+
+
+def test_estimate_training_checks_everything_before_any_distance(monkeypatch):
+    import smoothviz.speed as speed
+
+    ds = load_dataset("toy2d-moons")
+    monkeypatch.setattr(train, "KNN", lambda *a, **k: pytest.fail("no kNN distances for an estimate"))
+    with pytest.raises(SigmaSpecError, match="k=2000 exceeds the 1500 training points"):
+        train.estimate_training(ds, "mlp", "knn:0.25,0.1,2000", 1, device="cpu")
+    with pytest.raises(InvalidArgument, match="image inputs"):
+        train.estimate_training(ds, "cnn-small", "constant:0.1", 1, device="cpu")
+    estimate = train.estimate_training(ds, "mlp", "knn:0.25,0.1,20", 3, batch_size=100, device="cpu")
+    assert estimate.seconds > 0 and "3 epochs × 15 batches of 100" in estimate.text
+    monkeypatch.setattr(speed, "available_memory", lambda device: 2**20)
+    with pytest.raises(InvalidArgument, match="a batch needs about"):
+        train.estimate_training(ds, "mlp", "constant:0.1", 1, batch_size=1500, device="cpu")
+
+
+def test_cli_choices_are_the_library_ones(capsys):
+    from smoothviz import models
+    from smoothviz.commands import train as train_cmd
+
+    assert train_cmd.ARCH_CHOICES == models.ARCHITECTURES
+    assert train_cmd.OPTIMIZER_CHOICES == train.OPTIMIZERS and train_cmd.SCHEDULE_CHOICES == train.SCHEDULES
+    assert train_cmd.LR_HELP == ", ".join(f"{k} {v:g}" for k, v in train.DEFAULT_LR.items())
 
 
 @pytest.mark.parametrize("argv,match", [

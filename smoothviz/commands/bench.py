@@ -1,7 +1,10 @@
 """``smoothviz bench``: the engine against the forward ceiling and the reference loop, side by side.
 
 Without ``--model`` it benchmarks the shipped digits and fashion-mnist checkpoints (and, on a
-CUDA device, a CIFAR ResNet-110 with random weights). Prints a table and writes JSON.
+CUDA device, a CIFAR ResNet-110 with random weights). Prints a table and writes JSON; the
+engine's default rate of each checkpoint is recorded next to the results store, where
+``certify`` and the dashboard's estimates find it. The output file, the models, the memory of the
+largest batch and the duration are checked before anything is measured.
 """
 
 from __future__ import annotations
@@ -12,16 +15,18 @@ import shlex
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from smoothviz.bench import VARIANT_NAMES, BenchModel, engine_variants, format_table, run_bench, variant_options
-from smoothviz.commands._args import positive_int
-from smoothviz.data import DATASET_INFO, load_dataset
-from smoothviz.device import DEVICE_CHOICES_HELP, keep_cpu_buffers, resolve_device
+from smoothviz import cost
+from smoothviz.commands._args import add_db_argument
+from smoothviz.commands.certify import checked_output
+from smoothviz.device import DEVICE_CHOICES_HELP
 from smoothviz.errors import CheckpointError, InvalidArgument
-from smoothviz.models import build_model, list_checkpoints, load_checkpoint
-from smoothviz.speed import set_cpu_threads
+
+if TYPE_CHECKING:
+    import torch
+
+    from smoothviz.bench import BenchModel
 
 NAME = "bench"
 HELP = "Benchmark certification speed: forward ceiling, reference loop and engine options (table + JSON)."
@@ -29,6 +34,28 @@ HELP = "Benchmark certification speed: forward ceiling, reference loop and engin
 SHIPPED = ("digits", "fashion-mnist")
 RANDOM_ARCHS = ("resnet110", "resnet20")
 DEFAULT_SIGMA = 0.25
+DEFAULT_OUT_DIR = Path("benchmarks/results")
+# Bounds of one benchmark's size (a benchmark measures; it is not a workload).
+MAX_N = 10_000_000
+MAX_POINTS = 1000
+MAX_REPEATS = 100
+MAX_SOLVER_POINTS = 1_000_000
+MAX_THREADS = 1024
+
+
+def _bounded(low: int, high: int):
+    """An argparse type: an integer in [low, high]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside {low:,} to {high:,}")
+        return value
+
+    return parse
 
 
 def _int_list(text: str) -> list[int]:
@@ -47,30 +74,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoint path, a shipped dataset (digits, fashion-mnist) or resnet110/resnet20 "
                              "(CIFAR shape, random weights); repeatable (default: digits and fashion-mnist, "
                              "plus resnet110 on CUDA)")
-    parser.add_argument("--n", type=positive_int, default=None,
-                        help="noisy samples per point in each timed call (default 10000 on CPU, 100000 on CUDA)")
-    parser.add_argument("--points", type=positive_int, default=2, help="test points sampled together (default 2)")
-    parser.add_argument("--repeats", type=positive_int, default=3, help="timed repeats; medians are reported (default 3)")
+    parser.add_argument("--n", type=_bounded(1, MAX_N), default=None,
+                        help=f"noisy samples per point in each timed call, at most {MAX_N:,} "
+                             "(default 10000 on CPU, 100000 on CUDA)")
+    parser.add_argument("--points", type=_bounded(1, MAX_POINTS), default=2,
+                        help=f"test points sampled together, at most {MAX_POINTS} (default 2)")
+    parser.add_argument("--repeats", type=_bounded(1, MAX_REPEATS), default=3,
+                        help=f"timed repeats, at most {MAX_REPEATS}; medians are reported (default 3)")
     parser.add_argument("--variants", default=None,
-                        help="comma-separated engine variants: " + ", ".join(VARIANT_NAMES)
-                             + " (default: on CPU all but channels_last, fast-fp16 and cuda-graphs; "
-                             "on CUDA all but contiguous)")
+                        help="comma-separated engine variants (an unknown name lists them; default: on CPU "
+                             "all but channels_last, fast-fp16 and cuda-graphs; on CUDA all but contiguous)")
     parser.add_argument("--ceiling-batches", type=_int_list, default=None,
                         help="batch sizes tried for the forward ceiling (default 64,256,1024,4096 on CPU, "
                              "1024,4096,16384 on CUDA, and the engine's default batch for each model)")
-    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores allowed)")
-    parser.add_argument("--solver-points", type=int, default=1000,
+    parser.add_argument("--threads", type=_bounded(1, MAX_THREADS), default=None,
+                        help="CPU threads (default: all cores allowed)")
+    parser.add_argument("--solver-points", type=_bounded(0, MAX_SOLVER_POINTS), default=1000,
                         help="points for the radius-solver timing at dimension 3072 (0 skips it; default 1000)")
     parser.add_argument("--no-knn", action="store_true", help="skip the kNN sigma(x) timing")
     parser.add_argument("--allow-cpu-resnet", action="store_true",
                         help="allow resnet110/resnet20 on a CPU (slow: use a small --n)")
+    parser.add_argument("--allow-long", action="store_true",
+                        help="run even when the estimate exceeds a day (otherwise refused)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="JSON file (default benchmarks/results/bench-DEVICE-TIME.json)")
+                        help=f"JSON file (default {DEFAULT_OUT_DIR}/bench-DEVICE-TIME.json)")
+    add_db_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
 def _shipped_checkpoint(dataset: str) -> Path:
     """The shipped constant-sigma checkpoint of ``dataset`` (sigma 0.25 preferred)."""
+    from smoothviz.models import list_checkpoints
+
     found = [(p, m) for p, m in list_checkpoints(("assets",), dataset=dataset)
              if str(m.get("sigma", "")).startswith("constant:")]
     if not found:
@@ -80,23 +115,38 @@ def _shipped_checkpoint(dataset: str) -> Path:
 
 
 def _points(x: torch.Tensor, count: int) -> torch.Tensor:
+    import torch
+
     idx = torch.linspace(0, x.shape[0] - 1, min(count, x.shape[0])).round().long()
     return x[idx]
 
 
 def _from_checkpoint(path: Path, points: int) -> BenchModel:
-    model, meta = load_checkpoint(path)
-    ds = load_dataset(meta["dataset"])
+    from smoothviz.bench import BenchModel
+    from smoothviz.data import load_dataset
+    from smoothviz.models import load_checkpoint, read_checkpoint
+    from smoothviz.store import file_sha256
+
+    dataset = read_checkpoint(path)["meta"]["dataset"]
+    ds = load_dataset(dataset)
+    model, meta = load_checkpoint(path, expected_dataset=ds.name)
     spec = str(meta.get("sigma") or "")
     sigma = float(spec.split(":")[1]) if spec.startswith("constant:") else DEFAULT_SIGMA
     return BenchModel(
         name=f"{meta['dataset']} {meta['arch']}", model=model, input_shape=tuple(ds.input_shape),
         num_classes=ds.num_classes, points=_points(ds.test_x, points), sigma=sigma, source=str(path),
-        train_x=ds.train_x, extra={"dataset": meta["dataset"], "arch": meta["arch"]},
+        train_x=ds.train_x,
+        extra={"dataset": meta["dataset"], "arch": meta["arch"], "checkpoint_sha256": file_sha256(path)},
     )
 
 
 def _random_resnet(arch: str, points: int) -> BenchModel:
+    import torch
+
+    from smoothviz.bench import BenchModel
+    from smoothviz.data import DATASET_INFO
+    from smoothviz.models import build_model
+
     info = DATASET_INFO["cifar10"]
     torch.manual_seed(0)
     model = build_model(arch, info.input_shape, info.num_classes).eval()
@@ -125,7 +175,55 @@ def resolve_models(specs: list[str] | None, device: torch.device, points: int, a
     return models
 
 
+def _check_and_estimate(models: list[BenchModel], device: torch.device, n: int, args: argparse.Namespace,
+                        variants: dict, cache: Path) -> cost.Estimate:
+    """Refuse batches that cannot fit in memory; the benchmark's duration at each model's engine rate."""
+    import math
+
+    import torch
+
+    from smoothviz.bench import default_ceiling_batches, planned_samples
+    from smoothviz.certify import engine_classifier
+    from smoothviz.speed import measure_memory_per_sample
+
+    seconds, samples = 0.0, 0
+    threads = torch.get_num_threads() if device.type == "cpu" else 1
+    for bm in models:
+        batches = args.ceiling_batches or default_ceiling_batches(device, bm.model, bm.input_shape)
+        probe = measure_memory_per_sample(bm.model, bm.input_shape, device)
+        cost.check_memory(bm.input_shape, max(batches), device, probe.bytes_per_sample, threads, "--ceiling-batches")
+        # every ceiling setting keeps its input batch (one per thread) until the timing ends
+        formats = 2 if len(bm.input_shape) == 3 else 1
+        cost.check_memory(bm.input_shape, sum(batches) * formats * threads, device,
+                          math.prod(bm.input_shape) * 4, 1, "--ceiling-batches")
+        engine = engine_classifier(bm.model, {}, device, None, bm.input_shape)
+        _, rate = cost.engine_rate(bm.extra.get("checkpoint_sha256") or "", engine, bm.input_shape,
+                                   bm.num_classes, device, {}, cache)
+        planned = planned_samples(bm, device, n, args.repeats, variants, args.ceiling_batches)
+        samples += planned
+        seconds += planned / rate.samples_per_second
+    text = (f"{cost.duration_text(seconds)} ({cost.plural(samples, 'noisy sample')} over "
+            f"{cost.plural(len(models), 'model')} at each one's engine rate)")
+    return cost.Estimate(seconds, text)
+
+
+def _record_rates(result: dict, device: torch.device, cache: Path) -> None:
+    """Each checkpoint's default engine rate, for certify's and the dashboard's estimates."""
+    for mod in result["models"]:
+        default = mod["engine"].get("default", {})
+        sha = mod.get("checkpoint_sha256")
+        if sha and "images_per_s" in default:
+            cost.record_rate(cost.rate_key(sha, device, default["batch_size"], {}), default["images_per_s"],
+                             "bench", cache)
+
+
 def run(args: argparse.Namespace) -> int:
+    from smoothviz.bench import engine_variants, format_table, run_bench, variant_options
+    from smoothviz.device import keep_cpu_buffers, resolve_device
+    from smoothviz.outputs import write_output
+    from smoothviz.speed import set_cpu_threads
+
+    out = checked_output(args.out) if args.out is not None else None
     device = resolve_device(args.device)
     keep_cpu_buffers()  # as certify and predict do, so the engine is timed as it runs there
     threads = set_cpu_threads(args.threads)
@@ -136,15 +234,22 @@ def run(args: argparse.Namespace) -> int:
         variants = {v: variant_options(v) for v in names}
     n = args.n or (100_000 if device.type == "cuda" else 10_000)
     models = resolve_models(args.model, device, args.points, args.allow_cpu_resnet)
+    cache = cost.rates_file(args.db)
+    estimate = _check_and_estimate(models, device, n, args, variants, cache)
+    cost.refuse_long(estimate, "this benchmark", args.allow_long, "--n, --points or --repeats")
     log = None if args.quiet else (lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
+    if log:
+        log(f"estimate: {estimate.text}")
     command = "python -m smoothviz bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
         if len(sys.argv) > 1 and sys.argv[1] == NAME else ""
     result = run_bench(models, device, n, args.repeats, variants, args.ceiling_batches,
                        knn=not args.no_knn, solver_points=args.solver_points, log=log, command=command)
     result["machine"]["threads"] = threads
-    out = args.out or Path("benchmarks/results") / f"bench-{device.type}-{datetime.now():%Y%m%d-%H%M%S}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    if out is None:
+        DEFAULT_OUT_DIR.mkdir(parents=True, exist_ok=True)
+        out = DEFAULT_OUT_DIR / f"bench-{device.type}-{datetime.now():%Y%m%d-%H%M%S}.json"
+    write_output(out, lambda fh: fh.write(json.dumps(result, indent=2, default=str) + "\n"))
+    _record_rates(result, device, cache)
     print(format_table(result))
     print(f"\nJSON written to {out}")
     return 0

@@ -1,4 +1,7 @@
-"""``smoothviz predict``: PREDICT of Cohen et al. (abstains unless a binomial test is significant)."""
+"""``smoothviz predict``: PREDICT of Cohen et al. (abstains unless a binomial test is significant).
+
+Like ``certify``, everything (the output file included) is checked before any sample is drawn.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +11,16 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-from smoothviz.certify import DEFAULT_N, make_classifier, predict_points, select_split
-from smoothviz.commands._args import positive_int
-from smoothviz.commands.certify import add_point_arguments, resolve_points, speed_options
-from smoothviz.data import load_dataset
-from smoothviz.device import keep_cpu_buffers, resolve_device
-from smoothviz.models import load_checkpoint
-from smoothviz.progress import ProgressBar, format_seconds
-from smoothviz.sigma import build_sigma
+from smoothviz import cost
+from smoothviz.commands.certify import (
+    DEFAULT_N,
+    add_point_arguments,
+    checked_output,
+    print_warnings,
+    resolve_points,
+    sample_count,
+    speed_options,
+)
 
 NAME = "predict"
 HELP = "Predict with the smoothed classifier (PREDICT of Cohen et al.: abstain at level alpha)."
@@ -25,42 +28,55 @@ HELP = "Predict with the smoothed classifier (PREDICT of Cohen et al.: abstain a
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_point_arguments(parser)
-    parser.add_argument("--n", type=positive_int, default=DEFAULT_N, help=f"samples per point (default {DEFAULT_N})")
+    parser.add_argument("--n", type=sample_count, default=DEFAULT_N,
+                        help=f"samples per point, at most {cost.N_MAX:,} (default {DEFAULT_N:,})")
     parser.add_argument("--out", type=Path, default=None,
                         help="write the reference code's predict log (idx label predict correct time)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from smoothviz.certify import predict_points, prepare_run
+    from smoothviz.device import keep_cpu_buffers
+    from smoothviz.outputs import write_output
+    from smoothviz.progress import ProgressBar, format_seconds
+    from smoothviz.store import file_sha256
+
     keep_cpu_buffers()
+    out = checked_output(args.out) if args.out is not None else None
     dataset_name, spec, checkpoint, _meta, indices = resolve_points(args)
-    device = resolve_device(args.device)
-    ds = load_dataset(dataset_name)
-    model, _ = load_checkpoint(checkpoint, device=device, expected_dataset=ds.name)
-    sigma_fn = build_sigma(spec, ds.train_x, device=device)
-    xs, ys = select_split(ds, args.split)
-    select = torch.tensor(indices, dtype=torch.int64)
+    options = speed_options(args)
+    prepared = prepare_run(dict(dataset=dataset_name, split=args.split, checkpoint=checkpoint, sigma_spec=spec,
+                                indices=indices, options=options, device=args.device, batch_size=args.batch_size,
+                                n=args.n, alpha=args.alpha))
+    ds, engine = prepared.dataset, prepared.engine
+    _key, rate = cost.engine_rate(file_sha256(checkpoint) or "", engine, ds.input_shape, ds.num_classes,
+                                  prepared.device, options, cost.rates_file())
+    estimate = cost.estimate_certify(len(indices), 0, args.n, rate)
+    cost.refuse_long(estimate, "this prediction", args.allow_long, "--n or --points")
+    print_warnings(estimate, prepared.sigma_warning)
+    xs, ys, sigmas = prepared.inputs(indices)
     bar = None if args.quiet else ProgressBar("points")
     t0 = time.perf_counter()
-    classify, batch_size = make_classifier(model, speed_options(args), device, args.batch_size, ds.input_shape)
     try:
         results = predict_points(
-            classify, xs[select], ys[select], indices, sigma_fn, args.n, args.alpha, ds.num_classes,
-            batch_size, device, args.seed, progress=bar,
+            engine.classify, xs, ys, indices, prepared.sigma_fn, args.n, args.alpha, ds.num_classes,
+            engine.batch_size, prepared.device, args.seed, progress=bar, sigmas=sigmas,
         )
     finally:
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - t0
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("w", encoding="utf-8") as f:
+    if out is not None:
+        def write(f) -> None:
             f.write("idx\tlabel\tpredict\tcorrect\ttime\n")
             for r in results:
                 f.write(f"{r.idx}\t{r.label}\t{r.predict}\t{int(r.correct)}\t{dt.timedelta(seconds=r.seconds)}\n")
-        print(f"wrote {args.out}", file=sys.stderr)
+
+        write_output(out, write)
+        print(f"wrote {out}", file=sys.stderr)
     m = len(results)
     accuracy = sum(r.correct for r in results) / m
     abstained = sum(r.predict == -1 for r in results) / m
-    print(f"{m} points ({ds.name}, {spec}, n={args.n}, alpha={args.alpha:g}) in {format_seconds(seconds)}: "
-          f"accuracy {accuracy:.3f}, abstention {abstained:.1%}")
+    print(f"{cost.plural(m, 'point')} ({ds.name}, {spec}, n={args.n}, alpha={args.alpha:g}) in "
+          f"{format_seconds(seconds)}: accuracy {accuracy:.3f}, abstention {abstained:.1%}")
     return 0
