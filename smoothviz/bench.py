@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from smoothviz import bounds
 from smoothviz.certify import sample_counts
+from smoothviz.cost import plural
 from smoothviz.errors import InvalidArgument
 from smoothviz.noise import derive_seed
 from smoothviz.reference_loop import REFERENCE_BATCH_SIZE, reference_sample_counts
@@ -444,7 +445,7 @@ def format_table(result: dict) -> str:
     for mod in result["models"]:
         lines.append("")
         lines.append(f"{mod['name']}  [{mod['source']}]  input {tuple(mod['input_shape'])}, "
-                     f"{mod['points']} points x n={mod['n']:,}")
+                     f"{plural(mod['points'], 'point')} x n={mod['n']:,}")
         lines.append(head)
         ceil, ref = mod["ceiling"], mod["reference"]
         cpu_ceil = ceil["best_images_per_cpu_s"]
