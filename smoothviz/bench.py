@@ -478,6 +478,11 @@ def format_table(result: dict) -> str:
         lines.append(f"ceiling (fp32) by format, threading and batch size, images/s: {by_batch}")
         best = ceil["best_over_options"]
         lines.append(f"best ceiling over all options: {best['images_per_s']:,.0f} images/s ({best['variant']})")
+        estimate, default = mod.get("estimate_rate"), mod["engine"].get("default", {})
+        if estimate and "images_per_s" in default:
+            lines.append(f"rate behind the time estimates: {estimate['samples_per_s']:,.0f} samples/s "
+                         f"({estimate['source']}), {estimate['samples_per_s'] / default['images_per_s']:.2f}x "
+                         "the engine default measured here")
         if "knn_sigma" in mod:
             k = mod["knn_sigma"]
             frac = k.get("fraction_of_certify_time_n100k")

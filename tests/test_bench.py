@@ -89,6 +89,7 @@ def test_bench_writes_json_with_every_field(bench_run):
     # the printed table is the formatted JSON
     assert format_table(data) in printed
     assert "engine cuda-graphs" in printed and "n/a" in printed
+    assert "rate behind the time estimates" in printed
 
 
 def test_bench_records_the_default_engine_rate_for_estimates(bench_run, checkpoint):
@@ -100,6 +101,8 @@ def test_bench_records_the_default_engine_rate_for_estimates(bench_run, checkpoi
     assert rate.source.startswith("recorded by bench on ")
     assert rate.samples_per_second == pytest.approx(default["images_per_s"])
     assert not db.exists()  # only the rates file lies next to the store; bench writes no store
+    # the rate the estimate used is in the results beside the engine's measured one
+    assert mod["estimate_rate"]["source"] == "measured now" and mod["estimate_rate"]["samples_per_s"] > 0
 
 
 def test_planned_samples_count_every_task(checkpoint):

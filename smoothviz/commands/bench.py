@@ -177,7 +177,11 @@ def resolve_models(specs: list[str] | None, device: torch.device, points: int, a
 
 def _check_and_estimate(models: list[BenchModel], device: torch.device, n: int, args: argparse.Namespace,
                         variants: dict, cache: Path) -> cost.Estimate:
-    """Refuse batches that cannot fit in memory; the benchmark's duration at each model's engine rate."""
+    """Refuse batches that cannot fit in memory; the benchmark's duration at each model's engine rate.
+
+    Each model's rate (``cost.engine_rate``: recorded, else measured now) is also kept in its
+    ``extra["estimate_rate"]``, so the results compare it with the engine's measured throughput.
+    """
     import math
 
     import torch
@@ -199,6 +203,8 @@ def _check_and_estimate(models: list[BenchModel], device: torch.device, n: int, 
         engine = engine_classifier(bm.model, {}, device, None, bm.input_shape)
         _, rate = cost.engine_rate(bm.extra.get("checkpoint_sha256") or "", engine, bm.input_shape,
                                    bm.num_classes, device, {}, cache)
+        # kept in the results, so the bench shows how far the estimates' rate is from the engine's
+        bm.extra["estimate_rate"] = {"samples_per_s": rate.samples_per_second, "source": rate.source}
         planned = planned_samples(bm, device, n, args.repeats, variants, args.ceiling_batches)
         samples += planned
         seconds += planned / rate.samples_per_second
