@@ -1,0 +1,143 @@
+"""The `witness` and `audit-sigma` verbs, through a real subprocess and in-process."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from smoothviz import bounds
+from smoothviz.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "smoothviz", *argv], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_witness_subprocess_prints_one_json_object() -> None:
+    res = _cli("witness", "--dim", "3072", "--sigma0", "0.25", "--pa", "0.999", "--sigma1", "0.26",
+               "--distance", "0.386")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    r = math.log(0.26 / 0.25) / 0.386
+    assert out["r"] == pytest.approx(r, rel=1e-12) and out["r_implied"] is True and out["admissible"] is True
+    assert out["naive_radius"] == pytest.approx(float(bounds.naive_radius(0.999, 0.25)), rel=1e-12)
+    assert out["sound_radius"] == pytest.approx(float(bounds.input_dependent_radius(0.999, 0.25, r, 3072)),
+                                                rel=1e-12)
+    assert out["worst_case_probability"] == pytest.approx(
+        float(bounds.worst_case_probability(0.25, 0.26, 0.386, 0.999, 3072)), abs=1e-15)
+    assert out["sound_radius"] < 0.386 < out["naive_radius"] and out["worst_case_probability"] < 0.5
+    assert out["broken"] is True and out["region"] == "ball" and out["naive_is_not_a_guarantee"] is True
+    assert "verify" not in out
+
+
+def test_witness_with_verify_in_process(capsys: pytest.CaptureFixture[str], one_thread) -> None:
+    argv = ["witness", "--dim", "784", "--sigma0", "0.25", "--pa", "0.999", "--sigma1", "0.23",
+            "--distance", "0.3", "--verify", "4000", "--alpha", "0.001", "--seed", "2"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    v = out["verify"]
+    assert out["broken"] is True and out["region"] == "complement"
+    assert v["n"] == 4000 and sum(v["x0"]["counts"]) == 4000 and sum(v["x1"]["counts"]) == 4000
+    lo, hi = v["x1"]["interval"]
+    assert v["x1"]["p_a_upper"] < 0.5 and lo <= out["worst_case_probability"] <= hi
+    assert v["x0"]["interval"][0] <= 0.999 <= v["x0"]["interval"][1]
+    assert v["x0"]["predict"] == 0 and v["x0"]["naive_radius_issued"] > 0.3
+    assert v["confirmed"] is True and v["issued_covers_x1"] is True and v["x1_not_a"] is True
+    assert main(argv) == 0  # same seed, same counts
+    again = json.loads(capsys.readouterr().out)["verify"]
+    assert (again["x0"]["counts"], again["x1"]["counts"]) == (v["x0"]["counts"], v["x1"]["counts"])
+
+
+def test_witness_with_a_given_r(capsys: pytest.CaptureFixture[str]) -> None:
+    # r = 0.05 does not allow sigma1/sigma0 = 1.04 at d = 0.386: the pair is not admissible for it
+    assert main(["witness", "--dim", "3072", "--sigma0", "0.25", "--pa", "0.999", "--sigma1", "0.26",
+                 "--distance", "0.386", "--r", "0.05"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["r"] == 0.05 and out["r_implied"] is False and out["admissible"] is False
+    assert out["sound_radius"] == pytest.approx(float(bounds.input_dependent_radius(0.999, 0.25, 0.05, 3072)),
+                                                rel=1e-12)
+    # a constant sigma: never broken inside the naive radius
+    assert main(["witness", "--dim", "64", "--sigma0", "0.25", "--pa", "0.99", "--sigma1", "0.25",
+                 "--distance", "0.5"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["r"] == 0.0 and out["broken"] is False and out["sound_radius"] == pytest.approx(out["naive_radius"])
+
+
+BAD = [
+    (["witness", "--dim", "0", "--sigma0", "1", "--pa", "0.9", "--sigma1", "1", "--distance", "1"], "--dim"),
+    (["witness", "--dim", "3", "--sigma0", "0", "--pa", "0.9", "--sigma1", "1", "--distance", "1"], "--sigma0"),
+    (["witness", "--dim", "3", "--sigma0", "1", "--pa", "1", "--sigma1", "1", "--distance", "1"], "--pa"),
+    (["witness", "--dim", "3", "--sigma0", "1", "--pa", "0.9", "--sigma1", "-1", "--distance", "1"], "--sigma1"),
+    (["witness", "--dim", "3", "--sigma0", "1", "--pa", "0.9", "--sigma1", "1", "--distance", "nan"], "--distance"),
+    (["witness", "--dim", "3", "--sigma0", "1", "--pa", "0.9", "--sigma1", "1", "--distance", "1", "--r", "-1"],
+     "--r"),
+    (["witness", "--dim", "3", "--sigma0", "1", "--pa", "0.9", "--sigma1", "1", "--distance", "1", "--verify",
+      "0"], "--verify"),
+    (["witness", "--dim", "3", "--sigma0", "1", "--pa", "0.9", "--sigma1", "1", "--distance", "1", "--seed",
+      "-3"], "--seed"),
+    (["audit-sigma", "--sigma", "knn:0.25,0.4,20", "--declared-r", "-1"], "--declared-r"),
+    (["audit-sigma", "--sigma", "knn:0.25,0.4,20", "--points", "0"], "--points"),
+]
+
+
+@pytest.mark.parametrize("argv,name", BAD)
+def test_bad_arguments_exit_2_naming_the_argument(argv: list[str], name: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert name in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+LIBRARY_ERRORS = [
+    (["witness", "--dim", "3", "--sigma0", "1", "--pa", "0.9", "--sigma1", "2", "--distance", "0"], "distance"),
+    (["witness", "--dim", "3", "--sigma0", "1", "--pa", "0.9", "--sigma1", "1", "--distance", "1", "--verify",
+      "10", "--n0", "20"], "--n0"),
+    (["audit-sigma", "--sigma", "gauss:0.25"], "gauss"),
+    (["audit-sigma", "--sigma", "ddrs:0.05,1,10"], "--model"),
+    (["audit-sigma", "--sigma", "ddrs:0.05,1"], "ddrs"),
+    (["audit-sigma", "--sigma", "constant:0.25", "--model", "assets/digits-cnn-constant-0.25.pt"], "--model"),
+]
+
+
+@pytest.mark.parametrize("argv,word", LIBRARY_ERRORS)
+def test_invalid_combinations_exit_2_with_one_line(argv: list[str], word: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert word in err and err.startswith(f"smoothviz {argv[0]}: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_audit_sigma_flags_a_halved_r(capsys: pytest.CaptureFixture[str], one_thread) -> None:
+    assert main(["audit-sigma", "--dataset", "digits", "--sigma", "knn:0.25,0.4,20", "--declared-r", "0.2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["flagged"] is True and out["declared_r"] == 0.2 and 0.2 < out["audited_r"] <= 0.4
+    assert out["audited_r_is_a_lower_bound"] is True and out["dim"] == 64
+    assert out["pair"]["distance"] > 0 and out["pair"]["method"] in out["by_method"]
+    assert main(["audit-sigma", "--sigma", "knn:0.25,0.4,20"]) == 0  # the spec's own r: consistent
+    out = json.loads(capsys.readouterr().out)
+    assert out["flagged"] is False and out["declared_r"] == 0.4 and out["audited_r"] <= 0.4
+
+
+def test_help_names_every_argument(capsys: pytest.CaptureFixture[str]) -> None:
+    for verb, args in (("witness", ["--dim", "--sigma0", "--pa", "--sigma1", "--distance", "--r", "--verify",
+                                    "--alpha", "--seed"]),
+                       ("audit-sigma", ["--dataset", "--sigma", "--declared-r", "--model", "--points"])):
+        with pytest.raises(SystemExit) as exc:
+            main([verb, "--help"])
+        assert exc.value.code == 0
+        text = capsys.readouterr().out
+        for a in args:
+            assert a in text
+    with pytest.raises(SystemExit):
+        main(["witness", "--help"])
+    assert "NOT a guarantee" in capsys.readouterr().out
