@@ -48,6 +48,14 @@ _ROUTE_FACTOR = 3.0
 # the rounding error of the evaluation, so that rounding never makes an uncertified radius look
 # certified. At r = 0 it moves Cohen's radius by about 1e-13 * sigma0.
 _CERT_MARGIN = 5e-14
+# Below this a worst case is returned as 0: the bound of _negligible proves it is that small, far
+# below the ~1e-15 absolute accuracy of every other evaluation.
+_TINY = 1e-300
+# Largest input dimension accepted (a 4K RGB image has 2.5e7); both routes are checked against
+# mpmath up to 3072 and stay smooth (no special-function warnings) up to here.
+DIM_MAX = 10**8
+# Inputs must be normal doubles: a subnormal sigma keeps only a few significant bits.
+_NORMAL_MIN = float(np.finfo(float).tiny)
 
 
 def _out(x: Array) -> Array:
@@ -238,28 +246,74 @@ def _worst_integral(kappa: Array, km1: Array, delta: Array, p_a: Array, dim: int
 
 
 def _worst_ncx2(kappa: Array, km1: Array, delta: Array, p_a: Array, dim: int) -> Array:
-    """Non-central chi-square route (scipy/Boost); requires km1 != 0."""
-    lam0 = (delta / km1) ** 2
-    with np.errstate(invalid="ignore"):
-        lam1 = np.where(np.isfinite(kappa), kappa * kappa * lam0, 0.0)  # -> 0 as kappa -> inf
+    """Non-central chi-square route (scipy/Boost); requires km1 != 0.
+
+    lam1 = (kappa delta / km1)^2 and lam0 = lam1 / kappa^2 are formed from km1 / kappa (which is
+    kappa - 1/kappa once kappa >= 2), so neither overflows for any finite kappa.
+    """
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        per_kappa = np.where(kappa >= 2.0, kappa - 1.0 / kappa, km1 / kappa)
+        root1 = np.abs(delta / per_kappa)
+        lam1 = root1 * root1
+        lam0 = (root1 / kappa) ** 2
     ball = km1 > 0
     # Ball: threshold F^-1(p_a) = isf(1 - p_a); complement: F^-1(1 - p_a) = isf(p_a). 1 - p_a is
     # exact for p_a >= 1/2, and isf keeps the small tail's relative precision. One call for both.
     q = stats.ncx2.isf(np.where(ball, 1.0 - p_a, p_a), dim, lam0)
-    cdf = special.chndtr(q / (kappa * kappa), dim, lam1)
+    with np.errstate(under="ignore"):
+        cdf = special.chndtr(q / kappa / kappa, dim, lam1)
     return np.where(ball, cdf, 1.0 - cdf)  # absolute precision is what the result needs
+
+
+def _negligible(kappa: Array, km1: Array, delta: Array, p_a: Array, dim: Array) -> Array:
+    """Where a rigorous upper bound puts the worst case below _TINY (so it is 0 in doubles).
+
+    The extremes (s1/s0 near 0 or huge, distances of many sigmas) are where the routes' special
+    functions overflow; there the bound below decides. With S the least-P1 set of P0-mass p_a
+    (x0 = 0, x1 = delta e1, units of s0):
+    - kappa > 1, S = ball(c, rho), |c| = delta/km1: ball(0, rho - |c|) lies inside S, so
+      rho <= |c| + Rq with Rq^2 = chi2_N quantile at p_a. Then S lies in {u <= Rq} and in the slab
+      |u + |c|| <= rho times {||v|| <= rho}, so P1(S) <= min(Phi((Rq - delta)/kappa),
+      2 rho/(kappa sqrt(2 pi)) * P(chi2_{N-1} <= (rho/kappa)^2)).
+    - kappa < 1, S = complement of ball(c, rho), c = m e1, m = delta/(1 - kappa^2), P0(ball) = 1 - p_a:
+      the centred ball holds the most mass (Anderson), so rho >= sqrt(chi2_N quantile at 1 - p_a);
+      a ball inside {||z|| > r} holds less than 1 - p_a when P(chi2_N > r^2) = 1 - p_a, so
+      rho >= m - r. As ||x1 - c|| = m kappa^2, P1(S) <= P(chi2_N > ((rho - m kappa^2)/kappa)^2).
+    The quantiles are widened by a relative 1e-9 so their rounding cannot break the bounds.
+    """
+    n = dim.astype(float)
+    slack = 1.0 + 1e-9
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore", under="ignore"):
+        # kappa > 1
+        rq = np.sqrt(special.chdtri(n, 1.0 - p_a)) * slack + 1e-9
+        rho = np.where(km1 > 0, delta / km1, 0.0) + rq
+        along = special.ndtr((rq - delta) / kappa)
+        width = np.minimum(1.0, 2.0 * (rho / kappa) / np.sqrt(2.0 * np.pi))
+        across = np.where(n >= 2, special.chdtr(np.maximum(n - 1.0, 1.0), (rho / kappa) ** 2), 1.0)
+        ball_bound = np.minimum(along, width * across)
+        # kappa < 1
+        r_sf = np.sqrt(special.chdtri(n, 1.0 - p_a)) * slack + 1e-9  # P(chi2_N > r^2) = 1 - p_a
+        r_cdf = np.sqrt(special.chdtri(n, p_a)) / slack  # P(chi2_N <= r^2) = 1 - p_a
+        off = delta * (kappa * kappa) / np.where(km1 < 0, -km1, 1.0)
+        gap = np.maximum(delta - r_sf, r_cdf - off)  # rho - m kappa^2 >= gap
+        z = np.where(gap > 0, gap / kappa, 0.0)
+        outside_bound = np.where(gap > 0, special.chdtrc(n, z * z), 1.0)
+    bound = np.where(km1 > 0, ball_bound, np.where(km1 < 0, outside_bound, 1.0))
+    return (p_a < 1.0) & (bound < _TINY)
 
 
 def _worst_unit(kappa: Array, km1: Array, delta: Array, p_a: Array, dim: Array) -> Array:
     """Worst case in sigma0 units; km1 = kappa^2 - 1 is passed separately to keep its precision.
 
-    All arguments are 1-D arrays of one length; dim holds integers >= 1.
+    All arguments are 1-D arrays of one length; dim holds integers >= 1. kappa may be 0 or inf
+    (the radius search reaches them for huge r * R), where the worst case is its limit 0.
     """
     out = np.where(p_a >= 1.0, 1.0, 0.0)
     todo = (p_a > 0.0) & (p_a < 1.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    todo &= ~_negligible(kappa, km1, delta, p_a, dim)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         lam0 = np.where(km1 == 0.0, np.inf, (delta / km1) ** 2)
-    integral = lam0 >= _ROUTE_FACTOR * np.maximum(1.0, kappa * kappa) * (dim + 30.0)
+        integral = lam0 >= _ROUTE_FACTOR * np.maximum(1.0, kappa * kappa) * (dim + 30.0)
     for n in np.unique(dim[todo]):
         for route, fn in ((integral, _worst_integral), (~integral, _worst_ncx2)):
             sel = todo & (dim == n) & route
@@ -268,10 +322,18 @@ def _worst_unit(kappa: Array, km1: Array, delta: Array, p_a: Array, dim: Array) 
     return np.clip(out, 0.0, 1.0)
 
 
-def _prepare_dim(dim: ArrayLike) -> Array:
-    d = np.asarray(dim)
-    if not np.all(np.isfinite(d)) or np.any(d < 1) or np.any(d != np.round(d)):
-        raise InvalidArgument("dim must hold integers >= 1")
+def _prepare_dim(dim: ArrayLike) -> NDArray[np.int64]:
+    """dim as int64, else InvalidArgument: integers from 1 to DIM_MAX (huge Python ints included)."""
+    try:
+        d = np.asarray(dim)
+        if d.dtype == object:
+            d = d.astype(float)
+        with np.errstate(invalid="ignore"):
+            ok = bool(np.all(np.isfinite(d) & (d >= 1) & (d <= DIM_MAX) & (d == np.round(d))))
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise InvalidArgument(f"dim must hold integers from 1 to {DIM_MAX:.0e}")
     return d.astype(np.int64)
 
 
@@ -287,6 +349,15 @@ def _checked(name: str, value: ArrayLike, low: float, low_open: bool, high: floa
     return v
 
 
+def _normal(name: str, v: Array) -> Array:
+    """v unchanged, or InvalidArgument when it holds a subnormal number (0 < |v| < 2.2e-308)."""
+    sub = (v != 0) & (np.abs(v) < _NORMAL_MIN)
+    if np.any(sub):
+        raise InvalidArgument(f"{name} = {v[sub].ravel()[0]:g} is subnormal (below {_NORMAL_MIN:.3g}) "
+                              "and keeps too few digits; scale the lengths up together")
+    return v
+
+
 def worst_case_probability(
     sigma0: ArrayLike, sigma1: ArrayLike, distance: ArrayLike, p_a: ArrayLike, dim: ArrayLike
 ) -> Array:
@@ -295,17 +366,30 @@ def worst_case_probability(
     ||x1 - x0|| = distance in dimension dim (Sukenik et al. 2022, Theorem 2). Equals Cohen's
     Phi(Phi^-1(p_a) - d/s0) when s1 = s0 and tends to it continuously as s1 -> s0.
     """
-    s0 = _checked("sigma0", sigma0, 0.0, True)
-    s1 = _checked("sigma1", sigma1, 0.0, True)
-    d = _checked("distance", distance, 0.0, False)
+    s0 = _normal("sigma0", _checked("sigma0", sigma0, 0.0, True))
+    s1 = _normal("sigma1", _checked("sigma1", sigma1, 0.0, True))
+    d = _normal("distance", _checked("distance", distance, 0.0, False))
     p = _checked("p_a", p_a, 0.0, False, 1.0)
     n = _prepare_dim(dim)
     s0, s1, d, p, n = np.broadcast_arrays(s0, s1, d, p, n)
     shape = s0.shape
     s0, s1, d, p, n = (v.ravel() for v in (s0, s1, d, p, n))
-    # kappa^2 - 1 = (s1 - s0)(s1 + s0)/s0^2: s1 - s0 is exact for nearby floats (Sterbenz).
-    km1 = (s1 - s0) * (s1 + s0) / (s0 * s0)
-    res = _worst_unit(s1 / s0, km1, d / s0, p, n)
+    # Only the ratios matter; they must be representable (normal, finite) doubles.
+    with np.errstate(over="ignore", under="ignore"):
+        kappa, delta = s1 / s0, d / s0
+    for name, ratio, top in (("sigma1/sigma0", kappa, s1), ("distance/sigma0", delta, d)):
+        bad = ~np.isfinite(ratio) | ((ratio < _NORMAL_MIN) & (ratio is kappa))
+        if np.any(bad):
+            i = int(np.flatnonzero(bad)[0])
+            raise InvalidArgument(f"{name} = {top[i]:g}/{s0[i]:g} is beyond the range of double precision; "
+                                  "the bound depends only on sigma1/sigma0 and distance/sigma0")
+    # A distance below 2.2e-308 sigma0 is distance 0 to double precision (the bound is continuous).
+    delta = np.where(delta < _NORMAL_MIN, 0.0, delta)
+    # kappa^2 - 1 = ((s1 - s0)/s0)(kappa + 1): s1 - s0 is exact for nearby floats (Sterbenz), and
+    # neither factor under- or overflows where kappa is representable (their product may reach inf).
+    with np.errstate(over="ignore"):
+        km1 = ((s1 - s0) / s0) * (kappa + 1.0)
+    res = _worst_unit(kappa, km1, delta, p, n)
     return _out(res.reshape(shape))
 
 
@@ -364,12 +448,12 @@ def _regula_falsi(
 
 
 def _radius_margin(
-    radius: Array, p_a: Array, sigma0: Array, r: Array, dim: Array
+    radius: Array, p_a: Array, sigma0: Array | float, r: Array, dim: Array
 ) -> Array:
     """min over s1 = s0 e^{-r R}, s0 e^{+r R} of worst case at distance R, minus 1/2."""
-    x = r * radius
     # For huge r * R the band ends reach 0 and inf, where the worst case is 0 (its limit).
     with np.errstate(over="ignore", divide="ignore"):
+        x = r * radius
         kappa = np.concatenate([np.exp(-x), np.exp(x)])
         km1 = np.concatenate([np.expm1(-2.0 * x), np.expm1(2.0 * x)])
         delta = np.tile(radius / sigma0, 2)
@@ -378,6 +462,11 @@ def _radius_margin(
 
 
 def _radius_flat(p_a: Array, sigma0: Array, r: Array, dim: Array, rtol: float) -> Array:
+    """input_dependent_radius on flat arrays, solved in units of sigma0.
+
+    The radius is sigma0 times a function of (p_a, r * sigma0, dim), so the root-find never sees
+    the scale of sigma0 (inf where r * sigma0 overflows gives the limit 0).
+    """
     out = np.zeros_like(p_a)
     ok = p_a > 0.5 + _CERT_MARGIN
     if not ok.any():
@@ -390,13 +479,17 @@ def _radius_flat(p_a: Array, sigma0: Array, r: Array, dim: Array, rtol: float) -
     sub = np.flatnonzero(~full)
     if sub.size:
         p, s0, rr, n = p[sub], s0[sub], rr[sub], n[sub]
-        hi = s0 * special.ndtri(p)
-        f_hi = np.minimum(_radius_margin(hi, p, s0, rr, n), 0.0)
+        with np.errstate(over="ignore"):
+            r_unit = rr * s0
+        hi = special.ndtri(p)
+        f_hi = np.minimum(_radius_margin(hi, p, 1.0, r_unit, n), 0.0)
 
         def f(x: Array, idx: Array) -> Array:
-            return _radius_margin(x, p[idx], s0[idx], rr[idx], n[idx])
+            return _radius_margin(x, p[idx], 1.0, r_unit[idx], n[idx])
 
-        res[sub], _ = _regula_falsi(f, np.zeros_like(hi), hi, p - 0.5 - _CERT_MARGIN, f_hi, rtol)
+        unit, _ = _regula_falsi(f, np.zeros_like(hi), hi, p - 0.5 - _CERT_MARGIN, f_hi, rtol)
+        with np.errstate(over="ignore"):
+            res[sub] = s0 * unit
     out[ok] = res
     return out
 
@@ -412,15 +505,27 @@ def input_dependent_radius(
     lower end of its final bracket (relative width rtol), with the worst case kept above
     1/2 + 5e-14 so rounding cannot certify too much. Cohen's radius at r = 0 (to ~1e-13 * s0),
     0 where p_a <= 1/2 (abstain), inf where p_a = 1. Non-increasing in r (the band only widens).
+    InvalidArgument for a subnormal sigma0, an r * sigma0 or a radius beyond double precision.
     """
     p = _checked("p_a", p_a, 0.0, False, 1.0)
-    s0 = _checked("sigma0", sigma0, 0.0, True)
+    s0 = _normal("sigma0", _checked("sigma0", sigma0, 0.0, True))
     rr = _checked("r", r, 0.0, False)
     n = _prepare_dim(dim)
     p, s0, rr, n = np.broadcast_arrays(p, s0, rr, n)
     shape = p.shape
-    res = _radius_flat(p.ravel().copy(), s0.ravel().copy(), rr.ravel().copy(), n.ravel().copy(),
-                       rtol)
+    p, s0, rr, n = (v.ravel().copy() for v in (p, s0, rr, n))
+    with np.errstate(over="ignore"):
+        beyond = ~np.isfinite(rr * s0)
+    if np.any(beyond):
+        i = int(np.flatnonzero(beyond)[0])
+        raise InvalidArgument(f"r * sigma0 = {rr[i]:g} * {s0[i]:g} is beyond double precision "
+                              "(the radius depends on r only through r * sigma0)")
+    res = _radius_flat(p, s0, rr, n, rtol)
+    over = ~np.isfinite(res) & (p < 1.0)
+    if np.any(over):
+        i = int(np.flatnonzero(over)[0])
+        raise InvalidArgument(f"sigma0 = {s0[i]:g}: the radius (a multiple of sigma0) is beyond double "
+                              "precision; give sigma0 in smaller units")
     return _out(res.reshape(shape))
 
 
