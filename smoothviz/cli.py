@@ -1,28 +1,27 @@
 """``python -m smoothviz <verb>``: one argparse front end over the library.
 
 Verbs live in ``smoothviz.commands`` (one module each, the module named after the verb, except
-``import`` in ``import_log``). Only the chosen verb's module is imported, so light verbs such as
-``bound`` start without loading torch. User errors (``SmoothvizError``) and argument errors exit
-with code 2 and a single line, never a traceback.
+``import`` in ``import_log``). Only the chosen verb's module is imported; the list of verbs that
+``--help`` prints is read from each module's ``NAME`` and ``HELP`` constants without importing it,
+so neither starts torch. User errors (``SmoothvizError``) and argument errors exit with code 2 and
+a single line, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import os
 import pkgutil
 import sys
 from collections.abc import Sequence
-from types import ModuleType
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
 from typing import NoReturn
 
 from smoothviz import __version__, commands
 from smoothviz.errors import SmoothvizError
-
-# Verbs whose name is a Python keyword live in a module with another name.
-_MODULE_OF_VERB = {"import": "import_log"}
-
 
 class _OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line on stderr (exit 2), without the usage block."""
@@ -40,18 +39,41 @@ def _load(module_name: str) -> ModuleType:
     return importlib.import_module(f"{commands.__name__}.{module_name}")
 
 
-def _wanted_modules(argv: Sequence[str]) -> list[ModuleType]:
-    """The chosen verb's module alone when the first word names one, else every verb module."""
+def _summary(module_name: str) -> ModuleType | SimpleNamespace:
+    """The verb's NAME and HELP read from its source as literals; the imported module when they
+    are not plain literals (or the source cannot be read)."""
+    try:
+        source = Path(commands.__path__[0], f"{module_name}.py").read_text(encoding="utf-8")
+        found = {}
+        for node in ast.parse(source).body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
+                    and node.targets[0].id in ("NAME", "HELP"):
+                found[node.targets[0].id] = ast.literal_eval(node.value)
+        if isinstance(found.get("NAME"), str) and isinstance(found.get("HELP"), str):
+            return SimpleNamespace(NAME=found["NAME"], HELP=found["HELP"], add_arguments=lambda parser: None)
+    except (OSError, SyntaxError, ValueError):
+        pass
+    return _load(module_name)
+
+
+def _wanted_modules(argv: Sequence[str]) -> list[ModuleType | SimpleNamespace]:
+    """The chosen verb's module alone when the first word names one (by module name, or by the
+    NAME a module declares, e.g. ``import`` in import_log), else a summary of every verb (enough
+    for the verb list of ``--help`` and for argparse to refuse an unknown verb)."""
     names = _module_names()
     first = next((a for a in argv if not a.startswith("-")), None)
-    module = _MODULE_OF_VERB.get(first, first) if first else None
-    if module in names:
-        return [_load(module)]
-    return [_load(n) for n in names]
+    if first in names:
+        return [_load(first)]
+    summaries = {name: _summary(name) for name in names}
+    for name, summary in summaries.items():
+        if first is not None and summary.NAME == first:
+            return [summary if isinstance(summary, ModuleType) else _load(name)]
+    return list(summaries.values())
 
 
 def build_parser(argv: Sequence[str] = ()) -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
-    """The top-level parser with a sub-parser per verb (only the one ``argv`` names, if any)."""
+    """The top-level parser with a sub-parser per verb; only the verb ``argv`` names is imported
+    and given its arguments (without one, parsing can only print help or refuse)."""
     parser = _OneLineParser(
         prog="smoothviz",
         description="Certified robustness by randomized smoothing (constant and input-dependent sigma).",
@@ -63,7 +85,7 @@ def build_parser(argv: Sequence[str] = ()) -> tuple[argparse.ArgumentParser, dic
     for mod in sorted(_wanted_modules(argv), key=lambda m: m.NAME):
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(p)
-        verbs[mod.NAME] = mod
+        verbs[mod.NAME] = mod  # type: ignore[assignment]
     return parser, verbs
 
 

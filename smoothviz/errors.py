@@ -31,3 +31,28 @@ class LogFormatError(SmoothvizError):
 
 class Cancelled(SmoothvizError):
     """A long operation was cancelled through its cancel flag."""
+
+
+class RunNameTaken(InvalidArgument):
+    """A run name chosen for an import or a rename is already used by another run (``run_id``)."""
+
+    def __init__(self, message: str, name: str, run_id: int) -> None:
+        super().__init__(message)
+        self.name = name
+        self.run_id = run_id
+
+
+class DuplicateImport(StoreError):
+    """A log with the same bytes (SHA-256) was imported before, as run ``run_id``."""
+
+    def __init__(self, message: str, run_id: int) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+class RunBusy(StoreError):
+    """A run is being executed by a live process, so it cannot be deleted now."""
+
+    def __init__(self, message: str, run_id: int) -> None:
+        super().__init__(message)
+        self.run_id = run_id

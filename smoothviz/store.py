@@ -3,7 +3,12 @@
 One ``runs`` row per certification (its full configuration, status and process) and one
 ``results`` row per certified point, committed in its own transaction as soon as the point is
 done. ``PRIMARY KEY (run_id, idx)`` plus ``INSERT OR IGNORE`` means a resumed run never
-duplicates a point; WAL mode and a busy timeout let several processes write at once.
+duplicates a point; WAL mode and a busy timeout let several processes write at once. An imported
+log is the exception: its run and all its rows are written in one transaction, so an import is
+all or nothing.
+
+pandas is imported only by the functions that return data frames, so the command line can open a
+store without loading it.
 """
 
 from __future__ import annotations
@@ -12,22 +17,34 @@ import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
+import io
 import json
 import math
 import os
 import re
 import socket
 import sqlite3
+import stat
 import threading
 import time
+import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import pandas as pd
-
-from smoothviz.errors import InvalidArgument, LogFormatError, StoreError
+from smoothviz.errors import (
+    DuplicateImport,
+    InvalidArgument,
+    LogFormatError,
+    RunBusy,
+    RunNameTaken,
+    StoreError,
+)
+from smoothviz.outputs import atomic_output
 from smoothviz.processes import pid_alive
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DEFAULT_DB = Path("runs/smoothviz.db")
 DB_ENV = "SMOOTHVIZ_DB"
@@ -38,6 +55,11 @@ RESULT_COLUMNS = [
     "counts", "seconds",
 ]
 COHEN_HEADER = ["idx", "label", "predict", "radius", "correct", "time"]
+RUN_NAME_MAX = 120  # characters of a run name
+ID_MAX = 2**63 - 1  # SQLite's INTEGER range
+INDEX_MAX = 2**31 - 1  # largest point index or class label an imported log may hold
+LOG_LINE_MAX = 4096  # characters of one log line (six short fields need far fewer)
+_QUOTE_MAX = 40  # characters of a field quoted in a message
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -96,6 +118,9 @@ _RUN_COLUMNS = (
 )
 
 
+_INTEGER_COLUMNS = ("n0", "n", "seed", "batch_size")  # nullable integers: int or None, never float
+
+
 def file_sha256(path: str | Path) -> str | None:
     """Hex SHA-256 of a file's bytes, or None when the file does not exist."""
     p = Path(path)
@@ -112,6 +137,44 @@ def default_db() -> Path:
     """The results database that the CLI and the dashboard share: ``$SMOOTHVIZ_DB``, else runs/smoothviz.db."""
     env = os.environ.get(DB_ENV, "").strip()
     return Path(env) if env else DEFAULT_DB
+
+
+def quote(text: str, limit: int = _QUOTE_MAX) -> str:
+    """``text`` for a message: its repr, cut to ``limit`` characters (a 50 MB field is not echoed)."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text):,} characters)"
+
+
+def check_run_name(name: object) -> str:
+    """A run name without surrounding blanks, else InvalidArgument saying what is wrong with it.
+
+    Refused: non-text, empty or blank, longer than RUN_NAME_MAX characters, control or other
+    invisible format characters, and names made of digits only (they would read as a run id).
+    """
+    if not isinstance(name, str):
+        raise InvalidArgument(f"run name must be text, not {type(name).__name__}")
+    cleaned = name.strip()
+    if not cleaned:
+        raise InvalidArgument(f"run name {quote(name)} is empty")
+    if len(cleaned) > RUN_NAME_MAX:
+        raise InvalidArgument(f"run name {quote(cleaned)} is longer than {RUN_NAME_MAX} characters")
+    for position, char in enumerate(cleaned, start=1):
+        if unicodedata.category(char).startswith("C"):
+            raise InvalidArgument(f"run name {quote(cleaned)} holds the control character "
+                                  f"U+{ord(char):04X} at position {position}")
+    if cleaned.isdigit():
+        raise InvalidArgument(f"run name {quote(cleaned)} is a number, which would read as a run id")
+    return cleaned
+
+
+def _run_key(run_id: object) -> int | None:
+    """``run_id`` as an SQLite integer key, or None when no run can have it."""
+    try:
+        key = int(run_id)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return key if 0 < key <= ID_MAX else None
 
 
 def _iso(t: float | None) -> str | None:
@@ -138,33 +201,40 @@ def _opt_float(value: Any) -> float | None:
     return None if math.isnan(f) else f
 
 
+def _opt_int(value: Any) -> int | None:
+    """An integer column's value as a Python int, or None (SQLite may hand back a float)."""
+    if value is None or (isinstance(value, float) and not value.is_integer()):
+        return None
+    return int(value)
+
+
+def _effective_status(status: str, pid: object, host: str | None) -> str:
+    """"interrupted" for a run recorded as running by a process of this host that is gone."""
+    if status == "running" and pid is not None and host == socket.gethostname() and not pid_alive(pid):
+        return "interrupted"
+    return status
+
+
+def _executing(status: str, pid: object, host: str | None) -> bool:
+    """Whether a process may be executing the run now: running, and not known to be dead."""
+    return _effective_status(status, pid, host) == "running" and pid is not None
+
+
 class Store:
     """The results database; one connection per Store, safe to share between threads."""
 
     def __init__(self, path: str | Path | None = None, *, create: bool = True) -> None:
         """Open the database at ``path`` (default: ``default_db()``).
 
-        ``create=False`` (reading verbs) refuses a missing file instead of creating an empty store.
+        ``create=False`` (reading verbs, delete, rename) refuses a missing file instead of creating
+        an empty store, and writes nothing to an existing file that is not a smoothviz store.
         Missing parent folders are created only for the default location; elsewhere a missing
-        folder is a one-line error, so a mistyped path never leaves directories behind.
+        folder is a one-line error, so a mistyped path never leaves directories behind. An
+        existing SQLite file with other tables is refused, never given smoothviz tables.
         """
         self.path = Path(path) if path is not None else default_db()
         self._lock = threading.RLock()
-        if self.path.exists() and not self.path.is_file():
-            kind = "a directory" if self.path.is_dir() else "not a regular file"
-            raise StoreError(f"database {self.path}: is {kind}")
-        if not self.path.exists():
-            if not create:
-                raise StoreError(f"no results store at {self.path} (nothing has been certified or imported there)")
-            if not self.path.parent.is_dir():
-                if self.path.parent.exists():
-                    raise StoreError(f"database {self.path}: {self.path.parent} is not a folder")
-                if self.path.resolve() != default_db().resolve():
-                    raise StoreError(f"database {self.path}: folder {self.path.parent} does not exist")
-                try:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                except OSError as exc:
-                    raise StoreError(f"database {self.path}: cannot create {self.path.parent} ({exc.strerror})") from None
+        exists = self._check_path(create)
         try:
             self._conn = sqlite3.connect(
                 str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False
@@ -174,21 +244,62 @@ class Store:
         try:
             self._conn.execute("PRAGMA busy_timeout = 60000")
             self._conn.execute("PRAGMA foreign_keys = ON")
-            with contextlib.suppress(sqlite3.OperationalError):
-                self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._init_schema()
+            self._open_schema(create or not exists)
         except sqlite3.DatabaseError as exc:
             self._conn.close()
             raise StoreError(f"database {self.path}: not a readable smoothviz database ({exc})") from None
+        except StoreError:
+            self._conn.close()
+            raise
 
     # ---------------------------------------------------------------- plumbing
-    def _init_schema(self) -> None:
-        with self._write() as c:
-            for stmt in _SCHEMA.strip().split(";"):
-                if stmt.strip():
-                    c.execute(stmt)
-            c.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+    def _check_path(self, create: bool) -> bool:
+        """Whether the file exists; StoreError for a folder, a device, a missing store or folder."""
+        try:
+            st = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            st = None
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"database {quote(str(self.path))}: cannot be used "
+                             f"({getattr(exc, 'strerror', None) or exc})") from None
+        if st is not None:
+            if stat.S_ISDIR(st.st_mode):
+                raise StoreError(f"database {self.path}: is a directory")
+            if not stat.S_ISREG(st.st_mode):
+                raise StoreError(f"database {self.path}: is not a regular file")
+            return True
+        if not create:
+            raise StoreError(f"no results store at {self.path}; no run has been certified or imported there")
+        parent = self.path.parent
+        if not parent.is_dir():
+            if parent.exists():
+                raise StoreError(f"database {self.path}: {parent} is not a folder")
+            if self.path.resolve() != default_db().resolve():
+                raise StoreError(f"database {self.path}: folder {parent} does not exist")
+            try:
+                parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"database {self.path}: cannot create {parent} ({exc.strerror})") from None
+        return False
+
+    def _open_schema(self, may_create: bool) -> None:
+        """Create the schema in an empty database (when allowed), then check it is smoothviz's."""
+        tables = {row[0] for row in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not tables:
+            if not may_create:
+                raise StoreError(f"database {self.path}: an empty file, not a smoothviz store")
+            with contextlib.suppress(sqlite3.OperationalError):
+                self._conn.execute("PRAGMA journal_mode = WAL")
+            with self._write() as c:
+                for stmt in _SCHEMA.strip().split(";"):
+                    if stmt.strip():
+                        c.execute(stmt)
+                c.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+            tables = {"meta", "runs", "results"}
+        if not {"meta", "runs", "results"} <= tables:
+            shown = ", ".join(sorted(tables)[:5])
+            raise StoreError(f"database {self.path}: not a smoothviz database (its tables: {quote(shown, 80)})")
+        self._conn.execute("PRAGMA synchronous = NORMAL")
         cols = {row[1] for row in self._conn.execute("PRAGMA table_info(runs)")}
         missing = set(_RUN_COLUMNS) - cols
         if missing:
@@ -210,14 +321,23 @@ class Store:
                 raise StoreError(f"database {self.path}: {exc}") from None
             try:
                 yield self._conn
+            except sqlite3.DatabaseError as exc:  # disk full, locked past the timeout, ...
+                self._rollback()
+                raise StoreError(f"database {self.path}: {exc}") from None
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise
             else:
                 try:
                     self._conn.execute("COMMIT")
                 except sqlite3.DatabaseError as exc:
+                    self._rollback()
                     raise StoreError(f"database {self.path}: {exc}") from None
+
+    def _rollback(self) -> None:
+        """Roll the open transaction back (SQLite may already have done so, e.g. on a full disk)."""
+        with contextlib.suppress(sqlite3.DatabaseError):
+            self._conn.execute("ROLLBACK")
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         with self._lock:
@@ -238,6 +358,14 @@ class Store:
         self.close()
 
     # ---------------------------------------------------------------- runs
+    @staticmethod
+    def _insert_run(c: sqlite3.Connection, fields: Mapping[str, Any]) -> int:
+        """INSERT one runs row from ``fields`` (column -> value) inside an open transaction."""
+        names = list(fields)
+        cur = c.execute(f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                        [fields[k] for k in names])
+        return int(cur.lastrowid)
+
     def create_run(
         self,
         name: str,
@@ -267,19 +395,15 @@ class Store:
             checkpoint_sha256 = file_sha256(checkpoint)
         now = time.time()
         with self._write() as c:
-            cur = c.execute(
-                "INSERT INTO runs (name, kind, created, dataset, split, checkpoint, checkpoint_sha256,"
-                " sigma_spec, sigma_params, r, n0, n, alpha, device, indices, total, seed, batch_size,"
-                " options, status, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'pending',?)",
-                (
-                    name, kind, now, dataset, split,
-                    None if checkpoint is None else str(checkpoint), checkpoint_sha256,
-                    sigma_spec, _json(sigma_params or {}), None if r is None else float(r),
-                    n0, n, None if alpha is None else float(alpha), device, _json(indices),
-                    len(indices), seed, batch_size, _json(options or {}), now,
-                ),
-            )
-            return int(cur.lastrowid)
+            return self._insert_run(c, {
+                "name": name, "kind": kind, "created": now, "dataset": dataset, "split": split,
+                "checkpoint": None if checkpoint is None else str(checkpoint),
+                "checkpoint_sha256": checkpoint_sha256, "sigma_spec": sigma_spec,
+                "sigma_params": _json(sigma_params or {}), "r": None if r is None else float(r),
+                "n0": n0, "n": n, "alpha": None if alpha is None else float(alpha), "device": device,
+                "indices": _json(indices), "total": len(indices), "seed": seed, "batch_size": batch_size,
+                "options": _json(options or {}), "status": "pending", "updated": now,
+            })
 
     def find_run(
         self,
@@ -321,22 +445,24 @@ class Store:
                 return int(run_id)
         return None
 
-    def _effective_status(self, status: str, pid: int | None, host: str | None) -> str:
-        if status == "running" and pid is not None and host == socket.gethostname() and not pid_alive(pid):
-            return "interrupted"
-        return status
-
     def run(self, run_id: int) -> dict:
-        """The run's configuration and state as a dict (json fields decoded, done count added)."""
-        rows = self._query(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs WHERE id=?", (int(run_id),))
+        """The run's configuration and state as a dict (json fields decoded, done count added).
+
+        Integer settings (n0, n, seed, batch_size, pid) are ints or None: an imported run has
+        no n0 (None), never a made-up default.
+        """
+        key = _run_key(run_id)
+        rows = [] if key is None else self._query(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs WHERE id=?", (key,))
         if not rows:
-            raise StoreError(f"run {run_id} not found in {self.path}")
+            raise StoreError(f"run {quote(str(run_id))} not found in {self.path}")
         d = dict(zip(_RUN_COLUMNS, rows[0]))
-        for key in ("sigma_params", "indices", "options"):
-            d[key] = json.loads(d[key])
-        d["status"] = self._effective_status(d["status"], d["pid"], d["host"])
+        for k in ("sigma_params", "indices", "options"):
+            d[k] = json.loads(d[k])
+        for k in (*_INTEGER_COLUMNS, "pid"):
+            d[k] = _opt_int(d[k])
+        d["status"] = _effective_status(d["status"], d["pid"], d["host"])
         done, sigma_max, seconds = self._query(
-            "SELECT COUNT(*), MAX(sigma), SUM(seconds) FROM results WHERE run_id=?", (int(run_id),)
+            "SELECT COUNT(*), MAX(sigma), SUM(seconds) FROM results WHERE run_id=?", (key,)
         )[0]
         d["done"] = int(done)
         d["sigma_max"] = sigma_max
@@ -344,7 +470,13 @@ class Store:
         return d
 
     def runs(self) -> pd.DataFrame:
-        """One row per run with done/total counts and effective status, newest first."""
+        """One row per run with done/total counts and effective status, newest first.
+
+        n0, n, seed and batch_size are object columns of ints and None (pandas would turn a
+        column with a missing value into floats); an imported run has None there.
+        """
+        import pandas as pd
+
         rows = self._query(
             "SELECT r.id, r.name, r.kind, r.dataset, r.split, r.checkpoint, r.sigma_spec, r.r, r.n0,"
             " r.n, r.alpha, r.device, r.seed, r.batch_size, r.status, r.message, r.pid, r.host,"
@@ -358,31 +490,38 @@ class Store:
             "alpha", "device", "seed", "batch_size", "status", "message", "pid", "host", "total",
             "created", "updated", "done", "seconds",
         ]
-        df = pd.DataFrame(rows, columns=cols)
-        if len(df):
-            df["status"] = [
-                self._effective_status(s, p, h) for s, p, h in zip(df["status"], df["pid"], df["host"])
-            ]
-            df["created"] = [_iso(t) for t in df["created"]]
-            df["updated"] = [_iso(t) for t in df["updated"]]
         order = [
             "id", "name", "kind", "dataset", "split", "status", "done", "total", "sigma_spec", "r",
             "n0", "n", "alpha", "device", "seed", "batch_size", "checkpoint", "seconds", "created",
             "updated", "message",
         ]
-        return df[order]
+        records = []
+        for row in rows:
+            d = dict(zip(cols, row))
+            d["status"] = _effective_status(d["status"], d["pid"], d["host"])
+            for k in _INTEGER_COLUMNS:
+                d[k] = _opt_int(d[k])
+            d["created"], d["updated"] = _iso(d["created"]), _iso(d["updated"])
+            records.append(d)
+        if not records:
+            return pd.DataFrame(columns=order)
+        return pd.DataFrame({
+            k: pd.Series([d[k] for d in records], dtype=object if k in _INTEGER_COLUMNS else None)
+            for k in order
+        })
 
     def resolve_run(self, ref: str | int) -> int:
         """A run id from an id or a unique run name."""
         text = str(ref).strip()
-        if text.isdigit() and self._query("SELECT 1 FROM runs WHERE id=?", (int(text),)):
-            return int(text)
+        key = _run_key(text) if text.isascii() and text.isdigit() else None
+        if key is not None and self._query("SELECT 1 FROM runs WHERE id=?", (key,)):
+            return key
         ids = [int(r[0]) for r in self._query("SELECT id FROM runs WHERE name=? ORDER BY id", (text,))]
         if len(ids) == 1:
             return ids[0]
         if len(ids) > 1:
-            raise StoreError(f"run name {text!r} matches runs {', '.join(map(str, ids))}; give the id")
-        raise StoreError(f"no run with id or name {text!r} in {self.path}")
+            raise StoreError(f"run name {quote(text)} matches runs {', '.join(map(str, ids))}; give the id")
+        raise StoreError(f"no run with id or name {quote(text)} in {self.path}")
 
     def set_status(self, run_id: int, status: str, message: str = "") -> None:
         """Set the run's status; "running" also records this process (pid, host) and the start."""
@@ -421,12 +560,56 @@ class Store:
         rows = self._query("SELECT cancel FROM runs WHERE id=?", (int(run_id),))
         return bool(rows and rows[0][0])
 
-    def delete_run(self, run_id: int) -> None:
-        """Remove a run and its results."""
+    def executing(self, run_id: int) -> bool:
+        """Whether a live process is executing the run (status running and its process not gone;
+        a process on another host is taken to be alive)."""
+        key = _run_key(run_id)
+        rows = [] if key is None else self._query("SELECT status, pid, host FROM runs WHERE id=?", (key,))
+        if not rows:
+            raise StoreError(f"run {quote(str(run_id))} not found in {self.path}")
+        return _executing(*rows[0])
+
+    def delete_run(self, run_id: int, *, force: bool = False) -> None:
+        """Remove a run and its results.
+
+        Raises StoreError when there is no such run, and RunBusy (a StoreError, nothing deleted)
+        while a live process executes it (see ``executing``), unless ``force``: cancel it first
+        (``request_cancel``) and delete it once it has stopped.
+        """
+        key = _run_key(run_id)
         with self._write() as c:
-            c.execute("DELETE FROM results WHERE run_id=?", (int(run_id),))
-            if c.execute("DELETE FROM runs WHERE id=?", (int(run_id),)).rowcount == 0:
-                raise StoreError(f"run {run_id} not found in {self.path}")
+            row = None if key is None else c.execute(
+                "SELECT name, status, pid, host FROM runs WHERE id=?", (key,)).fetchone()
+            if row is None:
+                raise StoreError(f"run {quote(str(run_id))} not found in {self.path}")
+            name, status, pid, host = row
+            if not force and _executing(status, pid, host):
+                where = "" if host == socket.gethostname() else f" on {host}"
+                raise RunBusy(f"run {key} ({quote(name)}) is being certified by process {pid}{where}; "
+                              "cancel it and wait until it has stopped", key)
+            c.execute("DELETE FROM results WHERE run_id=?", (key,))
+            c.execute("DELETE FROM runs WHERE id=?", (key,))
+
+    def rename_run(self, run_id: int, name: str) -> str:
+        """Give the run a new name and return it (blanks around it removed).
+
+        Raises InvalidArgument for a name ``check_run_name`` refuses, RunNameTaken (an
+        InvalidArgument carrying ``run_id`` of the holder) when another run has that name, and
+        StoreError when there is no such run. The run's ``updated`` time is left as it is. A
+        renamed certify run is no longer resumed by rerunning the command with its old name.
+        """
+        cleaned = check_run_name(name)
+        key = _run_key(run_id)
+        with self._write() as c:
+            if key is None or c.execute("SELECT 1 FROM runs WHERE id=?", (key,)).fetchone() is None:
+                raise StoreError(f"run {quote(str(run_id))} not found in {self.path}")
+            other = c.execute("SELECT id FROM runs WHERE name=? AND id<>? ORDER BY id LIMIT 1",
+                              (cleaned, key)).fetchone()
+            if other is not None:
+                raise RunNameTaken(f"run name {quote(cleaned)} is already used by run {other[0]}",
+                                   cleaned, int(other[0]))
+            c.execute("UPDATE runs SET name=? WHERE id=?", (cleaned, key))
+        return cleaned
 
     # ---------------------------------------------------------------- results
     def add_result(self, run_id: int, result: Any) -> None:
@@ -451,6 +634,8 @@ class Store:
 
     def results(self, run_id: int) -> pd.DataFrame:
         """Per-point results of a run, ordered by idx (``correct`` bool, ``counts`` list)."""
+        import pandas as pd
+
         rows = self._query(
             "SELECT idx, label, predict, correct, p_a_lower, sigma, radius, naive_radius, counts,"
             " seconds FROM results WHERE run_id=? ORDER BY idx",
@@ -493,9 +678,12 @@ class Store:
         """SQLite's own integrity check ("ok" when the file is sound)."""
         return str(self._query("PRAGMA integrity_check")[0][0])
 
-
 # -------------------------------------------------------------------- Cohen log format
-_TIMEDELTA = re.compile(r"(?:(-?\d+) days?, )?(\d+):([0-5]\d):([0-5]\d(?:\.\d+)?)")
+# str(datetime.timedelta): "[D day[s], ]H:MM:SS[.ffffff]" (the reference code's time column)
+_TIMEDELTA = re.compile(r"(?:([0-9]{1,9}) days?, )?([0-9]{1,9}):([0-5][0-9]):([0-5][0-9](?:\.[0-9]{1,9})?)")
+_INTEGER = re.compile(r"[+-]?[0-9]{1,19}")
+_SIGMA_TEXT_MAX = 200
+_TIME_MAX = dt.timedelta.max.total_seconds() - 1.0  # what str(timedelta) can write back
 
 
 def parse_log_time(text: str) -> float:
@@ -505,121 +693,279 @@ def parse_log_time(text: str) -> float:
     if m:
         days = int(m.group(1) or 0)
         return days * 86400 + int(m.group(2)) * 3600 + int(m.group(3)) * 60 + float(m.group(4))
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"time {quote(text)} is neither seconds nor h:mm:ss.ffffff") from None
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"time {text!r} is not a non-negative number")
+        raise ValueError(f"time {quote(text)} is not a non-negative number")
+    if value > _TIME_MAX:
+        raise ValueError(f"time {quote(text)} is more than {_TIME_MAX:.0f} seconds (999999999 days)")
     return value
 
 
-def read_cohen_log(path: str | Path | IO[str]) -> pd.DataFrame:
-    """Parse the reference code's tab-separated log; LogFormatError names the bad line."""
-    if hasattr(path, "read"):
-        lines = path.read().splitlines()  # type: ignore[union-attr]
-        where = getattr(path, "name", "log")
-    else:
-        where = str(path)
+def _log_time(seconds: float | None) -> str:
+    """The time column as the reference code writes it, str(timedelta) (0 when unknown)."""
+    value = 0.0 if seconds is None or not math.isfinite(seconds) or seconds < 0 else min(float(seconds), _TIME_MAX)
+    return str(dt.timedelta(seconds=value))
+
+
+@dataclasses.dataclass(frozen=True)
+class CohenLog:
+    """A parsed reference-code log: its rows, the SHA-256 of its bytes, the name messages use.
+
+    ``rows`` holds (idx, label, predict, radius, correct, seconds) per result line.
+    """
+
+    source: str
+    sha256: str
+    rows: list[tuple[int, int, int, float, bool, float]]
+
+
+LogSource = str | Path | bytes | IO[bytes] | IO[str]
+
+
+@contextlib.contextmanager
+def _log_stream(source: LogSource, source_name: str | None) -> Iterator[tuple[IO, str]]:
+    """(file object, name for messages); a path must be a regular file (a FIFO would block)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        yield io.BytesIO(bytes(source)), source_name or "uploaded log"
+        return
+    if hasattr(source, "readline"):
+        yield source, source_name or str(getattr(source, "name", "") or "uploaded log")  # type: ignore[misc]
+        return
+    path = Path(source)  # type: ignore[arg-type]
+    where = source_name or str(path)
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise LogFormatError(f"{where}: file not found") from None
+    except (OSError, ValueError) as exc:
+        raise LogFormatError(f"{quote(where)}: cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise LogFormatError(f"{where}: is a directory, not a log file")
+    if stat.S_ISFIFO(st.st_mode):
+        raise LogFormatError(f"{where}: is a named pipe (FIFO), not a regular file; save the log to a file first")
+    if not stat.S_ISREG(st.st_mode):
+        raise LogFormatError(f"{where}: is a device or special file, not a regular file")
+    try:
+        f = open(path, "rb")  # noqa: SIM115 (closed by the with below)
+    except OSError as exc:
+        raise LogFormatError(f"{where}: cannot be opened ({exc.strerror})") from None
+    with f:
+        yield f, where
+
+
+def _log_lines(f: IO, where: str, digest: Any) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line, read one at a time (never more than LOG_LINE_MAX + 1
+    characters at once); every byte read goes into ``digest``."""
+    number = 0
+    while True:
         try:
-            lines = Path(path).read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            raise LogFormatError(f"{where}: file not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise LogFormatError(f"{where}: cannot read as text ({exc})") from None
-    if not lines or lines[0].strip().split("\t") != COHEN_HEADER:
-        got = lines[0][:80] if lines else "empty file"
-        raise LogFormatError(
-            f"{where}: line 1: expected the tab-separated header {' '.join(COHEN_HEADER)!r}, got {got!r}"
-        )
-    rows, seen = [], set()
-    for number, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        fields = line.rstrip("\r\n").split("\t")
-        if len(fields) != 6:
-            raise LogFormatError(f"{where}: line {number}: expected 6 tab-separated fields, got {len(fields)}")
-        try:
-            idx, label, predict = int(fields[0]), int(fields[1]), int(fields[2])
-            radius = float(fields[3])
-            correct = int(fields[4])
-            seconds = parse_log_time(fields[5])
-        except ValueError as exc:
-            raise LogFormatError(f"{where}: line {number}: {exc}") from None
-        if not (math.isfinite(radius) and radius >= 0):
-            raise LogFormatError(f"{where}: line {number}: radius {fields[3]!r} must be finite and >= 0")
-        if correct not in (0, 1):
-            raise LogFormatError(f"{where}: line {number}: correct must be 0 or 1, got {fields[4]!r}")
-        if predict < -1 or label < 0 or idx < 0:
-            raise LogFormatError(f"{where}: line {number}: idx, label must be >= 0 and predict >= -1")
-        if idx in seen:
-            raise LogFormatError(f"{where}: line {number}: idx {idx} appears twice")
-        seen.add(idx)
-        rows.append((idx, label, predict, radius, bool(correct), seconds))
+            raw = f.readline(LOG_LINE_MAX + 1)
+        except UnicodeDecodeError as exc:
+            raise LogFormatError(f"{where}: line {number + 1}: cannot read as UTF-8 text ({exc.reason})") from None
+        except OSError as exc:
+            raise LogFormatError(f"{where}: reading failed ({exc.strerror or exc})") from None
+        if not raw:
+            return
+        number += 1
+        binary = isinstance(raw, (bytes, bytearray))
+        digest.update(raw if binary else raw.encode("utf-8", "surrogatepass"))
+        if len(raw) > LOG_LINE_MAX and raw[-1:] not in (b"\n", "\n"):
+            raise LogFormatError(f"{where}: line {number}: longer than {LOG_LINE_MAX} characters, "
+                                 "not a line of the tab-separated log format")
+        if binary:
+            try:
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise LogFormatError(f"{where}: line {number}: cannot read as UTF-8 text "
+                                     f"(byte 0x{raw[exc.start]:02x} at column {exc.start + 1})") from None
+        yield number, raw
+
+
+def _log_int(text: str, what: str, low: int, high: int, at: str, note: str = "") -> int:
+    t = text.strip()
+    if not _INTEGER.fullmatch(t):
+        raise LogFormatError(f"{at}: {what} {quote(text)} is not an integer")
+    value = int(t)
+    if not low <= value <= high:
+        raise LogFormatError(f"{at}: {what} {value} is outside {note or f'[{low}, {high}]'}")
+    return value
+
+
+def _log_row(line: str, at: str, label_max: int, note: str) -> tuple[int, int, int, float, bool, float]:
+    """One result line checked on its own: types, ranges, and the fields agreeing with each other
+    (the reference code writes correct = int(predict == label) and radius 0 when it abstains)."""
+    fields = line.rstrip("\r\n").split("\t")
+    if len(fields) != 6:
+        raise LogFormatError(f"{at}: expected 6 tab-separated fields, got {len(fields)}")
+    idx = _log_int(fields[0], "idx", 0, INDEX_MAX, at)
+    label = _log_int(fields[1], "label", 0, label_max, at, note)
+    predict = _log_int(fields[2], "predict", -1, label_max, at, note and f"-1 (abstain) and {note}")
+    try:
+        radius = float(fields[3])
+    except ValueError:
+        raise LogFormatError(f"{at}: radius {quote(fields[3])} is not a number") from None
+    if not (math.isfinite(radius) and radius >= 0):
+        raise LogFormatError(f"{at}: radius {quote(fields[3])} must be finite and >= 0")
+    if fields[4].strip() not in ("0", "1"):
+        raise LogFormatError(f"{at}: correct must be 0 or 1, got {quote(fields[4])}")
+    correct = fields[4].strip() == "1"
+    try:
+        seconds = parse_log_time(fields[5])
+    except ValueError as exc:
+        raise LogFormatError(f"{at}: {exc}") from None
+    if predict == -1 and radius > 0:
+        raise LogFormatError(f"{at}: predict -1 (abstain) with radius {radius!r}; an abstention has radius 0")
+    if correct and predict != label:
+        raise LogFormatError(f"{at}: correct = 1 but predict {predict} differs from label {label}")
+    if not correct and predict == label:
+        raise LogFormatError(f"{at}: correct = 0 but predict equals label {label}")
+    return idx, label, predict, radius, correct, seconds
+
+
+def parse_cohen_log(source: LogSource, *, source_name: str | None = None,
+                    num_classes: int | None = None) -> CohenLog:
+    """Read and check a reference-code log, streaming it line by line; LogFormatError names the line.
+
+    ``source`` is a path (it must be a regular file), bytes, or a binary or text file object;
+    ``source_name`` is what every message calls it (the dashboard passes the upload's file name),
+    by default the path or the file object's name. ``num_classes`` (the dataset's) bounds the
+    labels and predictions. Blank lines are skipped; no field is quoted beyond a few dozen
+    characters.
+    """
+    if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) < 1):
+        raise InvalidArgument(f"num_classes {num_classes!r} must be an integer >= 1")
+    label_max = INDEX_MAX if num_classes is None else int(num_classes) - 1
+    note = "" if num_classes is None else f"the dataset's classes 0 to {label_max}"
+    digest = hashlib.sha256()
+    rows: list[tuple[int, int, int, float, bool, float]] = []
+    seen: set[int] = set()
+    with _log_stream(source, source_name) as (f, where):
+        lines = _log_lines(f, where, digest)
+        first = next(lines, None)
+        header = None if first is None else first[1].lstrip("\ufeff").strip().split("\t")
+        if header != COHEN_HEADER:
+            got = "an empty file" if first is None else quote(first[1].rstrip("\r\n"))
+            raise LogFormatError(
+                f"{where}: line 1: expected the tab-separated header {' '.join(COHEN_HEADER)!r}, got {got}"
+            )
+        for number, line in lines:
+            if not line.strip():
+                continue
+            at = f"{where}: line {number}"
+            row = _log_row(line, at, label_max, note)
+            if row[0] in seen:
+                raise LogFormatError(f"{at}: idx {row[0]} appears twice")
+            seen.add(row[0])
+            rows.append(row)
     if not rows:
         raise LogFormatError(f"{where}: no result lines after the header")
-    return pd.DataFrame(rows, columns=["idx", "label", "predict", "radius", "correct", "seconds"])
+    return CohenLog(where, digest.hexdigest(), rows)
 
 
-def _constant_sigma(sigma: str | float | None) -> tuple[str | None, dict, float | None, float]:
-    """(spec, params, per-point sigma or None, r) for the --sigma of an imported log."""
-    if sigma is None or sigma == "":
+def read_cohen_log(source: LogSource, *, source_name: str | None = None,
+                   num_classes: int | None = None) -> pd.DataFrame:
+    """The log as a data frame (idx, label, predict, radius, correct, seconds); see ``parse_cohen_log``."""
+    import pandas as pd
+
+    log = parse_cohen_log(source, source_name=source_name, num_classes=num_classes)
+    return pd.DataFrame(log.rows, columns=["idx", "label", "predict", "radius", "correct", "seconds"])
+
+
+def import_sigma(sigma: str | float | None) -> tuple[str | None, dict, float | None, float]:
+    """(spec, params, per-point sigma or None, r) for the sigma of an imported log: a number or a
+    spec (``constant:0.25``, ``knn:...``), checked as ``smoothviz.sigma.parse_sigma_spec`` does."""
+    if sigma is None or (isinstance(sigma, str) and not sigma.strip()):
         return None, {}, None, 0.0
-    try:
-        value = float(sigma)
-    except (TypeError, ValueError):
-        from smoothviz.sigma import parse_sigma_spec
+    from smoothviz.sigma import parse_sigma_spec
 
-        spec = str(sigma)
-        params = parse_sigma_spec(spec)
-        kind = str(params.get("kind", spec.split(":")[0]))
-        if kind == "constant":
-            value = float(params["sigma"])
-            return f"constant:{value:g}", params, value, 0.0
-        return spec, params, None, float(params.get("r", 0.0))
-    if not (value > 0 and math.isfinite(value)):
-        raise InvalidArgument(f"--sigma {sigma!r}: must be > 0")
-    return f"constant:{value:g}", {"kind": "constant", "sigma": value}, value, 0.0
+    text = str(sigma).strip()
+    if len(text) > _SIGMA_TEXT_MAX:
+        raise InvalidArgument(f"sigma {quote(text)} is not a number or sigma spec")
+    try:
+        float(text)
+    except ValueError:
+        params = parse_sigma_spec(text)
+    else:
+        params = parse_sigma_spec(f"constant:{text}")
+    if params["kind"] == "constant":
+        value = float(params["sigma"])
+        return f"constant:{value:g}", params, value, 0.0
+    return text, params, None, float(params.get("r") or 0.0)
 
 
 def import_cohen_log(
     store: Store,
-    path: str | Path,
+    source: LogSource | CohenLog,
     name: str,
     dataset: str,
     sigma: str | float | None = None,
     *,
     n: int | None = None,
     alpha: float | None = None,
+    num_classes: int | None = None,
+    source_name: str | None = None,
 ) -> int:
     """Import a reference-code certification log as a finished run; returns the new run id.
 
-    The log has no p_A or counts; ``sigma`` (a number or spec) fills the per-point sigma for a
-    constant sigma, and the logged radius is both the radius and the naive radius.
+    ``source``: a path, bytes, a binary or text file object (see ``parse_cohen_log``), or a
+    CohenLog already parsed. The run and all its rows are written in one transaction (all or
+    nothing, fast); its options record the source name and the file's SHA-256. The log has no
+    p_A or counts; ``sigma`` (a number or spec) fills the per-point sigma for a constant sigma, and
+    the logged radius is both the radius and the naive radius.
+
+    Raises LogFormatError (the file or a line), InvalidArgument (name, sigma, n, alpha),
+    RunNameTaken (``.run_id`` already has the name), DuplicateImport (the same bytes were imported
+    as ``.run_id``) and StoreError; nothing is written then.
     """
-    df = read_cohen_log(path)
-    spec, params, sigma_value, r = _constant_sigma(sigma)
-    run_id = store.create_run(
-        name=name, dataset=dataset, split="test", checkpoint=None, sigma_spec=spec,
-        sigma_params=params, r=r, n0=None, n=n, alpha=alpha, device=None,
-        indices=df["idx"].tolist(), seed=None, batch_size=None,
-        options={"imported_from": str(path)}, kind="import",
-    )
-    for row in df.itertuples(index=False):
-        store.add_result(run_id, {
-            "idx": row.idx, "label": row.label, "predict": row.predict, "correct": row.correct,
-            "p_a_lower": None, "sigma": sigma_value, "radius": row.radius,
-            "naive_radius": row.radius, "counts": None, "seconds": row.seconds,
+    cleaned = check_run_name(name)
+    spec, params, sigma_value, r = import_sigma(sigma)
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= ID_MAX):
+        raise InvalidArgument(f"n {n!r} must be a sample count (an integer >= 1)")
+    if alpha is not None and not 0.0 < float(alpha) < 1.0:
+        raise InvalidArgument(f"alpha {alpha!r} is outside (0, 1)")
+    log = source if isinstance(source, CohenLog) else parse_cohen_log(
+        source, source_name=source_name, num_classes=num_classes)
+    now = time.time()
+    with store._write() as c:
+        taken = c.execute("SELECT id FROM runs WHERE name=? ORDER BY id LIMIT 1", (cleaned,)).fetchone()
+        if taken is not None:
+            raise RunNameTaken(f"run name {quote(cleaned)} is already used by run {taken[0]}; choose another name",
+                               cleaned, int(taken[0]))
+        for run_id, run_name, options in c.execute("SELECT id, name, options FROM runs WHERE kind='import'").fetchall():
+            try:
+                recorded = json.loads(options).get("sha256")
+            except (ValueError, AttributeError):
+                recorded = None
+            if recorded == log.sha256:
+                raise DuplicateImport(f"{log.source}: the same file was already imported as run {run_id} "
+                                      f"({quote(run_name)})", int(run_id))
+        run_id = store._insert_run(c, {
+            "name": cleaned, "kind": "import", "created": now, "dataset": dataset, "split": "test",
+            "sigma_spec": spec, "sigma_params": _json(params), "r": r, "n0": None, "n": n,
+            "alpha": None if alpha is None else float(alpha), "indices": _json([row[0] for row in log.rows]),
+            "total": len(log.rows), "options": _json({"imported_from": log.source, "sha256": log.sha256}),
+            "status": "done", "message": f"imported from {Path(log.source).name}", "started": now,
+            "updated": now, "finished": now,
         })
-    store.set_status(run_id, "done", f"imported from {Path(str(path)).name}")
+        c.executemany(
+            "INSERT INTO results (run_id, idx, label, predict, correct, p_a_lower, sigma, radius,"
+            " naive_radius, counts, seconds, created) VALUES (?,?,?,?,?,NULL,?,?,?,NULL,?,?)",
+            ((run_id, idx, label, predict, int(correct), sigma_value, radius, radius, seconds, now)
+             for idx, label, predict, radius, correct, seconds in log.rows),
+        )
     return run_id
 
 
 @contextlib.contextmanager
 def _text_out(target: str | Path | IO[str]) -> Iterator[IO[str]]:
+    """A file object as it is, or a path written atomically (``smoothviz.outputs``)."""
     if hasattr(target, "write"):
         yield target  # type: ignore[misc]
     else:
-        p = Path(target)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        with p.open("w", encoding="utf-8", newline="") as f:
+        with atomic_output(target, "w") as f:
             yield f
 
 
@@ -629,11 +975,8 @@ def export_cohen_log(store: Store, run_id: int, path: str | Path | IO[str]) -> N
     with _text_out(path) as f:
         f.write("\t".join(COHEN_HEADER) + "\n")
         for row in df.itertuples(index=False):
-            seconds = 0.0 if row.seconds is None or math.isnan(row.seconds) else float(row.seconds)
-            f.write(
-                f"{row.idx}\t{row.label}\t{row.predict}\t{float(row.radius)!r}\t{int(row.correct)}\t"
-                f"{dt.timedelta(seconds=seconds)}\n"
-            )
+            f.write(f"{row.idx}\t{row.label}\t{row.predict}\t{float(row.radius)!r}\t{int(row.correct)}\t"
+                    f"{_log_time(row.seconds)}\n")
 
 
 def export_csv(store: Store, run_id: int, path: str | Path | IO[str]) -> None:

@@ -1,4 +1,7 @@
-"""Argument types shared by the verbs: they reject bad values with a message naming the value."""
+"""Argument types shared by the verbs: they reject bad values with a message naming the value.
+
+This module imports nothing heavy, so every verb can use it at module level.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +9,14 @@ import argparse
 import math
 from pathlib import Path
 
+from smoothviz.errors import InvalidArgument
+
 
 def _number(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        raise argparse.ArgumentTypeError(f"{_short(text)} is not a number") from None
     if math.isnan(value):
         raise argparse.ArgumentTypeError("NaN is not allowed")
     return value
@@ -49,15 +54,57 @@ def non_negative(text: str) -> float:
     return value
 
 
+_INT_DIGITS_MAX = 30  # longer integers are refused before int() (which stops at 4300 digits)
+
+# The input dimensions smoothviz.bounds accepts (its DIM_MAX; a test keeps the two equal): a 4K RGB
+# image has 2.5e7. Kept here as a number so that argument parsing loads no numpy or scipy.
+DIM_MAX = 10**8
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}… ({len(text):,} characters)"
+
+
+def _integer(text: str) -> int:
+    stripped = text.strip()
+    if len(stripped) > _INT_DIGITS_MAX:
+        raise argparse.ArgumentTypeError(f"{_short(text)} is not an integer of a usable size")
+    try:
+        return int(stripped)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{_short(text)} is not an integer") from None
+
+
 def positive_int(text: str) -> int:
     """An integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be >= 1")
     return value
+
+
+def dimension(text: str) -> int:
+    """An input dimension: an integer from 1 to DIM_MAX."""
+    value = _integer(text)
+    if not 1 <= value <= DIM_MAX:
+        raise argparse.ArgumentTypeError(f"{value} is outside 1 to {DIM_MAX:.0e} (the input dimension)")
+    return value
+
+
+def parse_radii(text: str) -> list[float]:
+    """Radii from ``0,0.25,0.5`` (finite, >= 0); InvalidArgument names the bad entry."""
+    radii = []
+    for part in (t for t in text.split(",") if t.strip()):
+        try:
+            value = float(part)
+        except ValueError:
+            raise InvalidArgument(f"--radii: {_short(part.strip())} is not a number") from None
+        if not math.isfinite(value) or value < 0:
+            raise InvalidArgument(f"--radii: {_short(part.strip())} is not a finite radius >= 0")
+        radii.append(value)
+    if not radii:
+        raise InvalidArgument(f"--radii {_short(text)}: expected comma-separated radii such as 0,0.25,0.5")
+    return radii
 
 
 def add_db_argument(parser: argparse.ArgumentParser) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
-from smoothviz import bounds
-from smoothviz.commands._args import non_negative, positive, positive_int, probability
+from smoothviz.commands._args import DIM_MAX, dimension, non_negative, positive, probability
+from smoothviz.errors import InvalidArgument
 
 NAME = "bound"
 HELP = (
@@ -25,13 +26,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="L2 distance ||x1 - x0|| (>= 0)")
     parser.add_argument("--pa", type=probability, required=True,
                         help="probability of the top class A at x0, in (0, 1]")
-    parser.add_argument("--dim", type=positive_int, required=True,
-                        help="input dimension N, e.g. 3072 for CIFAR-10 (integer >= 1)")
+    parser.add_argument("--dim", type=dimension, required=True,
+                        help=f"input dimension N, e.g. 3072 for CIFAR-10 (integer from 1 to {DIM_MAX:.0e})")
 
 
 def run(args: argparse.Namespace) -> int:
     """Compute the Neyman-Pearson worst case and print it as one JSON object."""
-    value = bounds.worst_case_probability(args.sigma0, args.sigma1, args.distance, args.pa,
-                                          args.dim)
-    print(json.dumps({"bound": float(value)}))
+    from smoothviz import bounds
+
+    value = float(bounds.worst_case_probability(args.sigma0, args.sigma1, args.distance, args.pa, args.dim))
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise InvalidArgument("the bound could not be computed for these inputs (no finite probability)")
+    print(json.dumps({"bound": value}))
     return 0

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
-from smoothviz import bounds
-from smoothviz.commands._args import non_negative, positive, positive_int, probability
+from smoothviz.commands._args import DIM_MAX, dimension, non_negative, positive, probability
+from smoothviz.errors import InvalidArgument
 
 NAME = "radius"
 HELP = (
@@ -25,21 +26,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="noise level sigma(x0) at the certified input (> 0)")
     parser.add_argument("--r", type=non_negative, required=True,
                         help="semi-elasticity of sigma (>= 0); r = 0 gives Cohen's radius")
-    parser.add_argument("--dim", type=positive_int, required=True,
-                        help="input dimension N, e.g. 3072 for CIFAR-10 (integer >= 1)")
+    parser.add_argument("--dim", type=dimension, required=True,
+                        help=f"input dimension N, e.g. 3072 for CIFAR-10 (integer from 1 to {DIM_MAX:.0e})")
     parser.add_argument("--naive", action="store_true",
                         help="also print naive_radius = sigma0 * Phi^-1(p_A) and "
                              "naive_is_not_a_guarantee: true (the certificate earlier "
                              "input-dependent works reported; it is not sound for r > 0)")
 
 
+def _checked(name: str, value: float, p_a: float) -> float:
+    """``value`` when it is a radius to print: finite, or Infinity exactly where p_A = 1."""
+    if math.isnan(value) or value < 0 or (math.isinf(value) and p_a < 1.0):
+        raise InvalidArgument(f"the {name} could not be computed for these inputs (got {value})")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     """Compute the input-dependent radius (and optionally the naive one) and print JSON."""
-    radius = bounds.input_dependent_radius(args.pa, args.sigma0, args.r, args.dim)
-    out: dict[str, float | bool] = {"radius": float(radius)}
+    import numpy as np
+
+    from smoothviz import bounds
+
+    radius = _checked("radius", float(bounds.input_dependent_radius(args.pa, args.sigma0, args.r, args.dim)), args.pa)
+    out: dict[str, float | bool] = {"radius": radius}
     if args.naive:
-        naive = bounds.naive_radius(args.pa, args.sigma0) if args.pa > 0.5 else 0.0
-        out["naive_radius"] = float(naive)
+        with np.errstate(over="ignore"):
+            naive = float(bounds.naive_radius(args.pa, args.sigma0)) if args.pa > 0.5 else 0.0
+        out["naive_radius"] = _checked("naive radius", naive, args.pa)
         out["naive_is_not_a_guarantee"] = True
     print(json.dumps(out))
     return 0

@@ -4,30 +4,41 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from smoothviz.store import DEFAULT_DB, Store
+from smoothviz.commands._args import add_db_argument
 
 NAME = "runs"
-HELP = "List the runs in the results store (id, name, dataset, sigma, n, status, points done)."
+HELP = "List the runs in the results store (id, name, dataset, sigma, n0, n, status, points done)."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"results database (default {DEFAULT_DB})")
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    add_db_argument(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON (null where a run has no value)")
+
+
+def _cell(value: object, spec: str = "") -> str:
+    """A table cell: "-" for a missing value (None or NaN), else the value formatted."""
+    if value is None or value != value:  # noqa: PLR0124 (NaN)
+        return "-"
+    return format(value, spec) if spec else str(value)
 
 
 def run(args: argparse.Namespace) -> int:
-    df = Store(args.db).runs()
+    from smoothviz.store import Store
+
+    with Store(args.db, create=False) as store:
+        df = store.runs()
+        where = store.path
     if args.json:
         print(json.dumps(json.loads(df.to_json(orient="records")), indent=2))
         return 0
     if not len(df):
-        print(f"no runs in {args.db}")
+        print(f"no runs in {where}")
         return 0
-    cols = ["id", "name", "kind", "dataset", "sigma_spec", "n", "alpha", "status", "points", "created"]
-    df = df.assign(points=[f"{d}/{t}" for d, t in zip(df["done"], df["total"])])
-    df["n"] = [("-" if v != v or v is None else str(int(v))) for v in df["n"]]
-    df["alpha"] = [("-" if v != v or v is None else f"{v:g}") for v in df["alpha"]]
-    print(df[cols].fillna("-").to_string(index=False))
+    table = df.assign(points=[f"{d}/{t}" for d, t in zip(df["done"], df["total"])])
+    for col in ("n0", "n"):
+        table[col] = [_cell(v) for v in table[col]]
+    table["alpha"] = [_cell(v, "g") for v in table["alpha"]]
+    cols = ["id", "name", "kind", "dataset", "sigma_spec", "n0", "n", "alpha", "status", "points", "created"]
+    print(table[cols].fillna("-").to_string(index=False))
     return 0

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from smoothviz import analysis
-from smoothviz.commands.certify import parse_radii
-from smoothviz.store import DEFAULT_DB, Store
+from smoothviz.commands._args import add_db_argument, parse_radii
+
+if TYPE_CHECKING:
+    from smoothviz.store import Store
 
 NAME = "table"
 HELP = "Print the certified accuracy of runs at radii (plain text or --json)."
@@ -24,15 +25,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--curve", action="store_true",
                         help="print the full step curve (every distinct radius) instead of the radii")
     parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"results database (default {DEFAULT_DB})")
+    add_db_argument(parser)
 
 
-def _finite(x: float) -> float | None:
+def _finite(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
 def run_report(store: Store, ref: str, radii: list[float], use: str, curve: bool) -> dict:
     """The numbers ``table`` prints for one run."""
+    from smoothviz import analysis
+
     run_id = store.resolve_run(ref)
     run = store.run(run_id)
     df = store.results(run_id)
@@ -54,9 +57,11 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from smoothviz.store import Store
+
     radii = parse_radii(args.radii)
-    store = Store(args.db)
-    reports = [run_report(store, ref, radii, args.use, args.curve) for ref in args.runs]
+    with Store(args.db, create=False) as store:
+        reports = [run_report(store, ref, radii, args.use, args.curve) for ref in args.runs]
     if args.json:
         print(json.dumps(reports if len(reports) > 1 else reports[0], indent=2))
         return 0
