@@ -1,8 +1,16 @@
-"""Certify: pick data, checkpoint and sigma function; the run executes as a background job."""
+"""Certify: pick data, checkpoint and sigma function; the run executes as a background job.
+
+Every value the page reads from the link (or a checkpoint's σ) is checked against the ranges the
+library accepts before it reaches a widget: a value outside them is named in one error line, the
+widget shows what is used instead, and Run stays disabled until that value is changed (or the
+shown values are accepted). The numeric widgets have no range of their own, so a typed value
+never bounces silently back: it is checked here and refused in one line.
+"""
 
 from __future__ import annotations
 
-import re
+import math
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -10,21 +18,134 @@ import streamlit as st
 import torch
 
 from pages._ui import (
-    PAGES, ROOT, db_path, display_path, engine_batch_size, get_store, job_manager, list_checkpoints,
-    load_dataset, load_sigma, query_int, run_label, set_query, setup_page, short_spec, show_error,
-    stop_on_error,
+    ACTIVE, ERROR_ICON, PAGES, ROOT, WARNING_ICON, db_path, display_path, engine_batch_size, executing_runs,
+    get_store, job_manager, list_checkpoints, load_dataset, load_sigma, one_line, run_label, set_query, setup_page,
+    short_spec, show_error, shown, stop_on_error,
 )
 from smoothviz import analysis, data, plots
-from smoothviz.points import evenly_spaced, parse_indices
-from smoothviz.progress import format_seconds
 from smoothviz.errors import SmoothvizError
-from smoothviz.jobs import RUNNING, certify_job_id
-from smoothviz.sigma import canonical_spec, parse_sigma_spec
+from smoothviz.jobs import RUNNING, certify_job_id, live_progress
+from smoothviz.plots import plural
+from smoothviz.points import evenly_spaced, parse_indices
+from smoothviz.sigma import M_MAX, R_MAX, SIGMA_MAX, SIGMA_MIN, canonical_spec, parse_sigma_spec
 
-setup_page("Certify", "✅")
-ACTIVE = ("pending", "running")
+setup_page("Certify", ":material/verified:")
+INT_MAX = 2**53 - 1  # the largest integer a browser's number field holds exactly
+SEED_MAX = 2**63 - 1
+FALLBACK_SPEC = "constant:0.25"
+LINK_ERRORS = "_certify_link_errors"  # key -> [message, the value shown instead (None until drawn)]
 
 
+# ---------------------------------------------------------------- values from the link
+def link_int(key: str, low: int, high: int) -> int | None:
+    """The link's integer ``key`` when it is one in [low, high]; otherwise None, with the refusal
+    recorded (absent keys are not an error)."""
+    raw = st.query_params.get(key)
+    if raw is None:
+        return None
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        refuse(key, f"the link's {key} = {shown(raw)} was not applied: not an integer")
+        return None
+    if not low <= value <= high:
+        refuse(key, f"the link's {key} = {value} was not applied: outside [{low:,}, {high:,}]")
+        return None
+    return value
+
+
+def link_float(key: str, low: float, high: float, open_ends: bool = False) -> float | None:
+    """The link's number ``key`` when finite and in [low, high] (or (low, high)); else None, refused."""
+    raw = st.query_params.get(key)
+    if raw is None:
+        return None
+    try:
+        value = float(str(raw).strip())
+    except ValueError:
+        refuse(key, f"the link's {key} = {shown(raw)} was not applied: not a number")
+        return None
+    inside = (low < value < high) if open_ends else (low <= value <= high)
+    if not math.isfinite(value) or not inside:
+        where = f"({low:g}, {high:g})" if open_ends else f"[{low:g}, {high:g}]"
+        refuse(key, f"the link's {key} = {shown(raw)} was not applied: outside {where}")
+        return None
+    return value
+
+
+def link_choice(key: str, options: list[str]) -> str | None:
+    """The link's ``key`` when it is one of ``options`` (never a path outside them); else None, refused."""
+    raw = st.query_params.get(key)
+    if raw is None:
+        return None
+    if raw in options:
+        return raw
+    refuse(key, f"the link's {key} = {shown(raw)} was not applied: not one of the {len(options)} choices here")
+    return None
+
+
+def refuse(key: str, message: str) -> None:
+    st.session_state.setdefault(LINK_ERRORS, {})[key] = [one_line(message), None]
+
+
+def reason(exc: SmoothvizError) -> str:
+    """A library message without its leading ``sigma spec '...':`` (the caller names the spec)."""
+    text = str(exc)
+    return text.split("': ", 1)[1] if text.startswith("sigma spec '") and "': " in text else text
+
+
+def checked_spec(spec: str | None, n_train: int) -> tuple[dict | None, str | None]:
+    """(parsed spec, None) when the library accepts ``spec`` and k fits the training set, else (None, why)."""
+    if not spec:
+        return None, "no σ spec"
+    try:
+        params = parse_sigma_spec(spec)
+    except SmoothvizError as exc:
+        return None, reason(exc)
+    if params["kind"] == "knn" and params["k"] > n_train:
+        return None, f"k = {params['k']} exceeds the {n_train:,} training points"
+    return params, None
+
+
+# ---------------------------------------------------------------- checks of the widgets' values
+def check_number(errors: list[str], label: str, value: float | None, low: float, high: float,
+                 open_ends: bool = False) -> None:
+    """Append one line when ``value`` is missing, not finite or outside its range."""
+    if value is None:
+        errors.append(f"{label} is empty")
+        return
+    inside = (low < value < high) if open_ends else (low <= value <= high)
+    if not math.isfinite(value) or not inside:
+        where = f"({low:g}, {high:g})" if open_ends else f"[{low:g}, {high:g}]"
+        errors.append(f"{label} = {value:g} is outside {where}")
+
+
+def sigma_errors(params: dict, n_train: int) -> list[str]:
+    """What is wrong with the σ widgets' values, one line each (empty when the library accepts them)."""
+    errors: list[str] = []
+    sigma_range = (SIGMA_MIN, SIGMA_MAX)
+    if params["kind"] == "constant":
+        check_number(errors, "σ", params["sigma"], *sigma_range)
+    else:
+        check_number(errors, "σ_b", params["sigma_b"], *sigma_range)
+        check_number(errors, "r", params["r"], 0.0, R_MAX)
+        check_number(errors, "k", params["k"], 1, n_train)
+        if params["m"] is not None:
+            check_number(errors, "m", params["m"], -M_MAX, M_MAX)
+        for key, label in (("sigma_min", "min σ"), ("sigma_max", "max σ")):
+            if params[key] is not None:
+                check_number(errors, label, params[key], *sigma_range)
+        if not errors and None not in (params["sigma_min"], params["sigma_max"]) \
+                and params["sigma_min"] > params["sigma_max"]:
+            errors.append(f"min σ = {params['sigma_min']:g} exceeds max σ = {params['sigma_max']:g}")
+    if not errors:
+        try:
+            parse_sigma_spec(canonical_spec(params))
+        except SmoothvizError as exc:
+            errors.append(one_line(str(exc)))
+    return errors
+
+
+# ---------------------------------------------------------------- jobs
 @st.cache_data(max_entries=16, show_spinner="Computing σ(x) on the chosen points…")
 def sigma_on_points(dataset: str, spec: str, indices: tuple[int, ...]) -> np.ndarray:
     sigma_fn = load_sigma(dataset, spec)
@@ -38,12 +159,45 @@ def results_figure(run: dict, results) -> object:
 
 
 def start_job(run_id: int) -> None:
+    """Execute (or resume) the run in a background process; the run is pending from here on."""
     job_manager().start_certify(run_id, db_path(), cwd=ROOT)
 
 
+def resume(run_id: int) -> None:
+    """Resume button callback: runs before the page is drawn, so the page already shows the new job."""
+    try:
+        start_job(run_id)
+    except SmoothvizError as exc:
+        st.session_state["_certify_start_error"] = one_line(str(exc))
+
+
+def start_run(token: str, config: dict) -> None:
+    """Run button callback, idempotent: a click on an already used button, or a click while an
+    identical run is pending or running, opens that run instead of creating another."""
+    used = st.session_state.setdefault("_certify_used_tokens", set())
+    if token in used or config is None:
+        return
+    used.add(token)
+    st.session_state["_certify_token"] = uuid.uuid4().hex
+    store = get_store()
+    try:
+        run_id = store.find_run(**config)
+        status = store.run(run_id)["status"] if run_id is not None else None
+        if status not in ACTIVE:
+            run_id = store.create_run(**config)
+            start_job(run_id)
+        elif status == "pending":  # recorded, perhaps not started yet: starting is idempotent
+            start_job(run_id)
+    except SmoothvizError as exc:
+        st.session_state["_certify_start_error"] = one_line(str(exc))
+        return
+    st.query_params["run"] = str(run_id)
+
+
 @st.fragment(run_every="1s")
-def live_progress(run_id: int) -> None:
-    """Progress, rate, ETA, partial curve and Cancel; hands over to the full page when the run ends."""
+def live_panel(run_id: int) -> None:
+    """One progress line (points stored plus the samples of the points in flight), the partial
+    curve and Cancel; hands over to the full page when the run ends."""
     store = get_store()
     prog = store.progress(run_id)
     job = job_manager().get(certify_job_id(run_id))
@@ -58,18 +212,14 @@ def live_progress(run_id: int) -> None:
             else:
                 store.set_status(run_id, "failed", tail[-1] if tail else f"process exited with code {job.returncode}")
         st.rerun(scope="app")
-    done, total = int(prog["done"]), max(int(prog["total"]), 1)
-    rate = prog.get("rate_per_s")
-    text = f"{done}/{total} points · " + (f"{rate:.2f} points/s · ETA {format_seconds(prog.get('eta_s'))}"
-                                          if rate else "starting…")
-    st.progress(min(done / total, 1.0), text=text)
-    if job is not None:
-        lines = [ln.strip() for ln in re.split(r"[\r\n]+", job_manager().log_tail(job.id, 600)) if ln.strip()]
-        if lines and lines[-1].startswith("["):
-            st.caption(f"engine: `{lines[-1]}`")
+    run = store.run(run_id)
+    engine = job_manager().engine_progress(job.id) if job is not None else None
+    view = live_progress(int(prog["total"]), int(prog["done"]), int(run["n0"] or 0) + int(run["n"] or 0), engine,
+                         prog.get("rate_per_s"), prog.get("eta_s"))
+    st.progress(view.fraction, text=view.text())
     if job is None and prog["status"] == "pending":
         st.info("This run is recorded but no process is executing it.")
-        if st.button("Start it", key=f"start{run_id}"):
+        if run["kind"] == "certify" and st.button("Start it", key=f"start{run_id}"):
             start_job(run_id)
     if st.button("Cancel", key=f"cancel{run_id}", help="Stops after the current batch; finished points stay."):
         stopped = job is not None and job_manager().cancel(job.id)
@@ -80,7 +230,20 @@ def live_progress(run_id: int) -> None:
         st.toast("Cancelling…")
     results = store.results(run_id)
     if len(results):
-        st.plotly_chart(results_figure(store.run(run_id), results), key=f"live{run_id}")
+        st.plotly_chart(results_figure(run, results), key=f"live{run_id}")
+
+
+def resumable(run: dict) -> str | None:
+    """Why the run cannot be resumed from here, or None when it can."""
+    if run["kind"] != "certify":
+        return f"a run of kind {run['kind']} has nothing to execute"
+    checkpoint = run.get("checkpoint")
+    if not checkpoint:
+        return "it records no checkpoint"
+    path = Path(checkpoint) if Path(checkpoint).is_absolute() else ROOT / checkpoint
+    if not path.is_file():
+        return f"its checkpoint {display_path(path)} is missing"
+    return None
 
 
 def run_panel(run_id: int) -> None:
@@ -88,26 +251,35 @@ def run_panel(run_id: int) -> None:
     store = get_store()
     try:
         run = store.run(run_id)
-    except SmoothvizError as exc:
-        show_error(exc)
+    except SmoothvizError:
+        st.error(f"the link's run = {run_id} was not applied: there is no run #{run_id} in the results store",
+                 icon=ERROR_ICON)
         return
     st.subheader(f"Run {run_label(run)}")
     st.caption(f"{run['dataset']} · {run['sigma_spec']} · n0 = {run['n0']}, n = {run['n']}, "
-               f"α = {run['alpha']} · checkpoint `{run['checkpoint']}`")
+               f"α = {run['alpha']} · checkpoint `{display_path(Path(run['checkpoint'])) if run['checkpoint'] else '—'}`")
+    failed_start = st.session_state.pop("_certify_start_error", None)
+    if failed_start:
+        st.error(failed_start, icon=ERROR_ICON)
     status = run["status"]
     if status in ACTIVE:
-        live_progress(run_id)
+        live_panel(run_id)
         return
     results = store.results(run_id)
     if status == "done":
-        st.success(f"Done: {len(results)} points certified.")
+        st.success(f"Done: {plural(len(results), 'point')} certified.")
     elif status == "failed":
-        st.error(f"The run failed: {run.get('message') or 'see the job log'}")
+        st.error(f"The run failed: {one_line(run.get('message') or 'see the job log')}", icon=ERROR_ICON)
     else:
-        st.warning(f"The run is {status} after {len(results)} of {run['total']} points.")
-    if status != "done" and st.button("Resume", key=f"resume{run_id}", help="Certifies the remaining points."):
-        start_job(run_id)
-        st.rerun()
+        st.warning(f"The run is {status} after {len(results):,} of {plural(int(run['total']), 'point')}.",
+                   icon=WARNING_ICON)
+    if status != "done":
+        why_not = resumable(run)
+        if why_not is None:
+            st.button("Resume", key=f"resume{run_id}", help="Certifies the remaining points.",
+                      on_click=resume, args=(run_id,))
+        else:
+            st.caption(f"It cannot be resumed: {why_not}.")
     if len(results):
         summary = analysis.summary(results)
         c = st.columns(4)
@@ -122,8 +294,22 @@ def run_panel(run_id: int) -> None:
             st.code(job_manager().log_tail(certify_job_id(run_id)) or "(empty)")
 
 
+# ---------------------------------------------------------------- the page
 st.title("Certify test points")
-current_run = query_int("run")
+entering = "dataset" not in st.session_state  # page widgets are dropped when the user leaves the page
+if entering:
+    st.session_state[LINK_ERRORS] = {}
+current_run = None
+if "run" in st.query_params:
+    raw_run = st.query_params.get("run")
+    try:
+        current_run = int(str(raw_run).strip())
+        if not 1 <= current_run <= SEED_MAX:
+            raise ValueError
+    except ValueError:
+        st.error(f"the link's run = {shown(raw_run)} was not applied: not a run id", icon=ERROR_ICON)
+        current_run = None
+        set_query(run=None)
 if current_run is not None:
     run_panel(current_run)
     if st.button("New certification", key="new_run"):
@@ -133,137 +319,196 @@ if current_run is not None:
 
 st.subheader("New certification" if current_run is not None else "Configuration")
 names = data.dataset_names()
+if entering:
+    st.session_state["dataset"] = link_choice("dataset", names) or data.DEFAULT_DATASET
 c1, c2 = st.columns(2)
-dataset = c1.selectbox("Dataset", names, index=names.index(data.DEFAULT_DATASET), key="dataset",
-                       bind="query-params")
+dataset = c1.selectbox("Dataset", names, key="dataset")
 if dataset in data.DATASET_INFO:
     c1.caption(data.DATASET_INFO[dataset].description)
 with stop_on_error():
     ds = load_dataset(dataset)
+n_train, n_test = int(ds.train_x.shape[0]), int(ds.test_x.shape[0])
 
 ckpts = list_checkpoints(dataset)
 if not ckpts:
+    set_query(dataset=dataset)
     st.warning(f"No checkpoint trained on **{dataset}** under assets/ or runs/checkpoints/. Train one on the "
-               f"Train page or with `python -m smoothviz train --dataset {dataset} ...`.")
+               f"Train page or with `python -m smoothviz train --dataset {dataset} ...`.", icon=WARNING_ICON)
     st.stop()
 metas = {display_path(p): m for p, m in ckpts}
-ckpt = c2.selectbox("Checkpoint", list(metas), key="ckpt", bind="query-params")
+if "ckpt" not in st.session_state or st.session_state["ckpt"] not in metas:
+    st.session_state["ckpt"] = (link_choice("ckpt", list(metas)) if entering else None) or next(iter(metas))
+ckpt = c2.selectbox("Checkpoint", list(metas), key="ckpt")
 meta = metas[ckpt]
 acc = meta.get("clean_accuracy")
 c2.caption(f"arch {meta.get('arch')} · trained with σ = `{meta.get('sigma')}`"
            + (f" · clean accuracy {acc:.3f}" if isinstance(acc, (int, float)) else ""))
 
-# Sigma widgets are keyed by checkpoint, so choosing another checkpoint starts from its metadata;
-# a shared link (first visit) starts from the URL's spec instead.
-first_visit = "_certify_seen" not in st.session_state
-st.session_state["_certify_seen"] = True
-default = None
-for candidate in ((st.query_params.get("sigma") if first_visit else None), meta.get("sigma"), "constant:0.25"):
-    try:
-        default = parse_sigma_spec(candidate) if candidate else None
-    except SmoothvizError:
-        default = None
-    if default:
-        break
+# σ widgets are keyed by checkpoint, so choosing another checkpoint starts from its metadata; the
+# link's spec (when the page is entered) comes first. A refused spec falls back visibly.
 sk = f"@{ckpt}"
+if f"kind{sk}" not in st.session_state:
+    default = None
+    if entering and "sigma" in st.query_params:
+        raw_spec = st.query_params.get("sigma")
+        default, why = checked_spec(raw_spec, n_train)
+        if default is None:
+            refuse("sigma", f"the link's σ spec {shown(raw_spec)} was not applied: {why}; "
+                            f"showing the checkpoint's σ instead")
+    if default is None and meta.get("sigma"):
+        default, why = checked_spec(meta.get("sigma"), n_train)
+        if default is None:
+            refuse("sigma", f"the checkpoint's σ spec {shown(meta.get('sigma'))} is refused: {why}; "
+                            f"showing {FALLBACK_SPEC} instead")
+    default = default or parse_sigma_spec(FALLBACK_SPEC)
+    first = default.get("sigma") or default.get("sigma_b")
+    st.session_state.update({
+        f"kind{sk}": default["kind"], f"sigma{sk}": float(first), f"sigma_b{sk}": float(first),
+        f"r{sk}": float(default.get("r") or 0.0), f"k{sk}": int(default.get("k") or min(20, n_train)),
+        f"mset{sk}": default.get("m") is not None, f"m{sk}": float(default.get("m") or 0.0),
+        f"minset{sk}": default.get("sigma_min") is not None, f"smin{sk}": float(default.get("sigma_min") or 0.05),
+        f"maxset{sk}": default.get("sigma_max") is not None, f"smax{sk}": float(default.get("sigma_max") or 1.0),
+    })
+
 st.markdown("**σ function**")
 s1, s2, s3, s4 = st.columns(4)
-kind = s1.radio("kind", ["constant", "knn"], index=0 if default["kind"] == "constant" else 1, key="kind" + sk,
-                horizontal=True, help="knn: σ(x) = σ_b·exp(r·(mean distance to the k nearest training points − m)).")
+kind = s1.radio("kind", ["constant", "knn"], key="kind" + sk, horizontal=True,
+                help="knn: σ(x) = σ_b·exp(r·(mean distance to the k nearest training points − m)).")
+fmt = "%.6g"
 if kind == "constant":
-    sig = s2.number_input("σ (pixel units)", 0.001, 10.0, float(default.get("sigma") or default.get("sigma_b")),
-                          0.01, format="%.4f", key="sigma" + sk)
-    params = {"kind": "constant", "sigma": float(sig)}
+    sig = s2.number_input(f"σ (pixel units, {SIGMA_MIN:g} to {SIGMA_MAX:g})", step=0.01, format=fmt, key="sigma" + sk)
+    params = {"kind": "constant", "sigma": sig}
 else:
-    sigma_b = s2.number_input("σ_b (base σ)", 0.001, 10.0, float(default.get("sigma_b") or default.get("sigma")),
-                              0.01, format="%.4f", key="sigma_b" + sk)
-    r_val = s3.number_input("r (semi-elasticity)", 0.0, 100.0, float(default.get("r") or 0.0), 0.005,
-                            format="%.4f", key="r" + sk)
-    k_val = s4.number_input("k (neighbours)", 1, 1000, int(default.get("k") or 20), 1, key="k" + sk)
+    sigma_b = s2.number_input(f"σ_b (base σ, {SIGMA_MIN:g} to {SIGMA_MAX:g})", step=0.01, format=fmt,
+                              key="sigma_b" + sk)
+    r_val = s3.number_input(f"r (semi-elasticity, 0 to {R_MAX:g})", step=0.005, format=fmt, key="r" + sk)
+    k_val = s4.number_input(f"k (neighbours, 1 to {n_train:,})", step=1, key="k" + sk)
     o1, o2, o3 = st.columns(3)
-    m_set = o1.checkbox("fix m", value=default.get("m") is not None, key="mset" + sk,
-                        help="Off: m = mean kNN distance over the training set.")
-    m_val = o1.number_input("m", -100.0, 100.0, float(default.get("m") or 0.0), 0.1, format="%.4f",
-                            key="m" + sk, disabled=not m_set)
-    clip = o2.checkbox("clip σ", value=default.get("sigma_min") is not None or default.get("sigma_max") is not None,
-                       key="clip" + sk)
-    lo = o2.number_input("min σ", 0.0001, 10.0, float(default.get("sigma_min") or 0.05), 0.01, format="%.4f",
-                         key="smin" + sk, disabled=not clip)
-    hi = o3.number_input("max σ", 0.0001, 10.0, float(default.get("sigma_max") or 1.0), 0.01, format="%.4f",
-                         key="smax" + sk, disabled=not clip)
-    params = {"kind": "knn", "sigma_b": float(sigma_b), "r": float(r_val), "k": int(k_val),
-              "m": float(m_val) if m_set else None,
-              "sigma_min": float(lo) if clip else None, "sigma_max": float(hi) if clip else None}
-errors: list[str] = []
-spec = canonical_spec(params)
-try:
-    parse_sigma_spec(spec)
-except SmoothvizError as exc:
-    errors.append(str(exc))
+    m_set = o1.checkbox("fix m", key="mset" + sk, help="Off: m = mean kNN distance over the training set.")
+    m_val = o1.number_input(f"m (±{M_MAX:g})", step=0.1, format=fmt, key="m" + sk, disabled=not m_set)
+    lo_set = o2.checkbox("clip below", key="minset" + sk)
+    lo = o2.number_input("min σ", step=0.01, format=fmt, key="smin" + sk, disabled=not lo_set)
+    hi_set = o3.checkbox("clip above", key="maxset" + sk)
+    hi = o3.number_input("max σ", step=0.01, format=fmt, key="smax" + sk, disabled=not hi_set)
+    params = {"kind": "knn", "sigma_b": sigma_b, "r": r_val, "k": k_val, "m": m_val if m_set else None,
+              "sigma_min": lo if lo_set else None, "sigma_max": hi if hi_set else None}
+errors = sigma_errors(params, n_train)
+spec = canonical_spec(params) if not errors else None
 r_semi = float(params.get("r") or 0.0)
-st.caption(f"spec `{spec}` · semi-elasticity r = {r_semi:g}"
-           + (" (constant σ: Cohen's certificate)" if kind == "constant" else
-              " (sound input-dependent certificate; the naive radius is stored for comparison)"))
+if spec:
+    st.caption(f"spec `{spec}` · semi-elasticity r = {r_semi:g}"
+               + (" (constant σ: Cohen's certificate)" if kind == "constant" else
+                  " (sound input-dependent certificate; the naive radius is stored for comparison)"))
 
 st.markdown("**Monte Carlo and points**")
-p1, p2, p3, p4 = st.columns(4)
-n0 = int(p1.number_input("n0 (selection samples)", 1, 10_000_000, 100, 10, key="n0", bind="query-params"))
-n = int(p2.number_input("n (estimation samples)", 1, 100_000_000, 1000, 100, key="n", bind="query-params"))
-alpha = float(p3.number_input("α (failure probability)", 1e-9, 0.5, 0.001, 0.001, format="%.6f", key="alpha",
-                              bind="query-params"))
-seed = int(p4.number_input("seed", 0, 2**31 - 1, 0, 1, key="seed", bind="query-params"))
-q1, q2, q3, q4 = st.columns(4)
-n_test = int(ds.test_x.shape[0])
-points = int(q1.number_input(f"points (of {n_test} test points, evenly spaced)", 1, n_test, min(20, n_test), 1,
-                             key="points", bind="query-params"))
-index_text = q2.text_input("or indices (e.g. 0-9,15,20)", "", key="indices", bind="query-params")
 devices = ["auto", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-device = q3.selectbox("device", devices, key="device", bind="query-params")
+if entering:
+    st.session_state.update({
+        "n0": link_int("n0", 1, INT_MAX) or 100, "n": link_int("n", 1, INT_MAX) or 1000,
+        "alpha": link_float("alpha", 0.0, 1.0, open_ends=True) or 0.001,
+        "seed": link_int("seed", 0, INT_MAX) if "seed" in st.query_params else 0,
+        "points": link_int("points", 1, n_test) or min(20, n_test),
+        "device": link_choice("device", devices) or "auto",
+    })
+    if st.session_state["seed"] is None:
+        st.session_state["seed"] = 0
+    raw_indices = st.query_params.get("indices")
+    if raw_indices:
+        try:
+            parse_indices(str(raw_indices), n_test)
+            st.session_state["indices"] = str(raw_indices)
+        except SmoothvizError as exc:
+            refuse("indices", f"the link's indices = {shown(raw_indices)} were not applied: {reason(exc)}")
+            st.session_state["indices"] = ""
+    else:
+        st.session_state["indices"] = ""
+p1, p2, p3, p4 = st.columns(4)
+n0 = p1.number_input("n0 (selection samples)", step=10, key="n0")
+n = p2.number_input("n (estimation samples)", step=100, key="n")
+alpha = p3.number_input("α (failure probability, in (0, 1))", step=0.001, format="%.6g", key="alpha")
+seed = p4.number_input("seed", step=1, key="seed")
+q1, q2, q3, q4 = st.columns(4)
+points = q1.number_input(f"points (of {n_test:,} test points, evenly spaced)", step=1, key="points")
+index_text = q2.text_input("or indices (e.g. 0-9,15,20)", key="indices")
+device = q3.selectbox("device", devices, key="device")
+check_number(errors, "n0", n0, 1, INT_MAX)
+check_number(errors, "n", n, 1, INT_MAX)
+check_number(errors, "α", alpha, 0.0, 1.0, open_ends=True)
+check_number(errors, "seed", seed, 0, INT_MAX)
+check_number(errors, "points", points, 1, n_test)
+if n0 is not None and n is not None and n0 > n:
+    errors.append(f"n0 = {n0} must not exceed n = {n} (n0 samples only pick the class; n estimate its probability).")
 engine_batch = engine_batch_size(ckpt, device)
-batch_size = int(q4.number_input("batch size (noisy samples per forward pass)", 1, 1_000_000, engine_batch, 256,
-                                 key=f"batch@{ckpt}|{device}", help=f"never changes the counts; the engine's default here is {engine_batch}"))
+bk = f"batch@{ckpt}|{device}"
+if bk not in st.session_state:
+    st.session_state[bk] = int(engine_batch)
+batch_size = q4.number_input("batch size (noisy samples per forward pass)", step=256, key=bk,
+                             help=f"never changes the counts; the engine's default here is {engine_batch}")
+check_number(errors, "batch size", batch_size, 1, INT_MAX)
 try:
     trained_with = parse_sigma_spec(meta.get("sigma") or "")
 except SmoothvizError:
     trained_with = None
 stem = Path(ckpt).stem
-name = st.text_input("run name", stem if params == trained_with else f"{stem} {short_spec(spec)}",
-                     key=f"name@{ckpt}|{spec}")
+nk = f"name@{ckpt}|{spec}"
+if nk not in st.session_state:
+    st.session_state[nk] = stem if params == trained_with else f"{stem} {short_spec(spec)}"
+name = st.text_input("run name", key=nk)
+if not name.strip():
+    errors.append("the run name is empty")
 
-if n0 > n:
-    errors.append(f"n0 = {n0} must not exceed n = {n} (n0 samples only pick the class; n estimate its probability).")
-try:
-    indices = parse_indices(index_text, n_test) if index_text.strip() else evenly_spaced(points, n_test)
-except SmoothvizError as exc:
-    errors.append(str(exc))
-    indices = []
-set_query(sigma=spec)
+indices: list[int] = []
+if not any(e.startswith("points") for e in errors):
+    try:
+        indices = parse_indices(index_text, n_test) if index_text.strip() else evenly_spaced(int(points), n_test)
+    except SmoothvizError as exc:
+        errors.append(one_line(str(exc)))
 
+# The link's refused values stay reported (and Run disabled) until that value is changed.
+link_errors: dict = st.session_state.get(LINK_ERRORS, {})
+current = {"dataset": dataset, "ckpt": ckpt, "sigma": spec, "n0": n0, "n": n, "alpha": alpha, "seed": seed,
+           "points": points, "device": device, "indices": index_text}
+for key in list(link_errors):
+    message, fallback = link_errors[key]
+    if fallback is None:
+        link_errors[key][1] = current[key] if current[key] is not None else ""
+    elif fallback != current[key]:
+        del link_errors[key]
+for message, _ in link_errors.values():
+    st.error(message, icon=ERROR_ICON)
+if link_errors and st.button("Use the values shown", key="accept_shown",
+                             help="Run with what the widgets show instead of the refused values."):
+    link_errors.clear()
+    st.rerun()
 for e in errors:
-    st.error(e, icon="⚠️")
+    st.error(e, icon=ERROR_ICON)
+set_query(dataset=dataset, ckpt=ckpt, sigma=spec, n0=n0, n=n, alpha=alpha, seed=seed, points=points,
+          device=device, indices=index_text or None)
+
 if indices and not errors:
     try:
         sig_values = sigma_on_points(dataset, spec, tuple(indices))
     except SmoothvizError as exc:
         show_error(exc)
+        errors.append(str(exc))
     else:
         st.plotly_chart(plots.sigma_histogram_figure(sig_values), key="sigma_hist")
-        st.caption(f"{len(indices)} points · σ(x) from {sig_values.min():.4f} to {sig_values.max():.4f} · "
+        st.caption(f"{plural(len(indices), 'point')} · σ(x) from {sig_values.min():.4g} to {sig_values.max():.4g} · "
                    f"ceiling σ_maxΦ⁻¹(α^(1/n)) = "
                    f"{analysis.run_ceiling({'sigma_max': float(sig_values.max()), 'n': n, 'alpha': alpha}):.3f}")
 
-busy = [j for j in job_manager().jobs("certify") if j.status == RUNNING]
+busy = executing_runs()
 if busy:
-    st.caption(f"{len(busy)} certification job(s) already running "
-               f"({', '.join(f'run #{j.run_id}' for j in busy)}); a new one shares the CPU/GPU with them.")
-if st.button("Run certification", type="primary", disabled=bool(errors) or not indices, key="run_button"):
-    try:
-        run_id = get_store().create_run(
-            name, dataset, "test", ckpt, spec, params, r_semi, n0, n, alpha, device, indices, seed, batch_size,
-        )
-        start_job(run_id)
-    except SmoothvizError as exc:
-        show_error(exc)
-    else:
-        st.query_params["run"] = str(run_id)
-        st.rerun()
+    st.caption(f"{plural(len(busy), 'certification job')} already running "
+               f"({', '.join(f'run #{i}' for i in busy)}); a new one shares the CPU/GPU with them.")
+blocked = bool(errors) or bool(link_errors) or not indices
+config = None if blocked else dict(
+    name=name, dataset=dataset, split="test", checkpoint=ckpt, sigma_spec=spec, sigma_params=params, r=r_semi,
+    n0=int(n0), n=int(n), alpha=float(alpha), device=device, indices=indices, seed=int(seed),
+    batch_size=int(batch_size),
+)
+token = st.session_state.setdefault("_certify_token", uuid.uuid4().hex)
+st.button("Run certification", type="primary", disabled=blocked, key="run_button",
+          on_click=start_run, args=(token, config))
+if current_run is None and st.session_state.get("_certify_start_error"):
+    st.error(st.session_state.pop("_certify_start_error"), icon=ERROR_ICON)

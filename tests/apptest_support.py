@@ -19,18 +19,28 @@ TIMEOUT = 120  # a page's first run imports torch and may train the playground's
 
 @pytest.fixture(autouse=True)
 def fresh_app_state(tmp_path, monkeypatch):
-    """A temporary results store per test, and no cache shared between tests."""
+    """A temporary results store per test, and no cache shared between tests. Exceptions show in
+    full under test (the served dashboard shows only their type), so a failure says what broke."""
+    from streamlit import config
+
     monkeypatch.setenv("SMOOTHVIZ_DB", str(tmp_path / "runs" / "test.db"))
+    before = config.get_option("client.showErrorDetails")
+    config.set_option("client.showErrorDetails", "full")
     st.cache_data.clear()
     st.cache_resource.clear()
     yield
     st.cache_data.clear()
     st.cache_resource.clear()
+    config.set_option("client.showErrorDetails", before)
 
 
 def open_page(page: str, **query: str) -> AppTest:
-    """The app after its first run, switched to ``page`` with ``query`` in the URL (``app.py``: the entry page)."""
+    """The app after its first run, switched to ``page`` with ``query`` in the URL (``app.py``: the
+    entry page, opened with ``query``)."""
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    if page == "app.py":
+        for key, value in query.items():
+            at.query_params[key] = value
     at.run()
     if page != "app.py":
         at.switch_page(page)
@@ -38,6 +48,19 @@ def open_page(page: str, **query: str) -> AppTest:
             at.query_params[key] = value
         at.run()
     return at
+
+
+def wait_for(at: AppTest, done, timeout: float = 120.0, poll: float = 0.5) -> None:
+    """Rerun ``at`` (AppTest's timers never fire) until ``done(at)`` holds; fails after ``timeout`` s."""
+    import time
+
+    end = time.monotonic() + timeout
+    while not done(at):
+        if time.monotonic() > end:
+            raise AssertionError(f"still waiting after {timeout:.0f} s; page says: "
+                                 f"{[e.value for e in (*at.error, *at.warning, *at.info, *at.success)]}")
+        time.sleep(poll)
+        at.run()
 
 
 def _decode(value):

@@ -40,8 +40,17 @@ NAV = (
 )
 
 
-def setup_page(title: str, icon: str = "🎯") -> None:
-    """Page config and the shared sidebar footer; call first in every page."""
+ERROR_ICON = ":material/error:"
+WARNING_ICON = ":material/warning:"
+ACTIVE = ("pending", "running")  # store statuses of a run that is about to run or running
+
+
+def setup_page(title: str, icon: str) -> None:
+    """Page config and the shared sidebar; call first in every page.
+
+    ``icon`` is a Material icon such as ``":material/verified:"`` (Streamlit ships the font; emoji
+    need an emoji font the machine may lack and then render as boxes).
+    """
     st.set_page_config(page_title=f"{title} · smoothviz", page_icon=icon, layout="wide")
     with st.sidebar:
         # Our own menu (config: client.showSidebarNavigation = false) so that the entry page is
@@ -50,19 +59,28 @@ def setup_page(title: str, icon: str = "🎯") -> None:
             st.page_link(PAGES[key], label=label, icon=nav_icon)
         st.divider()
         st.caption(f"Results store: `{display_path(db_path())}`")
-        for job in [j for j in job_manager().jobs() if j.status == "running"][:5]:
-            if job.kind == "certify" and job.run_id is not None:
-                # the store says when the run itself has ended (its process may still be exiting)
-                if job.db == str(db_path()) and _run_active(job.run_id):
-                    st.page_link(PAGES["certify"], label=f"run #{job.run_id} is certifying",
-                                 icon=":material/hourglass_top:", query_params={"run": str(job.run_id)})
-            else:
-                st.caption(f":material/hourglass_top: {job.kind} job `{job.id}` is running")
+        for job in [j for j in job_manager().jobs() if j.status == "running" and j.kind != "certify"][:5]:
+            st.caption(f":material/hourglass_top: {job.kind} job `{job.id}` is running")
+        for run_id in executing_runs()[:5]:
+            st.page_link(PAGES["certify"], label=f"run #{run_id} is certifying",
+                         icon=":material/hourglass_top:", query_params={"run": str(run_id)})
+
+
+def executing_runs() -> list[int]:
+    """Runs of this store that a dashboard job is executing: the job's process is alive and the
+    store still says the run is pending or running (a process that has recorded its end but not
+    yet exited does not count), newest first."""
+    out = []
+    for job in job_manager().jobs("certify"):
+        if job.status == "running" and job.run_id is not None and job.db == str(db_path()) \
+                and _run_active(job.run_id):
+            out.append(int(job.run_id))
+    return out
 
 
 def _run_active(run_id: int) -> bool:
     try:
-        return get_store().run(run_id)["status"] in ("pending", "running")
+        return get_store().run(run_id)["status"] in ACTIVE
     except SmoothvizError:
         return False
 
@@ -184,12 +202,47 @@ def checkpoint_label(path: str, meta: dict | None = None) -> str:
     return f"{name} ({', '.join(bits)})" if bits else name
 
 
+def relative_paths(text: str) -> str:
+    """``text`` with the repository's absolute path removed, so messages show ``assets/x.pt``."""
+    return text.replace(f"{ROOT}{os.sep}", "").replace(str(ROOT), ".")
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """The first line of a message, shortened to ``limit`` characters and with repository-relative paths."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    first = relative_paths(lines[0] if lines else "")
+    return first if len(first) <= limit else first[: limit - 1] + "…"
+
+
+def shown(value: object, limit: int = 40) -> str:
+    """A value as it appears in a message: quoted, printable, shortened."""
+    text = repr(str(value))
+    return text if len(text) <= limit else text[: limit - 2] + "…'"
+
+
 def show_error(exc: BaseException) -> None:
-    """A user error as a red box with its one-line message (no traceback)."""
+    """A user error as a red box with its one-line message (no traceback, repository-relative paths)."""
     if isinstance(exc, SmoothvizError):
-        st.error(str(exc), icon="⚠️")
+        st.error(one_line(str(exc)), icon=ERROR_ICON)
     else:
-        st.error(f"{type(exc).__name__}: {exc}", icon="⚠️")
+        st.error(one_line(f"{type(exc).__name__}: {exc}"), icon=ERROR_ICON)
+
+
+def offer_examples(key: str) -> None:
+    """On an empty store: one button that loads the shipped example runs (digits and Fashion-MNIST,
+    constant vs kNN σ), so every page has results to show."""
+    from smoothviz.examples import load_examples
+
+    if st.button("Load the example runs", key=key, type="primary", icon=":material/download:",
+                 help="Finished certifications shipped in assets/examples (computed with the command line "
+                      "on the shipped checkpoints); they are marked as examples and can be deleted."):
+        try:
+            ids = load_examples(get_store())
+        except SmoothvizError as exc:
+            show_error(exc)
+        else:
+            st.session_state["_examples_loaded"] = ids
+            st.rerun()
 
 
 @contextmanager
