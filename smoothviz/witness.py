@@ -73,6 +73,7 @@ __all__ = [
     "build_witness",
     "clopper_pearson_interval",
     "clopper_pearson_upper",
+    "implied_semi_elasticity",
     "issued_lower_bound",
     "plan_verification",
     "search_band",

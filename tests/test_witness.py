@@ -118,11 +118,17 @@ def test_class_a_is_where_the_likelihood_ratio_is_smallest(s1: float) -> None:
     assert torch.equal(w.classifier.labels(z.float()), torch.from_numpy(labels))
 
 
-@pytest.mark.parametrize("dim,n", [(64, 20_000), (784, 8_000), (3072, 4_000)])
-def test_engine_counts_contain_both_probabilities(dim: int, n: int, one_thread) -> None:
+@pytest.mark.parametrize("dim,n,ratios", [
+    (2, 20_000, (0.7, 1.0, 1.4)),
+    (64, 20_000, (0.97, 1.0, 1.03)),
+    (784, 8_000, (0.97, 1.0, 1.03)),
+    (784, 8_000, (1 - 1e-9, 1.0, 1 + 1e-9)),  # centre ~1e8 sigmas away: the stable form matters
+    (3072, 4_000, (0.97, 1.0, 1.03)),
+])
+def test_engine_counts_contain_both_probabilities(dim: int, n: int, ratios: tuple, one_thread) -> None:
     """f* through the engine's sample_counts: exact intervals at 1e-6 contain p_a and p_x1."""
     s0, p, d = 0.25, 0.99, 0.2
-    for i, s1 in enumerate((s0 * 0.97, s0, s0 * 1.03)):
+    for i, s1 in enumerate(s0 * k for k in ratios):
         w = witness.build_witness(dim, s0, p, d, s1)
         gen = torch.Generator()
         for x, sigma, want, stage in ((w.x0, s0, w.p_x0, 0), (w.x1, s1, w.p_x1, 1)):
