@@ -44,6 +44,15 @@ def check_output_path(path: str | Path, what: str = "--out") -> Path:
         raise InvalidArgument(f"{what} {p}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InvalidArgument(f"{what} {p}: folder {parent} is not writable")
+    # access() says yes to root in folders where nothing can be created (/proc): a probe file,
+    # removed at once, asks the filesystem itself.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".probe", dir=parent)
+    except OSError as exc:
+        raise InvalidArgument(f"{what} {p}: cannot write there ({exc.strerror})") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
     return p
 
 

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 
 from smoothviz import cost
 from smoothviz.commands._args import add_db_argument
-from smoothviz.commands.certify import checked_output
 from smoothviz.device import DEVICE_CHOICES_HELP
 from smoothviz.errors import CheckpointError, InvalidArgument
+from smoothviz.outputs import check_output_path
 
 if TYPE_CHECKING:
     import torch
@@ -224,12 +224,17 @@ def _record_rates(result: dict, device: torch.device, cache: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from smoothviz.bench import engine_variants, format_table, run_bench, variant_options
+    from smoothviz.bench import (
+        engine_variants,
+        format_table,
+        run_bench,
+        variant_options,
+    )
     from smoothviz.device import keep_cpu_buffers, resolve_device
     from smoothviz.outputs import write_output
     from smoothviz.speed import set_cpu_threads
 
-    out = checked_output(args.out) if args.out is not None else None
+    out = check_output_path(args.out) if args.out is not None else None
     device = resolve_device(args.device)
     keep_cpu_buffers()  # as certify and predict do, so the engine is timed as it runs there
     threads = set_cpu_threads(args.threads)

@@ -13,11 +13,8 @@ standard library and light smoothviz modules are imported here; the engine loads
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +22,6 @@ from smoothviz import cost
 from smoothviz.commands._args import add_db_argument, open_probability, positive_int
 from smoothviz.device import DEVICE_CHOICES_HELP
 from smoothviz.errors import CheckpointError, InvalidArgument
-from smoothviz.outputs import check_output_path
 
 NAME = "certify"
 HELP = "Certify test points (CERTIFY of Cohen et al. with constant or input-dependent sigma) into the store."
@@ -68,24 +64,6 @@ def sample_count(text: str) -> int:
 def batch_size_arg(text: str) -> int | str:
     """An integer >= 1 or 'auto'."""
     return "auto" if text.strip().lower() == "auto" else positive_int(text)
-
-
-def checked_output(path: str | Path, what: str = "--out") -> Path:
-    """``path`` as a file that can be written, checked before any work starts.
-
-    ``outputs.check_output_path`` refuses directories, devices and missing folders; a probe file
-    created and removed at once in the folder then catches folders where nothing can be created
-    although access() allows it (``/proc`` for root). Nothing is left behind.
-    """
-    target = check_output_path(path, what)
-    try:
-        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=target.parent)
-    except OSError as exc:
-        raise InvalidArgument(f"{what} {target}: cannot write there ({exc.strerror})") from None
-    os.close(fd)
-    with contextlib.suppress(OSError):
-        os.unlink(probe)
-    return target
 
 
 def add_point_arguments(parser: argparse.ArgumentParser) -> None:

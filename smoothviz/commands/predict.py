@@ -15,12 +15,12 @@ from smoothviz import cost
 from smoothviz.commands.certify import (
     DEFAULT_N,
     add_point_arguments,
-    checked_output,
     print_warnings,
     resolve_points,
     sample_count,
     speed_options,
 )
+from smoothviz.outputs import check_output_path
 
 NAME = "predict"
 HELP = "Predict with the smoothed classifier (PREDICT of Cohen et al.: abstain at level alpha)."
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from smoothviz.store import file_sha256
 
     keep_cpu_buffers()
-    out = checked_output(args.out) if args.out is not None else None
+    out = check_output_path(args.out) if args.out is not None else None
     dataset_name, spec, checkpoint, _meta, indices = resolve_points(args)
     options = speed_options(args)
     prepared = prepare_run(dict(dataset=dataset_name, split=args.split, checkpoint=checkpoint, sigma_spec=spec,

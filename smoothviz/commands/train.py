@@ -15,10 +15,11 @@ from pathlib import Path
 
 from smoothviz import cost
 from smoothviz.commands._args import non_negative, positive, positive_int
-from smoothviz.commands.certify import checked_output, seed_arg
+from smoothviz.commands.certify import seed_arg
 from smoothviz.data import DATASET_INFO, DEFAULT_DATASET
 from smoothviz.device import DEVICE_CHOICES_HELP
 from smoothviz.errors import Cancelled, InvalidArgument, SmoothvizError
+from smoothviz.outputs import check_output_path
 
 NAME = "train"
 HELP = "Train a base classifier under Gaussian noise of sigma(x) (constant or knn) and save it."
@@ -110,12 +111,12 @@ def _checked_out(args: argparse.Namespace, name: str, arch: str, sigma: dict) ->
         raise InvalidArgument(f"--out {out}: a checkpoint path must end in .pt")
     default = args.out is None
     if not default or out.parent.is_dir():
-        checked_output(out, "--out")
+        check_output_path(out, "--out")
     return out, default
 
 
 def run(args: argparse.Namespace) -> int:
-    progress_path = checked_output(args.progress_file, "--progress-file") if args.progress_file else None
+    progress_path = check_output_path(args.progress_file, "--progress-file") if args.progress_file else None
     pfile = _ProgressFile(progress_path)
     last = {"done": 0, "total": 0}
     pfile.write(0, 0, "running", "loading data", force=True)
