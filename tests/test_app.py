@@ -12,7 +12,7 @@ from apptest_support import ROOT, open_page, save_digits_checkpoint
 from apptest_support import plotly_figures as figures
 from apptest_support import fresh_app_state  # noqa: F401  (autouse: a temporary store, no shared caches)
 from smoothviz import bounds, data
-from smoothviz.jobs import JobManager
+from smoothviz.jobs import JobManager, certify_job_id
 from smoothviz.store import Store
 
 PAGE_FILES = ["app.py"] + sorted(f"pages/{p.name}" for p in (ROOT / "pages").glob("*.py") if p.name != "__init__.py")
@@ -234,3 +234,172 @@ def test_certify_cancels_a_recorded_run_that_no_process_executes(tmp_path):
     assert store.run(run_id)["status"] == "cancelled"
     at.run()
     assert any("cancelled after 0 of 2 points" in w.value for w in at.warning)
+
+
+# ---------------------------------------------------------------- Overview: examples, the picture, managing runs
+def test_overview_loads_the_example_runs_in_one_click(tmp_path):
+    from smoothviz.examples import read_examples
+
+    at = open_page("app.py")
+    assert any("No runs yet" in el.value for el in at.info)
+    at.button(key="examples_overview").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    expected = read_examples()
+    assert any(s.value.startswith(f"Loaded {len(expected)} example runs") for s in at.success)
+    table = at.dataframe[0].value
+    assert sorted(table["kind"]) == ["example"] * len(expected)
+    store = Store(tmp_path / "runs" / "test.db")
+    assert sorted(store.runs()["name"]) == sorted(e["config"]["name"] for e in expected)
+    links = [link.proto for link in at.get("page_link") if link.proto.label.startswith("Compare the example runs")]
+    assert len(links) == 1
+    linked = {int(i) for i in links[0].query_string.split("=", 1)[1].replace("%2C", ",").split(",")}
+    assert linked == set(store.runs()["id"])
+
+
+def test_overview_draws_what_a_certificate_means():
+    from scipy.stats import norm
+
+    at = open_page("app.py")
+    fig = figure(at, "What a certificate means")
+    traces = {t["name"].split(",")[0]: t for t in fig["data"]}
+    ball = traces["certified ball"]
+    radius = float(np.hypot(ball["x"][0], ball["y"][0]))
+    sigma, p_a = 0.5, 0.9  # the figure's title states them
+    assert f"σ = {sigma:g}, p_A = {p_a:g}" in fig["layout"]["title"]["text"]
+    assert radius == pytest.approx(sigma * norm.ppf(p_a), rel=1e-9)
+    assert np.allclose(np.hypot(ball["x"], ball["y"]), radius)
+    boundary = traces["decision boundary of the base classifier"]
+    assert boundary["x"] == pytest.approx([radius, radius])  # the ball touches the boundary
+    adversarial = next(t for name, t in traces.items() if name.startswith("adversarial point"))
+    assert float(np.hypot(adversarial["x"][-1], adversarial["y"][-1])) > radius
+    assert adversarial["x"][-1] > radius  # beyond the boundary: classified B
+    a, b = (len(traces[f"noisy copy → class {c}"]["x"]) for c in "AB")
+    assert abs(a / (a + b) - p_a) < 4 * np.sqrt(p_a * (1 - p_a) / (a + b))
+
+
+# ---------------------------------------------------------------- Certify: starting, cancelling, resuming
+def _start_from_the_page(at: AppTest) -> None:
+    at.button(key="run_button").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+
+
+def test_rapid_clicks_on_run_create_one_run(tmp_path, digits_checkpoint):
+    store = Store(tmp_path / "runs" / "test.db")
+    jobs = JobManager(tmp_path / "runs" / "jobs")
+    at = open_page("pages/2_Certify.py", points="3", n0="10", n="100")
+    try:
+        for _ in range(3):  # the same configuration again and again while it is pending or running
+            _start_from_the_page(at)
+        runs = store.runs()
+        assert len(runs) == 1, runs[["id", "status"]]
+        assert at.query_params["run"] == str(runs.loc[0, "id"])
+    finally:
+        for job in jobs.jobs():
+            jobs.cancel(job.id, grace_s=0.0)
+            jobs.wait(job.id, timeout=30)
+
+
+def test_cancel_then_resume_shows_the_new_jobs_progress_until_done(tmp_path, digits_checkpoint):
+    from apptest_support import wait_for
+
+    store = Store(tmp_path / "runs" / "test.db")
+    jobs = JobManager(tmp_path / "runs" / "jobs")
+    at = open_page("pages/2_Certify.py", points="40", n0="100", n="200000")
+    try:
+        _start_from_the_page(at)
+        run_id = int(store.runs().loc[0, "id"])
+        wait_for(at, lambda a: store.run(run_id)["done"] >= 1)
+        at.button(key=f"cancel{run_id}").click().run()
+        wait_for(at, lambda a: any("cancelled after" in w.value for w in a.warning))
+        stored = store.run(run_id)["done"]
+        assert 0 < stored < 40, "the run must be cancelled part-way for this test to mean anything"
+        at.button(key=f"resume{run_id}").click().run()
+        # at once: the new job's live progress, not the old job's cancelled state
+        assert not at.exception, [e.message for e in at.exception]
+        assert not any("cancelled" in w.value for w in at.warning)
+        assert len(at.get("progress")) == 1
+        assert store.run(run_id)["status"] in ("pending", "running")
+        wait_for(at, lambda a: any(s.value.startswith("Done: 40 points") for s in a.success), timeout=240)
+        rest = 40 - stored
+        assert f"{rest}/{rest} points (100%)" in jobs.log_tail(certify_job_id(run_id))
+        assert at.expander[-1].label == "Job log"
+        assert f"{rest}/{rest} points (100%)" in at.expander[-1].code[0].value
+    finally:
+        for job in jobs.jobs():
+            jobs.cancel(job.id, grace_s=0.0)
+            jobs.wait(job.id, timeout=30)
+
+
+def test_a_run_that_has_ended_is_not_called_running_while_its_process_exits(tmp_path):
+    """The job's process may outlive the run's end by a moment; the store's status decides."""
+    import json
+    import subprocess
+    import sys
+
+    db = tmp_path / "runs" / "test.db"
+    store = Store(db)
+    run_id = fake_run(store, "constant:0.25", 0.0, 0.25)
+    exiting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        jobs_dir = db.parent / "jobs"
+        jobs_dir.mkdir()
+        (jobs_dir / f"{certify_job_id(run_id)}.json").write_text(json.dumps({
+            "id": certify_job_id(run_id), "kind": "certify", "argv": [], "pid": exiting.pid,
+            "started": time.time(), "run_id": run_id, "db": str(db)}))
+        assert JobManager(jobs_dir).get(certify_job_id(run_id)).status == "running"
+        at = open_page("pages/2_Certify.py", run=str(run_id))
+        assert any(s.value.startswith("Done: 30 points") for s in at.success)
+        assert not any("already running" in c.value for c in at.caption)
+        assert not any("is certifying" in link.proto.label for link in at.sidebar.get("page_link"))
+    finally:
+        exiting.kill()
+        exiting.wait()
+
+
+# ---------------------------------------------------------------- serving
+def test_the_dashboard_listens_on_localhost_unless_told_otherwise():
+    import os
+    import shutil
+    import subprocess
+    import tomllib
+
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["address"] in ("127.0.0.1", "localhost")
+    assert config["client"]["showErrorDetails"] in ("type", "none")
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed: the Makefile's run command cannot be checked")
+    dry = subprocess.run(["make", "-n", "run"], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env={k: v for k, v in os.environ.items() if k != "HOST"}).stdout
+    command = next(line for line in dry.splitlines() if "streamlit run app.py" in line)
+    assert "--server.address 127.0.0.1" in command or "--server.address localhost" in command
+    wide = subprocess.run(["make", "-n", "run", "HOST=0.0.0.0"], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout
+    assert "--server.address 0.0.0.0" in wide and "WARNING" in wide
+
+
+def test_overview_renames_a_run_and_deletes_one_only_after_confirmation(tmp_path):
+    store = Store(tmp_path / "runs" / "test.db")
+    first = fake_run(store, "constant:0.25", 0.0, 0.25)
+    second = fake_run(store, "knn:0.5,0.05,20", 0.05, 0.5)
+    at = open_page("app.py")
+    at.selectbox(key="manage_run").set_value(first).run()
+    at.text_input(key=f"rename_text{first}").set_value("  my constant run ").run()
+    at.button(key="rename_button").click().run()
+    assert store.run(first)["name"] == "my constant run"
+    assert any("is now called 'my constant run'" in s.value for s in at.success)
+    at.selectbox(key="manage_run").set_value(second).run()
+    at.text_input(key=f"rename_text{second}").set_value("my constant run").run()
+    at.button(key="rename_button").click().run()  # taken: refused in one line, nothing changes
+    assert any("my constant run" in e.value and "already used" in e.value for e in at.error)
+    assert store.run(second)["name"] == "fake knn:0.5,0.05,20"
+
+    at.button(key="delete_button").click().run()
+    assert any(w.value.startswith(f"Delete run #{second} ") for w in at.warning)
+    at.button(key="delete_cancel").click().run()  # "Keep it"
+    assert len(store.runs()) == 2
+    at.button(key="delete_button").click().run()
+    at.button(key="delete_confirm").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert list(store.runs()["id"]) == [first]
+    assert any(f"Run #{second} was deleted" in s.value for s in at.success)
+    assert at.dataframe[0].value["id"].tolist() == [first]

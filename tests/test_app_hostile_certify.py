@@ -19,6 +19,7 @@ from apptest_support import fresh_app_state  # noqa: F401  (autouse: a temporary
 from smoothviz import data
 from smoothviz.errors import SmoothvizError
 from smoothviz.sigma import M_MAX, R_MAX, SIGMA_MAX, SIGMA_MIN, canonical_spec, parse_sigma_spec
+from smoothviz.store import Store
 
 CERTIFY = "pages/2_Certify.py"
 QUERY_KEYS = ("sigma", "run", "n0", "n", "alpha", "seed", "points", "indices", "device", "dataset", "ckpt")
@@ -197,3 +198,21 @@ def test_certify_shows_every_kind_of_run(hostile, state):
         assert any("cannot be resumed: it records no checkpoint" in c.value for c in at.caption)
     if state in ("running", "pending"):
         assert len(at.get("progress")) == 1
+def test_overview_lists_a_store_with_every_kind_of_run(hostile):
+    at = open_page("app.py")
+    assert not at.exception, [e.message for e in at.exception]
+    table = at.dataframe[0].value
+    assert sorted(table["id"]) == sorted(v for k, v in hostile.items() if k != "running_pid")
+    statuses = dict(zip(table["id"], table["status"]))
+    assert statuses[hostile["interrupted"]] == "interrupted" and statuses[hostile["running"]] == "running"
+    assert not any("is certifying" in link.proto.label for link in at.sidebar.get("page_link"))
+
+
+def test_overview_refuses_to_delete_a_run_that_a_process_executes(hostile, tmp_path):
+    at = open_page("app.py")
+    at.selectbox(key="manage_run").set_value(hostile["running"]).run()
+    at.button(key="delete_button").click().run()
+    at.button(key="delete_confirm").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert any(f"run {hostile['running']}" in e.value and "cancel it" in e.value for e in at.error), _errors(at)
+    assert hostile["running"] in set(Store(tmp_path / "runs" / "test.db").runs()["id"])
