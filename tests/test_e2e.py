@@ -1,7 +1,8 @@
 """End to end in a real browser: `streamlit run app.py` headless, Playwright drives Debian chromium.
 
-Visits every page, certifies a few digits points through the Certify page (a background job) and
-finds the run in Compare runs. Screenshots go to tests/artifacts/ (ignored by git).
+Visits every page, loads the example runs into the fresh store in one click, certifies digits
+points through the Certify page (a background job; cancelled and resumed once) and finds the runs
+in Compare runs. Screenshots go to tests/artifacts/ (ignored by git).
 """
 
 from __future__ import annotations
@@ -33,6 +34,27 @@ def test_every_page_loads_without_exception(server, page):
         page.wait_for_timeout(500)
         assert_no_exception(page, name)
         shot(page, f"page-{name}")
+
+
+def test_a_fresh_store_loads_the_example_runs_in_one_click(server, page):
+    from smoothviz.examples import read_examples
+
+    page.goto(server)
+    wait_idle(page)
+    assert page.get_by_test_id("stDataFrame").count() == 0  # the store is empty
+    page.get_by_role("button", name="Load the example runs").click()
+    page.get_by_test_id("stAlertContentSuccess").filter(has_text="Loaded").wait_for(timeout=60_000)
+    wait_idle(page)
+    assert_no_exception(page, "overview after loading the examples")
+    assert page.get_by_test_id("stDataFrame").count() == 1
+    expected = len(read_examples())
+    assert page.get_by_text(f"Loaded {expected} example runs").count() == 1
+    page.get_by_text("Compare the example runs").click()
+    page.wait_for_url(re.compile(r".*Compare_runs.*runs="), timeout=60_000)
+    wait_idle(page)
+    assert_no_exception(page, "compare the example runs")
+    page.get_by_test_id("stPlotlyChart").first.wait_for(timeout=60_000)
+    shot(page, "examples-compare")
 
 
 def _checkpoint(pattern: str) -> str | None:
@@ -100,6 +122,47 @@ def test_certify_through_the_page_and_compare(server, page):
     wait_idle(page)
     assert_no_exception(page, "overview with runs")
     assert page.get_by_test_id("stDataFrame").count() == 1
+
+
+def _progress_text(page) -> str:
+    bar = page.get_by_test_id("stProgress")
+    return bar.first.inner_text() if bar.count() else ""
+
+
+def test_cancel_then_resume_shows_live_progress_until_done(server, page):
+    """A user's report: after Cancel → Resume the page stayed on "cancelled" while the run went on."""
+    constant = _checkpoint("digits-*constant-0.25*.pt")
+    query = "points=50&n0=100&n=10000" + (f"&ckpt={constant}" if constant else "")
+    page.goto(f"{server}/Certify?{query}")
+    wait_idle(page)
+    page.get_by_role("button", name="Run certification").click()
+    page.wait_for_url(re.compile(r".*[?&]run=\d+"), timeout=60_000)
+    run_id = re.search(r"[?&]run=(\d+)", page.url).group(1)
+    page.wait_for_function(
+        "() => { const b = document.querySelector('[data-testid=\"stProgress\"]');"
+        " const m = b && b.innerText.match(/^(\\d+)\\/50 points/); return m && +m[1] >= 1 && +m[1] < 50; }",
+        timeout=150_000)
+    page.get_by_role("button", name="Cancel").click()
+    cancelled = page.get_by_test_id("stAlertContentWarning").filter(has_text="cancelled after")
+    cancelled.wait_for(timeout=60_000)
+    stored = int(re.search(r"after (\d+) of 50", cancelled.inner_text()).group(1))
+    assert 0 < stored < 50
+    shot(page, "certify-cancelled")
+    page.get_by_role("button", name="Resume").click()
+    # at once: the live panel of the new job, not the cancelled state of the old one
+    page.get_by_test_id("stProgress").wait_for(timeout=15_000)
+    assert cancelled.count() == 0
+    first = _progress_text(page)
+    assert re.match(r"^\d+/50 points", first), first
+    assert int(first.split("/")[0]) >= stored
+    shot(page, "certify-resumed")
+    page.get_by_test_id("stAlertContentSuccess").filter(has_text="Done: 50 points").wait_for(timeout=240_000)
+    wait_idle(page)
+    assert_no_exception(page, f"run {run_id} after resume")
+    page.get_by_text("Job log").click()
+    log = page.get_by_test_id("stCode").first.inner_text()
+    rest = 50 - stored
+    assert f"{rest}/{rest} points (100%)" in log, log[-500:]  # the resumed job's own log
 
 
 def test_theory_screenshot(server, page):
