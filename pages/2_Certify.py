@@ -28,6 +28,7 @@ from smoothviz.jobs import RUNNING, certify_job_id, live_progress
 from smoothviz.plots import plural
 from smoothviz.points import evenly_spaced, parse_indices
 from smoothviz.sigma import M_MAX, R_MAX, SIGMA_MAX, SIGMA_MIN, canonical_spec, parse_sigma_spec
+from smoothviz.store import check_run_name
 
 setup_page("Certify", ":material/verified:")
 INT_MAX = 2**53 - 1  # the largest integer a browser's number field holds exactly
@@ -454,8 +455,10 @@ nk = f"name@{ckpt}|{spec}"
 if nk not in st.session_state:
     st.session_state[nk] = stem if params == trained_with else f"{stem} {short_spec(spec)}"
 name = st.text_input("run name", key=nk)
-if not name.strip():
-    errors.append("the run name is empty")
+try:
+    name = check_run_name(name)
+except SmoothvizError as exc:
+    errors.append(one_line(str(exc)))
 
 indices: list[int] = []
 if not any(e.startswith("points") for e in errors):

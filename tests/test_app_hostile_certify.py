@@ -216,3 +216,34 @@ def test_overview_refuses_to_delete_a_run_that_a_process_executes(hostile, tmp_p
     assert not at.exception, [e.message for e in at.exception]
     assert any(f"run {hostile['running']}" in e.value and "cancel it" in e.value for e in at.error), _errors(at)
     assert hostile["running"] in set(Store(tmp_path / "runs" / "test.db").runs()["id"])
+
+
+# ---------------------------------------------------------------- σ recorded in a checkpoint
+@pytest.mark.parametrize(("trained_with", "applied"), [
+    ("constant:20", True),  # large but inside the library's range: used as it is
+    (f"knn:0.25,0.4,20,min={SIGMA_MIN!r}", True),
+    ("constant:1000", False),  # outside [SIGMA_MIN, SIGMA_MAX]
+    (f"knn:0.25,0.4,{N_TRAIN + 1}", False),  # more neighbours than training points
+])
+def test_a_checkpoint_sigma_is_applied_or_refused_visibly(tmp_path, monkeypatch, trained_with, applied):
+    from apptest_support import save_digits_checkpoint
+
+    save_digits_checkpoint(tmp_path / "ckpt", monkeypatch, trained_with, 0.0)
+    at = open_page(CERTIFY)
+    assert not at.exception, [e.message for e in at.exception]
+    if applied:
+        assert _shown_spec(at) == canonical_spec(parse_sigma_spec(trained_with)) and not _errors(at)
+    else:
+        assert any(e.startswith(f"the checkpoint's σ spec '{trained_with}' is refused") for e in _errors(at)), \
+            _errors(at)
+        assert _shown_spec(at) == "constant:0.25"  # the fallback, shown
+        assert at.button(key="run_button").disabled
+
+
+@pytest.mark.parametrize("name", ["   ", "12345", "bad\x07name"])
+def test_a_run_name_the_store_refuses_disables_run(name):
+    at = open_page(CERTIFY)
+    key = next(t.key for t in at.text_input if t.key.startswith("name@"))
+    at.text_input(key=key).set_value(name).run()
+    assert any(e.startswith("run name") for e in _errors(at)), _errors(at)
+    assert at.button(key="run_button").disabled
