@@ -216,7 +216,7 @@ def live_panel(run_id: int) -> None:
     run = store.run(run_id)
     engine = job_manager().engine_progress(job.id) if job is not None else None
     view = live_progress(int(prog["total"]), int(prog["done"]), int(run["n0"] or 0) + int(run["n"] or 0), engine,
-                         prog.get("rate_per_s"), prog.get("eta_s"))
+                         prog.get("rate_per_s"), prog.get("eta_s"), starting=job is not None)
     st.progress(view.fraction, text=view.text())
     if job is None and prog["status"] == "pending":
         st.info("This run is recorded but no process is executing it.")

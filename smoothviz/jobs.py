@@ -407,19 +407,22 @@ class LiveProgress:
 
 
 def live_progress(total: int, stored: int, samples_per_point: int, engine: EngineProgress | None,
-                  store_rate: float | None = None, store_eta: float | None = None) -> LiveProgress:
+                  store_rate: float | None = None, store_eta: float | None = None,
+                  starting: bool = True) -> LiveProgress:
     """Combine the store's count (``stored`` of ``total`` points committed) with the engine's.
 
     The engine counts only the points of its own session: on a resumed run the points stored
     before it started are ``total - engine.total``. Progress within a point comes from the
     engine's sample fraction, so a run with a large n moves before its first point is stored.
+    Without the engine's word, ``starting`` says whether the process is still preparing (a job
+    of ours) or whether only the store's count is known (a run executed elsewhere).
     """
     total = max(int(total), 0)
     stored = min(max(int(stored), 0), total)
     per_point = max(int(samples_per_point), 1)
     if engine is None or engine.total > total:
         fraction = stored / total if total else 1.0
-        return LiveProgress(stored, total, fraction, per_point, None, store_rate, store_eta, started=False)
+        return LiveProgress(stored, total, fraction, per_point, None, store_rate, store_eta, started=not starting)
     before = total - engine.total
     in_points = engine.fraction * engine.total
     done = max(stored, min(before + engine.done, total))

@@ -168,6 +168,10 @@ def test_live_progress_of_a_resumed_run_counts_stored_points_and_samples_in_flig
     waiting = live_progress(total=50, stored=20, samples_per_point=10_100, engine=None)
     assert (waiting.done, waiting.fraction, waiting.started) == (20, 0.4, False)
     assert "starting" in waiting.text()
+    # a run executed elsewhere (the command line): only the store's count and rate are known
+    elsewhere = live_progress(total=50, stored=20, samples_per_point=10_100, engine=None, store_rate=2.0,
+                              store_eta=15.0, starting=False)
+    assert elsewhere.text() == "20/50 points (40%) · 2 points/s · ETA 0:00:15"
     # one point with a large n: the bar moves before the point is stored
     single = live_progress(total=1, stored=0, samples_per_point=1_000_100,
                            engine=EngineProgress(0, 1, 0.25, 0.01, 75.0))
