@@ -681,7 +681,7 @@ class Store:
 # -------------------------------------------------------------------- Cohen log format
 # str(datetime.timedelta): "[D day[s], ]H:MM:SS[.ffffff]" (the reference code's time column)
 _TIMEDELTA = re.compile(r"(?:([0-9]{1,9}) days?, )?([0-9]{1,9}):([0-5][0-9]):([0-5][0-9](?:\.[0-9]{1,9})?)")
-_INTEGER = re.compile(r"[+-]?[0-9]{1,19}")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 _SIGMA_TEXT_MAX = 200
 _TIME_MAX = dt.timedelta.max.total_seconds() - 1.0  # what str(timedelta) can write back
 
@@ -788,9 +788,10 @@ def _log_int(text: str, what: str, low: int, high: int, at: str, note: str = "")
     t = text.strip()
     if not _INTEGER.fullmatch(t):
         raise LogFormatError(f"{at}: {what} {quote(text)} is not an integer")
-    value = int(t)
-    if not low <= value <= high:
-        raise LogFormatError(f"{at}: {what} {value} is outside {note or f'[{low}, {high}]'}")
+    value = int(t) if len(t) <= 20 else None  # 20 characters hold any sign and 64-bit value
+    if value is None or not low <= value <= high:
+        shown = quote(t) if value is None else value
+        raise LogFormatError(f"{at}: {what} {shown} is outside {note or f'[{low}, {high}]'}")
     return value
 
 

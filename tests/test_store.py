@@ -268,3 +268,147 @@ def test_binary_log_file_is_a_format_error(tmp_path: Path) -> None:
     path.write_bytes(b"\xff\xfe\x00garbage\x80")
     with pytest.raises(LogFormatError, match="cannot read"):
         read_cohen_log(path)
+
+
+# ------------------------------------------------------------------------------------------------ robustness
+def test_pid_alive_takes_any_value() -> None:
+    from smoothviz.processes import pid_alive
+
+    me = os.getpid()
+    assert pid_alive(me) and pid_alive(float(me))  # a float column from pandas still works
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert not pid_alive(dead.pid)
+    for value in (None, float("nan"), me + 0.5, 0, -1, -me, 2**80, "123", b"1", True, [me]):
+        assert pid_alive(value) is False, value  # 0 and negatives would signal process groups
+
+
+def test_runs_keep_integer_settings_with_an_imported_and_a_running_run(store: Store, tmp_path: Path) -> None:
+    log = tmp_path / "cohen.tsv"
+    log.write_text(COHEN_LOG)
+    imported = import_cohen_log(store, log, name="paper", dataset="cifar10", sigma="0.5")
+    running = store.create_run(**CONFIG)
+    store.set_status(running, "running")  # this live process, on this host
+    frame = store.runs().set_index("id")
+    assert frame.loc[running, "status"] == "running" and frame.loc[imported, "status"] == "done"
+    for col in ("n0", "n", "seed", "batch_size"):
+        assert frame[col].dtype == object
+    assert frame.loc[imported, "n0"] is None and frame.loc[imported, "n"] is None
+    assert type(frame.loc[running, "n0"]) is int and frame.loc[running, "n0"] == 100
+    assert store.run(imported)["n0"] is None and store.run(imported)["alpha"] is None
+
+
+def test_rename_run(store: Store) -> None:
+    from smoothviz.errors import RunNameTaken
+
+    a = store.create_run(**CONFIG)
+    b = store.create_run(**{**CONFIG, "name": "other"})
+    assert store.rename_run(a, "  fresh name ") == "fresh name"
+    assert store.run(a)["name"] == "fresh name" and store.resolve_run("fresh name") == a
+    with pytest.raises(RunNameTaken) as info:
+        store.rename_run(b, "fresh name")
+    assert info.value.run_id == a and "run " + str(a) in str(info.value)
+    for bad, fragment in (("", "empty"), ("\t", "empty"), ("x" * 121, "longer than 120"), ("a\x00b", r"U\+0000"),
+                          ("12", "number"), (None, "text")):
+        with pytest.raises(InvalidArgument, match=fragment):
+            store.rename_run(b, bad)
+    with pytest.raises(StoreError, match="not found"):
+        store.rename_run(999, "anything")
+    assert store.run(b)["name"] == "other"
+
+
+def test_delete_run_refuses_an_executing_run(store: Store) -> None:
+    from smoothviz.errors import RunBusy
+
+    run_id = store.create_run(**CONFIG)
+    store.add_result(run_id, _result(3))
+    store.set_status(run_id, "running")  # executed by this (live) process
+    assert store.executing(run_id)
+    with pytest.raises(RunBusy) as info:
+        store.delete_run(run_id)
+    assert info.value.run_id == run_id and f"process {os.getpid()}" in str(info.value)
+    assert store.done_indices(run_id) == {3}
+    store.set_status(run_id, "cancelled")
+    assert not store.executing(run_id)
+    store.delete_run(run_id)
+    assert store.runs().empty and store._query("SELECT COUNT(*) FROM results") == [(0,)]
+    forced = store.create_run(**CONFIG)
+    store.set_status(forced, "running")
+    store.delete_run(forced, force=True)
+    with pytest.raises(StoreError, match="not found"):
+        store.delete_run(forced)
+
+
+def test_reading_never_creates_or_alters_a_file(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no results store"):
+        Store(tmp_path / "none.db", create=False)
+    with pytest.raises(StoreError, match="folder"):
+        Store(tmp_path / "no" / "dir.db")  # not the default location: no folders made
+    assert list(tmp_path.iterdir()) == []
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    with pytest.raises(StoreError, match="empty file"):
+        Store(empty, create=False)
+    assert empty.read_bytes() == b""
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as c:
+        c.execute("CREATE TABLE notes (body TEXT)")
+    before = foreign.read_bytes()
+    for create in (False, True):
+        with pytest.raises(StoreError, match="not a smoothviz database"):
+            Store(foreign, create=create)
+    assert foreign.read_bytes() == before
+
+
+def test_log_sources_path_bytes_and_file_objects(tmp_path: Path) -> None:
+    path = tmp_path / "log.tsv"
+    path.write_text(COHEN_LOG)
+    want = read_cohen_log(path)
+    crlf = ("\ufeff" + COHEN_LOG).replace("\n", "\r\n").encode()  # a BOM and Windows line ends
+    for source in (COHEN_LOG.encode(), io.BytesIO(COHEN_LOG.encode()), io.StringIO(COHEN_LOG), crlf):
+        got = read_cohen_log(source, source_name="upload.tsv")
+        pd.testing.assert_frame_equal(got, want)
+    with pytest.raises(LogFormatError, match=r"^upload\.tsv: line 6: "):
+        read_cohen_log(io.BytesIO((COHEN_LOG + "9\t1\t2\t0.1\t1\t1.0\n").encode()), source_name="upload.tsv")
+
+
+def test_import_is_one_transaction_and_checks_inside_it(tmp_path: Path) -> None:
+    """Two imports of one file at once: exactly one run results (the checks run inside the write lock)."""
+    import threading
+
+    from smoothviz.errors import DuplicateImport
+
+    db = tmp_path / "race.db"
+    Store(db).close()
+    data = COHEN_LOG.encode()
+    outcomes: list[object] = []
+
+    def importer(name: str) -> None:
+        with Store(db) as s:
+            try:
+                outcomes.append(import_cohen_log(s, data, name, "digits", num_classes=10))
+            except DuplicateImport as exc:
+                outcomes.append(exc)
+
+    threads = [threading.Thread(target=importer, args=(f"copy {i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = [o for o in outcomes if isinstance(o, int)]
+    assert len(ids) == 1 and sum(isinstance(o, DuplicateImport) for o in outcomes) == 3
+    assert {o.run_id for o in outcomes if isinstance(o, DuplicateImport)} == set(ids)
+    with Store(db) as s:
+        assert len(s.runs()) == 1 and len(s.results(ids[0])) == 4
+        info = s.run(ids[0])
+        assert info["status"] == "done" and info["finished"] is not None and info["total"] == 4
+        assert len(info["options"]["sha256"]) == 64
+
+
+def test_long_times_survive_export_and_import(store: Store, tmp_path: Path) -> None:
+    run_id = store.create_run(**CONFIG)
+    store.add_result(run_id, _result(3, seconds=123456789.25))
+    out = tmp_path / "long.tsv"
+    export_cohen_log(store, run_id, out)
+    assert out.read_text().splitlines()[1].endswith("\t1428 days, 21:33:09.250000")
+    assert read_cohen_log(out)["seconds"].tolist() == [123456789.25]

@@ -75,11 +75,16 @@ def _integer(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{_short(text)} is not an integer") from None
 
 
+INT_MAX = 2**63 - 1  # the largest integer the results store (SQLite) holds
+
+
 def positive_int(text: str) -> int:
-    """An integer >= 1."""
+    """An integer from 1 to INT_MAX."""
     value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    if value > INT_MAX:
+        raise argparse.ArgumentTypeError(f"{value} is larger than {INT_MAX} (2^63 - 1)")
     return value
 
 
