@@ -23,6 +23,7 @@ from typing import NoReturn
 from smoothviz import __version__, commands
 from smoothviz.errors import SmoothvizError
 
+
 class _OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line on stderr (exit 2), without the usage block."""
 

@@ -18,8 +18,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from apptest_support import hostile_store, stop_running
+
 from smoothviz.cli import main
 from smoothviz.store import Store, import_cohen_log
 
@@ -346,10 +346,10 @@ def test_fifo_is_refused_without_blocking(db: Path, tmp_path: Path) -> None:
     fifo = tmp_path / "pipe.tsv"
     os.mkfifo(fifo)
     res = subprocess.run([sys.executable, "-m", "smoothviz", "import", str(fifo), "--name", "f", "--dataset",
-                          "digits", "--db", str(db)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+                          "digits", "--db", str(db)], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert res.returncode == 2 and res.stdout == ""
-    assert res.stderr.strip().splitlines() == [f"smoothviz import: error: {fifo}: is a named pipe (FIFO), "
-                                               "not a regular file; save the log to a file first"]
+    want = f"smoothviz import: error: {fifo}: is a named pipe (FIFO), not a regular file; save the log to a file first"
+    assert res.stderr.strip().splitlines() == [want]
 
 
 _MEASURED = textwrap.dedent("""
@@ -365,7 +365,7 @@ _MEASURED = textwrap.dedent("""
 def _peak_kib(tmp_path: Path, argv: list[str]) -> tuple[int, str]:
     report = tmp_path / "peak.txt"
     res = subprocess.run([sys.executable, "-c", _MEASURED, str(report), *argv], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=120, check=False)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     return int(report.read_text()), res.stderr
@@ -425,7 +425,7 @@ def test_killed_import_leaves_no_run_and_a_rerun_succeeds_once(tmp_path: Path) -
     db = tmp_path / "kill.db"
     argv = ["import", str(log), "--name", "big", "--dataset", "digits", "--db", str(db)]
     killed = subprocess.run([sys.executable, "-c", _KILLED_MIDWAY, *argv], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300)
+                            text=True, timeout=300, check=False)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     wal = db.with_name(db.name + "-wal")
     assert wal.exists() and wal.stat().st_size > 1_000_000  # rows had been written, uncommitted
@@ -433,11 +433,11 @@ def test_killed_import_leaves_no_run_and_a_rerun_succeeds_once(tmp_path: Path) -
         assert s.runs().empty and s.integrity_check() == "ok"
         assert s._query("SELECT COUNT(*) FROM results") == [(0,)]
     done = subprocess.run([sys.executable, "-m", "smoothviz", *argv], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"run 1: imported 200000 points from {log}"
     again = subprocess.run([sys.executable, "-m", "smoothviz", *argv[:3], "other", *argv[4:]], cwd=ROOT,
-                           capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True, timeout=300, check=False)
     assert again.returncode == 2 and "already imported as run #1" in again.stderr
     with Store(db, create=False) as s:
         runs = s.runs()
@@ -545,7 +545,7 @@ MY_VERBS = ["runs", "table", "export", "import", "bound", "radius", "delete", "r
 
 def _help_imports(argv: list[str]) -> dict:
     res = subprocess.run([sys.executable, "-c", _IMPORTS_AFTER_HELP, *argv], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=120, check=False)
     assert res.returncode == 0 and res.stderr == "", res.stderr
     return json.loads(res.stdout)
 

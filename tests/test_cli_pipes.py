@@ -47,7 +47,7 @@ def test_head_closing_the_pipe_ends_the_verb_quietly(args: list[str], big_store:
     err, status = tmp_path / "err.txt", tmp_path / "status.txt"
     command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "smoothviz", *args, "--db", str(big_store)])
     res = subprocess.run(["bash", "-c", f"{command} 2>{err} | head -1; echo ${{PIPESTATUS[0]}} >{status}"],
-                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300, check=False)
     stderr = err.read_text()
     assert "Traceback" not in stderr and "Exception ignored" not in stderr and stderr == "", stderr
     assert len(res.stdout.splitlines()) == 1 and res.stdout.strip()
@@ -60,7 +60,7 @@ def _into_closed_pipe(argv: list[str]) -> subprocess.CompletedProcess:
     os.close(read_end)
     try:
         return subprocess.run([sys.executable, "-m", "smoothviz", *argv], cwd=ROOT, env=ENV, stdout=write_end,
-                              stderr=subprocess.PIPE, text=True, timeout=300)
+                              stderr=subprocess.PIPE, text=True, timeout=300, check=False)
     finally:
         os.close(write_end)
 

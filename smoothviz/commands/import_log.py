@@ -28,7 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from smoothviz.data import DATASET_INFO, canonical_name
-    from smoothviz.store import Store, check_run_name, import_cohen_log, import_sigma, parse_cohen_log
+    from smoothviz.store import (
+        Store,
+        check_run_name,
+        import_cohen_log,
+        import_sigma,
+        parse_cohen_log,
+    )
 
     try:
         name = check_run_name(args.name)

@@ -6,7 +6,13 @@ import argparse
 import json
 import math
 
-from smoothviz.commands._args import DIM_MAX, dimension, non_negative, positive, probability
+from smoothviz.commands._args import (
+    DIM_MAX,
+    dimension,
+    non_negative,
+    positive,
+    probability,
+)
 from smoothviz.errors import InvalidArgument
 
 NAME = "radius"

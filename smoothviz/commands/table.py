@@ -43,7 +43,7 @@ def run_report(store: Store, ref: str, radii: list[float], use: str, curve: bool
     frame = analysis.accuracy_curve(df, use=column) if curve else analysis.accuracy_table(df, radii, use=column)
     return {
         "run": run_id, "name": run["name"], "dataset": run["dataset"], "sigma": run["sigma_spec"],
-        "n": run["n"], "alpha": run["alpha"], "status": run["status"], "points": int(len(df)),
+        "n": run["n"], "alpha": run["alpha"], "status": run["status"], "points": len(df),
         "total": run["total"], "use": column,
         "table": [{"radius": float(r), "certified_accuracy": _finite(a)} for r, a in frame.itertuples(index=False)],
         "average_certified_radius": _finite(analysis.average_certified_radius(df, use=column)),
