@@ -20,19 +20,21 @@ import torch
 from pages._ui import (
     ACTIVE, ERROR_ICON, PAGES, ROOT, WARNING_ICON, db_path, display_path, engine_batch_size, executing_runs,
     get_store, job_manager, list_checkpoints, load_dataset, load_sigma, one_line, run_label, set_query, setup_page,
+    unusable_checkpoints,
     short_spec, show_error, shown, stop_on_error,
 )
-from smoothviz import analysis, data, plots
+from smoothviz import analysis, cost, data, plots
 from smoothviz.errors import SmoothvizError
 from smoothviz.jobs import RUNNING, certify_job_id, live_progress
 from smoothviz.plots import plural
 from smoothviz.points import evenly_spaced, parse_indices
-from smoothviz.sigma import M_MAX, R_MAX, SIGMA_MAX, SIGMA_MIN, canonical_spec, parse_sigma_spec
+from smoothviz.sigma import (
+    M_MAX, R_MAX, SIGMA_MAX, SIGMA_MIN, canonical_spec, check_sigma_values, parse_sigma_spec, span_warning,
+)
 from smoothviz.store import check_run_name
 
 setup_page("Certify", ":material/verified:")
 INT_MAX = 2**53 - 1  # the largest integer a browser's number field holds exactly
-SEED_MAX = 2**63 - 1
 FALLBACK_SPEC = "constant:0.25"
 LINK_ERRORS = "_certify_link_errors"  # key -> [message, the value shown instead (None until drawn)]
 
@@ -151,6 +153,18 @@ def sigma_errors(params: dict, n_train: int) -> list[str]:
 def sigma_on_points(dataset: str, spec: str, indices: tuple[int, ...]) -> np.ndarray:
     sigma_fn = load_sigma(dataset, spec)
     return sigma_fn(load_dataset(dataset).test_x[list(indices)]).detach().cpu().numpy().astype(float)
+
+
+@st.cache_data(max_entries=32, ttl=600, show_spinner="Measuring the sampling rate…")
+def _sampling_rate(path: str, mtime: float, device: str, batch_size: int, rates: str) -> cost.Rate:
+    return cost.sample_rate(path, device, batch_size, {}, cache=rates)
+
+
+def sampling_rate(checkpoint: str, device: str, batch_size: int) -> cost.Rate:
+    """Noisy samples per second for this checkpoint, device and batch (recorded, else measured; cached)."""
+    path = Path(checkpoint) if Path(checkpoint).is_absolute() else ROOT / checkpoint
+    mtime = path.stat().st_mtime if path.exists() else 0.0
+    return _sampling_rate(str(path), mtime, device, batch_size, str(cost.rates_file(db_path())))
 
 
 def results_figure(run: dict, results) -> object:
@@ -305,7 +319,7 @@ if "run" in st.query_params:
     raw_run = st.query_params.get("run")
     try:
         current_run = int(str(raw_run).strip())
-        if not 1 <= current_run <= SEED_MAX:
+        if not 1 <= current_run <= INT_MAX:
             raise ValueError
     except ValueError:
         st.error(f"the link's run = {shown(raw_run)} was not applied: not a run id", icon=ERROR_ICON)
@@ -333,8 +347,10 @@ n_train, n_test = int(ds.train_x.shape[0]), int(ds.test_x.shape[0])
 ckpts = list_checkpoints(dataset)
 if not ckpts:
     set_query(dataset=dataset)
-    st.warning(f"No checkpoint trained on **{dataset}** under assets/ or runs/checkpoints/. Train one on the "
-               f"Train page or with `python -m smoothviz train --dataset {dataset} ...`.", icon=WARNING_ICON)
+    st.warning(f"No usable checkpoint trained on **{dataset}** under assets/ or runs/checkpoints/. Train one on "
+               f"the Train page or with `python -m smoothviz train --dataset {dataset} ...`.", icon=WARNING_ICON)
+    for path, why in unusable_checkpoints():
+        st.caption(f"`{display_path(Path(path))}` cannot be used: {one_line(why)}")
     st.stop()
 metas = {display_path(p): m for p, m in ckpts}
 if "ckpt" not in st.session_state or st.session_state["ckpt"] not in metas:
@@ -344,6 +360,12 @@ meta = metas[ckpt]
 acc = meta.get("clean_accuracy")
 c2.caption(f"arch {meta.get('arch')} · trained with σ = `{meta.get('sigma')}`"
            + (f" · clean accuracy {acc:.3f}" if isinstance(acc, (int, float)) else ""))
+unusable = unusable_checkpoints()
+if unusable:
+    with c2.expander(f"{plural(len(unusable), 'checkpoint')} in the checkpoint folders cannot be used",
+                     icon=WARNING_ICON):
+        for path, why in unusable:
+            st.markdown(f"- `{display_path(Path(path))}`: {one_line(why)}")
 
 # σ widgets are keyed by checkpoint, so choosing another checkpoint starts from its metadata; the
 # link's spec (when the page is entered) comes first. A refused spec falls back visibly.
@@ -405,9 +427,9 @@ st.markdown("**Monte Carlo and points**")
 devices = ["auto", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
 if entering:
     st.session_state.update({
-        "n0": link_int("n0", 1, INT_MAX) or 100, "n": link_int("n", 1, INT_MAX) or 1000,
+        "n0": link_int("n0", 1, cost.N_MAX) or 100, "n": link_int("n", 1, cost.N_MAX) or 1000,
         "alpha": link_float("alpha", 0.0, 1.0, open_ends=True) or 0.001,
-        "seed": link_int("seed", 0, INT_MAX) if "seed" in st.query_params else 0,
+        "seed": link_int("seed", 0, cost.SEED_MAX) if "seed" in st.query_params else 0,
         "points": link_int("points", 1, n_test) or min(20, n_test),
         "device": link_choice("device", devices) or "auto",
     })
@@ -432,10 +454,10 @@ q1, q2, q3, q4 = st.columns(4)
 points = q1.number_input(f"points (of {n_test:,} test points, evenly spaced)", step=1, key="points")
 index_text = q2.text_input("or indices (e.g. 0-9,15,20)", key="indices")
 device = q3.selectbox("device", devices, key="device")
-check_number(errors, "n0", n0, 1, INT_MAX)
-check_number(errors, "n", n, 1, INT_MAX)
+check_number(errors, "n0", n0, 1, cost.N_MAX)
+check_number(errors, "n", n, 1, cost.N_MAX)
 check_number(errors, "α", alpha, 0.0, 1.0, open_ends=True)
-check_number(errors, "seed", seed, 0, INT_MAX)
+check_number(errors, "seed", seed, 0, cost.SEED_MAX)
 check_number(errors, "points", points, 1, n_test)
 if n0 is not None and n is not None and n0 > n:
     errors.append(f"n0 = {n0} must not exceed n = {n} (n0 samples only pick the class; n estimate its probability).")
@@ -499,6 +521,33 @@ if indices and not errors:
         st.caption(f"{plural(len(indices), 'point')} · σ(x) from {sig_values.min():.4g} to {sig_values.max():.4g} · "
                    f"ceiling σ_maxΦ⁻¹(α^(1/n)) = "
                    f"{analysis.run_ceiling({'sigma_max': float(sig_values.max()), 'n': n, 'alpha': alpha}):.3f}")
+        try:
+            check_sigma_values(sig_values, spec, indices)
+        except SmoothvizError as exc:
+            show_error(exc)
+            errors.append(str(exc))
+        spread = span_warning(sig_values)
+        if spread:
+            st.warning(spread, icon=WARNING_ICON)
+
+if indices and not errors:
+    try:
+        rate = sampling_rate(ckpt, device, int(batch_size))
+    except SmoothvizError as exc:
+        show_error(exc)
+        errors.append(str(exc))
+    else:
+        estimate = cost.estimate_certify(len(indices), int(n0), int(n), rate)
+        st.caption(f"Estimated time: {estimate.text}")
+        if estimate.needs_flag:
+            st.error(f"This certification would take {cost.duration_text(estimate.seconds)}, more than a day; "
+                     "fewer points or a smaller n make it shorter.", icon=ERROR_ICON)
+            if not st.checkbox("Run it anyway", key="allow_long"):
+                errors.append("longer than a day")
+        elif estimate.long:
+            st.warning(f"This certification should take {cost.duration_text(estimate.seconds)} (more than "
+                       f"{cost.LONG_JOB_SECONDS / 60:g} min); it runs in the background and can be cancelled, "
+                       "and resumed later.", icon=WARNING_ICON)
 
 busy = executing_runs()
 if busy:

@@ -403,3 +403,55 @@ def test_overview_renames_a_run_and_deletes_one_only_after_confirmation(tmp_path
     assert list(store.runs()["id"]) == [first]
     assert any(f"Run #{second} was deleted" in s.value for s in at.success)
     assert at.dataframe[0].value["id"].tolist() == [first]
+
+
+def test_certify_estimates_the_time_before_run_and_warns_of_long_jobs(tmp_path, digits_checkpoint):
+    import streamlit as st
+
+    from smoothviz import cost
+    from smoothviz.store import file_sha256
+
+    at = open_page("pages/2_Certify.py", device="cpu", points="20", n0="100", n="1000")
+    ck = at.selectbox(key="ckpt").value
+    batch = at.number_input(key=f"batch@{ck}|cpu").value
+    assert any(c.value.startswith("Estimated time: ") and "measured now" in c.value for c in at.caption)
+    # a rate recorded for this checkpoint, device and batch is used as it is, and named
+    rates = cost.rates_file(tmp_path / "runs" / "test.db")
+    assert cost.record_rate(cost.rate_key(file_sha256(digits_checkpoint), "cpu", batch, {}), 1000.0, "this test",
+                            rates)
+    st.cache_data.clear()
+    at.run()
+    rate = cost.recorded_rate(cost.rate_key(file_sha256(digits_checkpoint), "cpu", batch, {}), rates)
+
+    def estimate_line() -> str:
+        return next(c.value for c in at.caption if c.value.startswith("Estimated time: "))
+
+    assert estimate_line() == f"Estimated time: {cost.estimate_certify(20, 100, 1000, rate).text}"
+    assert "recorded by this test" in estimate_line()
+    assert not any("should take" in w.value for w in at.warning)
+
+    at.number_input(key="n").set_value(1_000_000).run()  # 20 points x 1,000,100 samples at 1,000/s
+    long = cost.estimate_certify(20, 100, 1_000_000, rate)
+    assert long.long and not long.needs_flag
+    assert any(w.value.startswith(f"This certification should take {cost.duration_text(long.seconds)}")
+               for w in at.warning)
+    assert not at.button(key="run_button").disabled
+
+    at.number_input(key="n").set_value(100_000_000).run()  # more than a day
+    assert cost.estimate_certify(20, 100, 100_000_000, rate).needs_flag
+    assert any("more than a day" in e.value for e in at.error)
+    assert at.button(key="run_button").disabled
+    at.checkbox(key="allow_long").check().run()
+    assert not at.button(key="run_button").disabled
+
+
+@pytest.mark.parametrize(("spec", "refused"), [
+    ("knn:0.25,100,20", True),  # exp(100 * (d - m)) leaves [SIGMA_MIN, SIGMA_MAX] on some points
+    ("knn:0.25,100,20,min=0.01,max=10", False),  # clipped inside the range, yet spanning 1,000 x
+])
+def test_certify_warns_when_sigma_spans_absurd_values(digits_checkpoint, spec, refused):
+    at = open_page("pages/2_Certify.py", sigma=spec)
+    assert not at.exception, [e.message for e in at.exception]
+    assert any("spans" in w.value and "smaller r" in w.value for w in at.warning), [w.value for w in at.warning]
+    assert any("outside" in e.value for e in at.error) == refused
+    assert at.button(key="run_button").disabled == refused

@@ -182,15 +182,21 @@ def train_checkpoint_dir() -> Path:
 
 
 @st.cache_data(ttl=10, show_spinner=False)
-def _list_checkpoints(dirs: tuple[str, ...], dataset: str | None) -> list[tuple[str, dict]]:
+def _scan_checkpoints(dirs: tuple[str, ...], dataset: str | None) -> tuple[list[tuple[str, dict]], list[tuple[str, str]]]:
     from smoothviz import models
 
-    return [(str(path), dict(meta)) for path, meta in models.list_checkpoints(dirs=dirs, dataset=dataset)]
+    found, failed = models.scan_checkpoints(dirs=dirs, dataset=dataset)
+    return [(str(path), dict(meta)) for path, meta in found], [(str(path), reason) for path, reason in failed]
 
 
 def list_checkpoints(dataset: str | None = None) -> list[tuple[str, dict]]:
-    """Checkpoints in ``checkpoint_dirs()`` (optionally of one dataset), with their meta (cached 10 s)."""
-    return _list_checkpoints(tuple(str(d) for d in checkpoint_dirs()), dataset)
+    """Usable checkpoints in ``checkpoint_dirs()`` (optionally of one dataset), with their meta (cached 10 s)."""
+    return _scan_checkpoints(tuple(str(d) for d in checkpoint_dirs()), dataset)[0]
+
+
+def unusable_checkpoints() -> list[tuple[str, str]]:
+    """``*.pt`` files in ``checkpoint_dirs()`` that cannot be used, each with its one-line reason."""
+    return _scan_checkpoints(tuple(str(d) for d in checkpoint_dirs()), None)[1]
 
 
 def checkpoint_label(path: str, meta: dict | None = None) -> str:
