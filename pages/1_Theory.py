@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import streamlit as st
 
-from pages._ui import setup_page
+from pages._ui import ERROR_ICON, set_query, setup_page, shown
 from smoothviz import bounds, plots
+from smoothviz.sigma import R_MAX, SIGMA_MAX, SIGMA_MIN
 
-setup_page("Theory", "📐")
+setup_page("Theory", ":material/functions:")
 
 PRESETS = {
     "digits": ("digits (8×8)", 64),
@@ -17,9 +20,56 @@ PRESETS = {
     "imagenet": ("ImageNet (3×224×224)", 150528),
     "custom": ("custom", None),
 }
+DEFAULT_PRESET = "cifar10"
 MAX_DIM = 150528
 CURVE_DIMS = (64, 784, 3072, 150528)
 RATIO_CHOICES = (0.8, 0.9, 0.95, 0.98, 0.99, 1.0, 1.01, 1.02, 1.05, 1.1, 1.25)
+# (default, smallest, largest) of each number the page reads; sigma0 is a slider over a part of the
+# range sigma functions allow (smoothviz.sigma), r may be any semi-elasticity a spec may hold
+NUMBERS = {
+    "dim": (1000, 2, MAX_DIM),
+    "sigma0": (0.25, max(0.01, SIGMA_MIN), min(1.0, SIGMA_MAX)),
+    "pa": (0.99, 0.5, 0.999999),
+    "r": (0.02, 0.0, R_MAX),
+}
+NAMES = {"dim": "N", "sigma0": "σ₀", "pa": "p_A", "r": "r"}
+
+
+def from_url(key: str) -> float | int:
+    """The link's ``key`` for a widget's first run: a malformed value is ignored and one outside the range
+    clamped, each with a note, so the widget never holds a value it cannot show."""
+    default, lo, hi = NUMBERS[key]
+    raw = st.query_params.get(key)
+    if raw is None:
+        return default
+    integer = isinstance(default, int)
+    try:
+        value = float(str(raw).strip())
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or (integer and not value.is_integer()):
+        st.warning(f"The link's {key}={shown(raw)} is not {'an integer' if integer else 'a finite number'}; "
+                   f"using {NAMES[key]} = {default:g}.", icon=":material/link_off:")
+        return default
+    if not lo <= value <= hi:
+        clamped = min(max(value, lo), hi)
+        st.warning(f"The link's {key}={shown(raw)} is outside [{lo:g}, {hi:g}]; using {NAMES[key]} = {clamped:g}.",
+                   icon=":material/link_off:")
+        value = clamped
+    return int(value) if integer else value
+
+
+def refused(key: str, value: float | None) -> bool:
+    """True, with one error line naming the value, when a typed ``value`` lies outside its range."""
+    _, lo, hi = NUMBERS[key]
+    if value is None:
+        st.error(f"{NAMES[key]} is empty: enter a number in [{lo:g}, {hi:g}].", icon=ERROR_ICON)
+        return True
+    if not (math.isfinite(value) and lo <= value <= hi):
+        st.error(f"{NAMES[key]} = {value:g} is outside [{lo:g}, {hi:g}]; nothing is computed until it is inside.",
+                 icon=ERROR_ICON)
+        return True
+    return False
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -70,24 +120,44 @@ st.markdown(
     "Neyman–Pearson worst-case arithmetic; no model is involved."
 )
 
+# The URL seeds each widget on its first run in a session; later the widgets lead and the URL follows.
+if "preset" not in st.session_state:
+    q_preset = st.query_params.get("preset")
+    if q_preset is not None and q_preset not in PRESETS:
+        st.warning(f"The link's preset={shown(q_preset)} is not one of {', '.join(PRESETS)}; "
+                   f"using {DEFAULT_PRESET}.", icon=":material/link_off:")
+    st.session_state.preset = q_preset if q_preset in PRESETS else DEFAULT_PRESET
+for number_key in NUMBERS:
+    if number_key not in st.session_state:
+        st.session_state[number_key] = from_url(number_key)
+
 c1, c2, c3, c4 = st.columns(4)
 preset = c1.selectbox(
-    "Input dimension (preset)", list(PRESETS), index=2, key="preset", bind="query-params",
+    "Input dimension (preset)", list(PRESETS), key="preset",
     help="; ".join(f"{k}: {v[0]}, N = {v[1]:,}" for k, v in PRESETS.items() if v[1]),
 )
+# Typed numbers have no bounds in the widget (a browser keeps an out-of-range entry on screen without
+# sending it, so the page would compute with the previous value); they are checked here instead.
 if preset == "custom":
-    dim = int(c1.number_input("N (custom dimension)", min_value=2, max_value=MAX_DIM, value=1000, step=1,
-                              key="dim", bind="query-params"))
+    dim = c1.number_input(f"N (custom dimension, {NUMBERS['dim'][1]:,} to {MAX_DIM:,})", step=1, key="dim")
 else:
     dim = int(PRESETS[preset][1])
     c1.caption(f"{PRESETS[preset][0]}: N = {dim:,}")
-sigma0 = float(c2.slider("σ₀ (noise std at x₀, pixel units)", 0.01, 1.0, 0.25, 0.01, key="sigma0",
-                         bind="query-params"))
-p_a = float(c3.number_input("p_A (lower bound on the top-class probability)", min_value=0.5,
-                            max_value=0.999999, value=0.99, step=0.001, format="%.6f", key="pa",
-                            bind="query-params"))
-r = float(c4.number_input("semi-elasticity r (per unit L2 distance)", min_value=0.0, max_value=10.0,
-                          value=0.02, step=0.005, format="%.4f", key="r", bind="query-params"))
+sigma0 = float(c2.slider("σ₀ (noise std at x₀, pixel units)", NUMBERS["sigma0"][1], NUMBERS["sigma0"][2],
+                         step=0.01, key="sigma0"))
+p_a = c3.number_input("p_A (lower bound on the top-class probability)", step=0.001, format="%.6f", key="pa",
+                      help="in [0.5, 0.999999]")
+r = c4.number_input("semi-elasticity r (per unit L2 distance)", step=0.005, format="%.4f", key="r",
+                    help=f"in [0, {R_MAX:g}]")
+typed = [("dim", dim)] if preset == "custom" else []
+if any([refused(k, v) for k, v in [*typed, ("pa", p_a), ("r", r)]]):  # a list: every refused value says so
+    st.stop()
+dim, p_a, r = int(dim), float(p_a), float(r)
+set_query(
+    preset=None if preset == DEFAULT_PRESET else preset,
+    dim=dim if preset == "custom" and dim != NUMBERS["dim"][0] else None,
+    **{k: None if v == NUMBERS[k][0] else repr(v) for k, v in (("sigma0", sigma0), ("pa", p_a), ("r", r))},
+)
 
 cohen, sound, low0, high0, r_half = headline_numbers(sigma0, p_a, r, dim)
 m1, m2, m3, m4 = st.columns(4)
@@ -112,11 +182,12 @@ left, right = st.columns(2)
 with left:
     st.subheader("Certified radius vs r")
     r_max = float(st.slider("largest r on the axis", 0.01, 1.0, max(0.2, min(1.0, 2 * r)), 0.01, key="rmax"))
+    if r > r_max:
+        st.caption(f"The axis is extended to your r = {r:g} (beyond {r_max:g}).")
+    r_axis = max(r_max, r)
     dims = tuple(sorted(set(CURVE_DIMS) | {dim}))
-    r_grid, radii = radius_vs_r_grid(sigma0, p_a, dims, r_max)
-    fig = plots.radius_vs_r_figure(r_grid, dims, radii, cohen)
-    fig.add_vline(x=r, line_dash="dash", line_color=plots.NEUTRAL)
-    st.plotly_chart(fig, key="fig_radius_r")
+    r_grid, radii = radius_vs_r_grid(sigma0, p_a, dims, r_axis)
+    st.plotly_chart(plots.radius_vs_r_figure(r_grid, dims, radii, cohen, current_r=r), key="fig_radius_r")
 with right:
     st.subheader("Admissible σ₁/σ₀ band vs dimension")
     band_dims, low, high = band_grid(p_a)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +10,16 @@ import pandas as pd
 import streamlit as st
 
 from pages._ui import (
-    PAGES, get_store, load_dataset, query_ints, run_label, set_query, setup_page, short_spec, show_error,
-    stop_on_error,
+    ACTIVE, ERROR_ICON, PAGES, WARNING_ICON, get_store, load_dataset, offer_examples, one_line, run_label, set_query,
+    setup_page, short_spec, shown, stop_on_error,
 )
 from smoothviz import analysis, data, plots
 from smoothviz.errors import SmoothvizError
 from smoothviz.store import export_csv, import_cohen_log
 
-setup_page("Compare runs", "📊")
+setup_page("Compare runs", ":material/compare_arrows:")
+
+MAX_NOTED = 5  # unknown run ids named in a note; the rest are counted
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -36,52 +37,141 @@ def class_names(dataset: str) -> list[str] | None:
         return None
 
 
+def upload_key() -> str:
+    """The uploader's key; a successful import moves to a new key, which empties the uploader."""
+    generation = st.session_state.get("upload_generation", 0)
+    return "upload" if generation == 0 else f"upload{generation}"
+
+
+def import_log(up_key: str, name_key: str) -> None:
+    """Import the uploaded log (a button callback, so the new run can be selected before the picker is drawn)."""
+    up = st.session_state.get(up_key)
+    if up is None:
+        st.session_state.import_outcome = ("error", "Choose a log file to import first.")
+        return
+    name = str(st.session_state.get(name_key) or "").strip() or Path(up.name).stem
+    dataset = st.session_state.import_dataset
+    sigma = str(st.session_state.import_sigma or "").strip() or None
+    n, alpha = st.session_state.import_n, st.session_state.import_alpha
+    store = get_store()
+    try:  # the store checks everything (name, σ, n, α, every line; the same file twice) and names the problem
+        run_id = import_cohen_log(store, up.getvalue(), name, dataset, sigma, n=None if n is None else int(n),
+                                  alpha=None if alpha is None else float(alpha),
+                                  num_classes=data.DATASET_INFO[dataset].num_classes, source_name=up.name)
+    except SmoothvizError as exc:
+        st.session_state.import_outcome = ("error", one_line(str(exc)))
+        return
+    points = store.run(run_id)["done"]
+    st.session_state.import_outcome = (
+        "success", f"Imported {up.name} as run #{run_id} “{name}” with {plots.plural(points, 'point')}; "
+                   "it is selected below.")
+    picked = [i for i in st.session_state.get("runs_pick", []) if i != run_id]
+    st.session_state.runs_pick = [*picked, run_id]
+    st.session_state.upload_generation = st.session_state.get("upload_generation", 0) + 1
+
+
 def import_section(expanded: bool) -> None:
     """Upload a tab-separated log of the reference smoothing code and store it as a run."""
-    with st.expander("Import a certification log (reference code's tab-separated format)", expanded=expanded):
+    with st.expander("Import a certification log (reference code's tab-separated format)", expanded=expanded,
+                     icon=":material/upload_file:"):
         st.caption("Header `idx label predict radius correct time`, one line per point (time in seconds or h:mm:ss).")
-        up = st.file_uploader("log file", type=["tsv", "txt", "log", "out"], key="upload")
+        key = upload_key()
+        up = st.file_uploader("log file", type=["tsv", "txt", "log", "out"], key=key)
         c1, c2, c3 = st.columns(3)
-        name = c1.text_input("run name", value=Path(up.name).stem if up else "imported",
-                             key=f"import_name@{up.name if up else ''}")
+        name_key = f"import_name@{key}@{up.name if up else ''}"
+        c1.text_input("run name", value=Path(up.name).stem if up else "imported", key=name_key)
         names = data.dataset_names()
-        dataset = c2.selectbox("dataset", names, index=names.index(data.DEFAULT_DATASET), key="import_dataset")
-        sigma = c3.text_input("σ (number or spec, optional)", value="", key="import_sigma")
+        c2.selectbox("dataset", names, index=names.index(data.DEFAULT_DATASET), key="import_dataset")
+        c3.text_input("σ (number or spec, optional)", value="", key="import_sigma")
         d1, d2 = st.columns(2)
-        n = d1.number_input("n used (optional, for the ceiling)", 0, 10**9, 0, key="import_n")
-        alpha = d2.number_input("α used (optional)", 0.0, 0.5, 0.0, format="%.6f", key="import_alpha")
-        if st.button("Import", disabled=up is None, key="import_button"):
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / Path(up.name).name
-                path.write_bytes(up.getvalue())
-                try:
-                    run_id = import_cohen_log(get_store(), path, name, dataset, sigma.strip() or None,
-                                              n=int(n) or None, alpha=float(alpha) or None)
-                except SmoothvizError as exc:
-                    show_error(exc)
-                    return
-            st.success(f"Imported as run #{run_id}.")
-            set_query(runs=",".join(str(i) for i in [*query_ints("runs"), run_id]))
-            st.rerun()
+        # no bounds on these inputs: the browser would keep an out-of-range entry without sending it,
+        # so the import checks them and says what is wrong
+        d1.number_input("n used (optional, for the ceiling)", value=None, step=1, placeholder="unknown",
+                        key="import_n")
+        d2.number_input("α used (optional)", value=None, step=0.001, format="%.6f", placeholder="unknown",
+                        key="import_alpha")
+        st.button("Import", disabled=up is None, key="import_button", on_click=import_log, args=(key, name_key),
+                  icon=":material/upload:")
+
+
+def show_import_outcome() -> None:
+    """The last import's result, kept until the next import: a success names the run and its points."""
+    outcome = st.session_state.get("import_outcome")
+    if outcome is None:
+        return
+    kind, text = outcome
+    if kind == "success":
+        st.success(text, icon=":material/check_circle:")
+    else:
+        st.error(text, icon=ERROR_ICON)
+
+
+def parse_run_ids(text: str) -> tuple[list[int], list[str]]:
+    """Run ids from the URL's comma-separated ``runs`` (first occurrence kept) and the items that are not ids."""
+    ids: list[int] = []
+    bad: list[str] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if item.isdigit() and len(item) <= 18:
+            if int(item) not in ids:
+                ids.append(int(item))
+        else:
+            bad.append(item)
+    return ids, bad
+
+
+def named(items: list) -> str:
+    """At most MAX_NOTED items for a note (ids as #id, text quoted and cut short), the rest counted."""
+    text = ", ".join(f"#{i}" if isinstance(i, int) else shown(i) for i in items[:MAX_NOTED])
+    return text + (f" and {len(items) - MAX_NOTED} more" if len(items) > MAX_NOTED else "")
+
+
+def initial_selection(rows: dict[int, dict]) -> list[int]:
+    """The selection a fresh visit starts with: the URL's runs (with a note for the ones that are not
+    there), else the two newest runs that have results (an empty or pending run shows nothing)."""
+    with_results = [i for i, r in rows.items() if r["done"] > 0]
+    raw = st.query_params.get("runs")
+    if raw is None:
+        return with_results[:2]
+    ids, bad = parse_run_ids(str(raw))
+    if bad:
+        st.warning(f"Ignored {len(bad)} item{'s' if len(bad) != 1 else ''} of the link's runs that "
+                   f"{'are not run ids' if len(bad) != 1 else 'is not a run id'}: {named(bad)}.",
+                   icon=WARNING_ICON)
+    missing = [i for i in ids if i not in rows]
+    if missing:
+        st.warning(f"Not in the store (deleted, or from another store): run {named(missing)}.",
+                   icon=WARNING_ICON)
+    return [i for i in ids if i in rows]
 
 
 st.title("Compare runs")
+show_import_outcome()
 store = get_store()
 with stop_on_error():
     runs = store.runs()
 if runs.empty:
     st.info("The store has no runs yet. Certify some points on the **Certify** page "
-            "(or `python -m smoothviz certify ...` in a shell), or import a log below.")
-    st.page_link(PAGES["certify"], label="Go to Certify →")
+            "(or `python -m smoothviz certify ...` in a shell), load the example runs, or import a log below.")
+    offer_examples("compare_examples")
+    st.page_link(PAGES["certify"], label="Go to Certify", icon=":material/arrow_forward:")
     import_section(expanded=True)
     st.stop()
 
 rows = {int(r["id"]): r for r in runs.to_dict("records")}
-wanted = [i for i in query_ints("runs") if i in rows] or list(rows)[:2]
+if "runs_pick" not in st.session_state:
+    st.session_state.runs_pick = initial_selection(rows)
+else:
+    gone = [i for i in st.session_state.runs_pick if i not in rows]
+    if gone:
+        st.warning(f"No longer in the store (deleted): run {named(gone)}.", icon=":material/delete:")
+        st.session_state.runs_pick = [i for i in st.session_state.runs_pick if i in rows]
 chosen = st.multiselect(
-    "Runs", list(rows), default=wanted, key="runs_pick",
+    "Runs", list(rows), key="runs_pick",
     format_func=lambda i: f"{run_label(rows[i])} · {rows[i]['dataset']} · {short_spec(rows[i]['sigma_spec'])} · "
-                          f"{rows[i]['status']} ({rows[i]['done']}/{rows[i]['total']})",
+                          f"{rows[i]['status']} ({rows[i]['done']}/{plots.plural(int(rows[i]['total']), 'point')})",
 )
 set_query(runs=",".join(map(str, chosen)) or None)
 if not chosen:
@@ -93,13 +183,28 @@ db = str(store.path)
 data_by_label: dict[str, tuple[dict, pd.DataFrame]] = {}
 for run_id in chosen:
     row = rows[run_id]
-    run, results = run_and_results(db, run_id, (row["done"], row["status"], row["updated"]))
-    data_by_label[run_label(run)] = (run, results)
+    try:
+        run, results = run_and_results(db, run_id, (row["done"], row["status"], row["updated"]))
+    except SmoothvizError:
+        st.warning(f"Run #{run_id} was deleted while this page was open.", icon=":material/delete:")
+        continue
+    label = run_label(run)
+    if run["done"] < run["total"]:
+        label += f" ({run['status']}, {run['done']}/{run['total']})"
+        if run["status"] in ACTIVE:
+            st.info(f"Run {run_label(run)} is {run['status']}: {plots.plural(run['done'], 'point')} of "
+                    f"{run['total']:,} so far. Its curves show these partial results; rerun the page for more.",
+                    icon=":material/hourglass_top:")
+        elif run["done"]:
+            st.caption(f"Run {run_label(run)} stopped ({run['status']}) after {run['done']:,} of "
+                       f"{plots.plural(run['total'], 'point')}: its curves are partial.")
+    data_by_label[label] = (run, results)
 empty = [label for label, (_, res) in data_by_label.items() if res.empty]
 if empty:
-    st.warning(f"No results yet in {', '.join(empty)}.")
+    st.warning(f"No results yet in {', '.join(empty)}.", icon=":material/hourglass_empty:")
 data_by_label = {k: v for k, v in data_by_label.items() if not v[1].empty}
 if not data_by_label:
+    import_section(expanded=False)
     st.stop()
 
 tabs = st.tabs(["Certified accuracy", "Radius distribution", "Sound vs naive", "Per class", "σ(x) vs radius",
@@ -145,6 +250,8 @@ with tabs[3]:
         g = analysis.fairness_gaps(pc)
         gaps.append({"run": k, "max − min": g["max_minus_min"], "std over classes": g["std"]})
     st.plotly_chart(plots.per_class_figure(per_class, radius), key="fig_per_class")
+    st.caption("Above each bar: certified / points of that class. A hatched outline marks a class the run "
+               "has no points of; a class with points but none certified has a zero bar labelled 0/…")
     st.dataframe(pd.DataFrame(gaps), hide_index=True,
                  column_config={c: st.column_config.NumberColumn(format="%.3f")
                                 for c in ("max − min", "std over classes")})
@@ -158,24 +265,26 @@ with tabs[4]:
         st.info("The chosen runs record no per-point σ (imported logs without σ).")
 
 with tabs[5]:
-    table_rows = []
-    for k, (run, res) in data_by_label.items():
-        s = analysis.summary(res)
-        row = {"run": k, "dataset": run.get("dataset"), "sigma": run.get("sigma_spec"), "r": run.get("r"),
-               "n": run.get("n"), "alpha": run.get("alpha"), "points": s["points"], "accuracy": s["accuracy"],
-               "abstention": s["abstention_rate"], "ACR": s["average_certified_radius"]}
-        row.update({f"R={r:g}": acc for r, acc in s["table"].items()})
-        table_rows.append(row)
-    table = pd.DataFrame(table_rows)
-    st.dataframe(table, hide_index=True,
-                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in table.columns
-                                if c.startswith("R=") or c in ("accuracy", "abstention", "ACR")})
-    st.download_button("Download table (CSV)", table.to_csv(index=False), "certified_accuracy.csv", "text/csv",
-                       on_click="ignore", key="dl_table")
-    pick = st.selectbox("per-point results of", chosen, format_func=lambda i: run_label(rows[i]), key="dl_run")
+    entries = [(k, run, res) for k, (run, res) in data_by_label.items()]
+    table = analysis.compare_table(entries, spec_label=short_spec)
+    full_specs = "; ".join(f"{k}: {run.get('sigma_spec') or 'unknown'}" for k, run, _ in entries)
+    number = st.column_config.NumberColumn(format="%.3f")
+    config = {c: number for c in table.columns if c.startswith("R=") or c in ("accuracy", "abstention", "ACR")}
+    config.update({c: st.column_config.NumberColumn(c, format="%.3f",
+                                                    help="Plugs σ(x) into Cohen's formula: NOT a guarantee "
+                                                         "for an input-dependent σ (shown for comparison only)")
+                   for c in table.columns if c.endswith("naive (no guarantee)")})
+    config["σ"] = st.column_config.TextColumn("σ", help=f"Full σ specs: {full_specs}")
+    st.dataframe(table, hide_index=True, column_config=config)
+    st.download_button("Download table (CSV)", table.assign(**{"σ": [r.get("sigma_spec") for _, r, _ in entries]})
+                       .to_csv(index=False), "certified_accuracy.csv", "text/csv", on_click="ignore", key="dl_table",
+                       icon=":material/download:")
+    pick = st.selectbox("per-point results of", [run["id"] for _, run, _ in entries],
+                        format_func=lambda i: run_label(rows[i]), key="dl_run")
     buf = io.StringIO()
-    export_csv(store, int(pick), buf)
+    with stop_on_error():
+        export_csv(store, int(pick), buf)
     st.download_button("Download per-point results (CSV)", buf.getvalue(), f"run{int(pick)}_results.csv",
-                       "text/csv", on_click="ignore", key="dl_points")
+                       "text/csv", on_click="ignore", key="dl_points", icon=":material/download:")
 
 import_section(expanded=False)

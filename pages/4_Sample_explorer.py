@@ -15,14 +15,19 @@ from pages._ui import (
     load_model,
     load_sigma,
     query_int,
+    ERROR_ICON,
+    WARNING_ICON,
     set_query,
     setup_page,
+    shown,
     stop_on_error,
 )
 from smoothviz import plots, plots_explore
 from smoothviz.data import DATASET_INFO, DEFAULT_DATASET
+from smoothviz.errors import SmoothvizError
+from smoothviz.sigma import parse_sigma_spec
 
-setup_page("Sample explorer", "🔍")
+setup_page("Sample explorer", ":material/image_search:")
 st.title("Sample explorer")
 st.caption(
     "One test point x under Gaussian smoothing with σ(x): the noisy copies the base classifier votes "
@@ -32,6 +37,27 @@ st.caption(
 
 IMAGE_DATASETS = [name for name, info in DATASET_INFO.items() if len(info.input_shape) > 1]
 N_CHOICES = (1000, 2000, 5000, 10000)
+MAX_NEIGHBOUR_IMAGES = 40  # a kNN σ may use hundreds of neighbours; the grid shows the nearest ones
+MAX_SPEC_CHARS = 200  # far longer than any sigma spec; a longer text is refused before it is parsed
+# (default, smallest, largest) of the Monte Carlo settings; the widgets have no bounds (a browser keeps
+# an out-of-range entry on screen without sending it), the page checks the values instead
+SETTINGS = {"n0": (100, 10, 1000), "alpha": (0.001, 1e-6, 0.5), "seed": (0, 0, 2**31 - 1)}
+
+
+def note(text: str) -> None:
+    """A URL value that could not be used as it stands: said once, in one line."""
+    st.warning(text, icon=":material/link_off:")
+
+
+def spec_problem(spec: str) -> str | None:
+    """Why ``spec`` cannot be used as a sigma function (None when it parses)."""
+    if len(spec) > MAX_SPEC_CHARS:
+        return f"The σ function is {len(spec):,} characters long; a spec has at most {MAX_SPEC_CHARS}."
+    try:
+        parse_sigma_spec(spec)
+    except SmoothvizError as exc:
+        return str(exc)
+    return None
 
 
 @st.cache_data(max_entries=8, show_spinner="σ(x) over the test set…")
@@ -54,12 +80,15 @@ def explore(dataset: str, ckpt: str, mtime: float, spec: str, idx: int, n0: int,
 
 
 # ---------------------------------------------------------------- dataset
-q_dataset = st.query_params.get("dataset", DEFAULT_DATASET)
-if q_dataset in DATASET_INFO and q_dataset not in IMAGE_DATASETS:
-    st.info(f"**{q_dataset}** has 2-D inputs: explore it in the 2-D playground instead.", icon="ℹ️")
-    st.page_link("pages/5_2D_playground.py", label="Open the 2-D playground", icon="🧭")
-    q_dataset = DEFAULT_DATASET
 if "ex_dataset" not in st.session_state:
+    q_dataset = st.query_params.get("dataset", DEFAULT_DATASET)
+    if q_dataset in DATASET_INFO and q_dataset not in IMAGE_DATASETS:
+        st.info(f"**{q_dataset}** has 2-D inputs: explore it in the 2-D playground instead.",
+                icon=":material/info:")
+        st.page_link("pages/5_2D_playground.py", label="Open the 2-D playground", icon=":material/scatter_plot:",
+                     query_params={"dataset": q_dataset})
+    elif q_dataset not in IMAGE_DATASETS:
+        note(f"The link's dataset={shown(q_dataset)} is not a dataset of images; showing {DEFAULT_DATASET}.")
     st.session_state.ex_dataset = q_dataset if q_dataset in IMAGE_DATASETS else DEFAULT_DATASET
 
 with st.sidebar:
@@ -81,9 +110,9 @@ if not ckpts:
     st.warning(
         f"No checkpoint trained on **{dataset_name}** in assets/ or runs/checkpoints/. "
         "Train one on the Train page, then come back.",
-        icon="⚠️",
+        icon=WARNING_ICON,
     )
-    st.page_link("pages/6_Train.py", label="Go to the Train page", icon="🏋️")
+    st.page_link("pages/6_Train.py", label="Go to the Train page", icon=":material/model_training:")
     st.stop()
 paths = [p for p, _ in ckpts]
 metas = dict(ckpts)
@@ -100,23 +129,40 @@ def _random_index(size: int) -> None:
     st.session_state.ex_idx = int(np.random.default_rng().integers(size))
 
 
-# The URL seeds the first run of a session (a shared link); later the widgets lead.
+# The URL seeds the first run of a session (a shared link); later the widgets lead. A URL value that
+# cannot be used is replaced by the default (or clamped) with a note, never silently.
 first_visit = "ex_seen" not in st.session_state
 st.session_state.ex_seen = True
+num_test = len(ds.test_y)
 if st.session_state.get("ex_ckpt") not in paths:
     by_label = {v: k for k, v in labels.items()}
-    st.session_state.ex_ckpt = by_label.get(st.query_params.get("ckpt") if first_visit else None, paths[0])
+    q_ckpt = st.query_params.get("ckpt") if first_visit else None
+    if q_ckpt is not None and q_ckpt not in by_label:
+        note(f"The link's ckpt={shown(q_ckpt)} is not one of the checkpoints for {dataset_name}; "
+             f"showing {labels[paths[0]]}.")
+    st.session_state.ex_ckpt = by_label.get(q_ckpt, paths[0])
     st.session_state.ex_sigma = str(
-        (st.query_params.get("sigma") if first_visit else None)
+        (str(st.query_params.get("sigma") or "").strip() if first_visit else None)
         or metas[st.session_state.ex_ckpt].get("sigma")
         or "constant:0.25"
     )
 if "ex_idx" not in st.session_state:
-    st.session_state.ex_idx = query_int("idx", 0) or 0
-st.session_state.ex_idx = min(max(int(st.session_state.ex_idx), 0), len(ds.test_y) - 1)
+    q_idx = st.query_params.get("idx")
+    try:
+        st.session_state.ex_idx = int(q_idx) if q_idx is not None else 0
+    except ValueError:
+        note(f"The link's idx={shown(q_idx)} is not a test index; showing test point 0.")
+        st.session_state.ex_idx = 0
+if not 0 <= st.session_state.ex_idx < num_test:
+    clamped = min(max(int(st.session_state.ex_idx), 0), num_test - 1)
+    note(f"Test index {st.session_state.ex_idx} is outside [0, {num_test - 1}] ({dataset_name} has "
+         f"{plots.plural(num_test, 'test point')}); showing {clamped}.")
+    st.session_state.ex_idx = clamped
 if "ex_n" not in st.session_state:
-    q_n = query_int("n", 2000)
-    st.session_state.ex_n = q_n if q_n in N_CHOICES else 2000
+    q_n = st.query_params.get("n")
+    if q_n is not None and q_n not in {str(c) for c in N_CHOICES}:
+        note(f"The link's n={shown(q_n)} is not one of {', '.join(map(str, N_CHOICES))}; using 2000.")
+    st.session_state.ex_n = int(q_n) if q_n in {str(c) for c in N_CHOICES} else 2000
 
 with st.sidebar:
     ckpt = st.selectbox(
@@ -133,13 +179,29 @@ with st.sidebar:
         "(σ(x) = σ_b·exp(r·(mean distance to the K nearest training points − m))). "
         "Defaults to the checkpoint's training σ.",
     ).strip()
-    idx = st.number_input("Test index", min_value=0, max_value=len(ds.test_y) - 1, step=1, key="ex_idx")
-    st.button("Random test point", key="ex_random", width="stretch", on_click=_random_index, args=(len(ds.test_y),))
+    idx = st.number_input(f"Test index (0 to {num_test - 1})", step=1, key="ex_idx")
+    st.button("Random test point", key="ex_random", width="stretch", on_click=_random_index, args=(num_test,),
+              icon=":material/casino:")
     with st.expander("Monte Carlo settings"):
         n = st.select_slider("n (estimation samples)", options=N_CHOICES, key="ex_n")
-        n0 = st.number_input("n0 (selection samples)", min_value=10, max_value=1000, value=100, step=10)
-        alpha = st.number_input("α (failure probability)", min_value=1e-6, max_value=0.5, value=0.001, format="%.4f")
-        seed = st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1)
+        n0 = st.number_input("n0 (selection samples, 10 to 1000)", value=SETTINGS["n0"][0], step=10, key="ex_n0")
+        alpha = st.number_input("α (failure probability, 1e-6 to 0.5)", value=SETTINGS["alpha"][0], step=0.001,
+                                format="%.4f", key="ex_alpha")
+        seed = st.number_input("Seed", value=SETTINGS["seed"][0], step=1, key="ex_seed")
+
+# A value that cannot be used gets one line naming it, and nothing is computed or written to the URL.
+problems = [f"{name} = {value} is outside [{lo:g}, {hi:g}]." for name, value, (_, lo, hi) in
+            (("n0", n0, SETTINGS["n0"]), ("α", alpha, SETTINGS["alpha"]), ("seed", seed, SETTINGS["seed"]))
+            if value is None or not lo <= value <= hi]
+spec_refused = spec_problem(spec)
+if spec_refused:
+    problems.insert(0, spec_refused)
+for problem in problems:
+    st.error(problem, icon=ERROR_ICON)
+if problems:
+    st.stop()
+with stop_on_error():
+    load_sigma(dataset_name, spec)  # a spec that parses can still not fit the data (k above the training size)
 
 set_query(dataset=dataset_name, ckpt=labels[ckpt], sigma=spec, idx=int(idx), n=int(n))
 
@@ -169,14 +231,14 @@ if res.abstains:
     st.warning(
         f"The smoothed classifier **abstains** here: the lower bound on p_A ({res.p_a_lower:.4f}) is not above 1/2, "
         "so nothing is certified.",
-        icon="✋",
+        icon=":material/pan_tool:",
     )
 if res.r > 0:
     st.info(
         f"σ depends on x (semi-elasticity r = {res.r:g}, dimension N = {res.dim}). The naive radius plugs σ(x) into "
         "Cohen's formula as if σ were constant: **it is not a guarantee**. The sound radius accounts for σ changing "
         "by up to a factor exp(r·d) at distance d.",
-        icon="⚠️",
+        icon=WARNING_ICON,
     )
 else:
     st.caption("Constant σ: the sound and the naive radius coincide (Cohen et al. 2019).")
@@ -194,17 +256,20 @@ with left:
         context = test_sigmas(dataset_name, spec)
         fig = plots.sigma_histogram_figure(context, nbins=25)
         fig.add_vline(x=res.sigma, line_dash="dash", line_width=2, annotation_text=f"#{res.idx}")
-        fig.update_layout(title=f"σ(x) over {len(context)} test points", height=300, showlegend=False)
+        fig.update_layout(title=f"σ(x) over {plots.plural(len(context), 'test point')}", height=300,
+                          showlegend=False)
         st.plotly_chart(fig, key="ex_sigma_context")
 with right:
     if res.neighbours is not None:
         nb = res.neighbours
+        shown_nb = min(len(nb.indices), MAX_NEIGHBOUR_IMAGES)
         st.plotly_chart(
             plots_explore.image_grid(
-                nb.images,
-                titles=[f"{names[int(y)]}<br>d = {d:.2f}" for d, y in zip(nb.distances, nb.labels)],
-                cols=min(10, len(nb.indices)),
-                title=f"The k = {len(nb.indices)} nearest training images (mean L2 distance {nb.distances.mean():.3f})",
+                nb.images[:shown_nb],
+                titles=[f"{names[int(y)]}<br>d = {d:.2f}" for d, y in zip(nb.distances[:shown_nb], nb.labels)],
+                cols=min(10, shown_nb),
+                title=f"The k = {len(nb.indices)} nearest training images (mean L2 distance {nb.distances.mean():.3f})"
+                + ("" if shown_nb == len(nb.indices) else f"; the {shown_nb} nearest shown"),
                 cell_px=95,
             ),
             key="ex_neighbours",
@@ -221,7 +286,7 @@ st.plotly_chart(
         res.noisy,
         titles=noisy_titles,
         cols=8,
-        title=f"{len(res.noisy)} noisy copies x + N(0, σ(x)²·I) with σ(x) = {res.sigma:.4f} "
+        title=f"{plots.plural(len(res.noisy), 'noisy copy', 'noisy copies')} x + N(0, σ(x)²·I) with σ(x) = {res.sigma:.4f} "
         "(clipped to [0, 1] for display)",
         cell_px=100,
     ),

@@ -16,14 +16,16 @@ from pages._ui import (
     load_dataset,
     load_model,
     load_sigma,
-    query_ints,
+    ERROR_ICON,
     set_query,
     setup_page,
+    shown,
     stop_on_error,
 )
-from smoothviz import plots_explore
+from smoothviz import plots, plots_explore
+from smoothviz.sigma import R_MAX, SIGMA_MAX, SIGMA_MIN
 
-setup_page("2-D playground", "🧭")
+setup_page("2-D playground", ":material/scatter_plot:")
 st.title("2-D playground")
 st.caption(
     "Randomized smoothing where you can see it: a small classifier on a 2-D toy set, the smoothed "
@@ -39,40 +41,92 @@ N_GRID = (100, 200, 300, 500)
 NAIVE_COLUMN = "naive radius (not a guarantee)"
 
 
-def _q_float(key: str, default: float, lo: float, hi: float) -> float:
-    """A float from the URL, clamped to the widget's range (``default`` when malformed)."""
-    try:
-        value = float(st.query_params.get(key, default))
-    except (TypeError, ValueError):
-        return default
-    return min(max(value, lo), hi) if math.isfinite(value) else default
-
-
-def _q_int(key: str, default: int, lo: int, hi: int) -> int:
-    """An integer from the URL, clamped to the widget's range (``default`` when malformed)."""
-    try:
-        return min(max(int(st.query_params.get(key, default)), lo), hi)
-    except (TypeError, ValueError):
-        return default
-
-
-# ---------------------------------------------------------------- state from the URL (first run only)
-_DEFAULTS = {
-    "pg_dataset": (st.query_params.get("dataset") if st.query_params.get("dataset") in TOY else TOY[0]),
-    "pg_model": st.query_params.get("model", FLY_TOKEN),
-    "pg_train_sigma": _q_float("train_sigma", 0.1, 0.01, 1.0),
-    "pg_sigma": _q_float("sigma", 0.1, 0.01, 1.0),
-    "pg_r": _q_float("r", 4.0, 0.0, 50.0),
-    "pg_k": _q_int("k", 10, 1, 200),
-    "pg_res": _q_int("res", 60, 20, 120),
-    "pg_n": _q_int("n", 300, 1, 10**6),
-    "pg_points": query_ints("pts")[:MAX_POINTS] if "pts" in st.query_params else [0, 1, 2],
+# (URL key, default, smallest, largest) of each number the sidebar holds. The widgets have no bounds
+# (a browser keeps an out-of-range entry on screen without sending it, so the page would silently
+# keep the previous value); the page checks them and refuses a value outside with a message.
+NUMBERS = {
+    "pg_train_sigma": ("train_sigma", "training σ", 0.1, max(0.01, SIGMA_MIN), min(1.0, SIGMA_MAX)),
+    "pg_sigma": ("sigma", "σ", 0.1, max(0.01, SIGMA_MIN), min(1.0, SIGMA_MAX)),
+    "pg_r": ("r", "r", 4.0, 0.0, min(50.0, R_MAX)),
+    "pg_k": ("k", "k", 10, 1, 200),
 }
-for key, value in _DEFAULTS.items():
-    st.session_state.setdefault(key, value)
-if st.session_state.pg_n not in N_GRID:
-    st.session_state.pg_n = 300
-st.session_state.pg_res = int(round(st.session_state.pg_res, -1))
+CERTIFY_NUMBERS = {"pg_n0": ("n0", 100, 10, 1000), "pg_alpha": ("α", 0.001, 1e-6, 0.5),
+                   "pg_seed": ("seed", 0, 0, 2**31 - 1)}
+
+
+def note(text: str) -> None:
+    """A URL value that could not be used as it stands: said in one line."""
+    st.warning(text, icon=":material/link_off:")
+
+
+def url_number(key: str, default: float, lo: float, hi: float) -> float:
+    """A number from the URL for a widget's first run: malformed → ``default``, outside [lo, hi] → clamped,
+    each with a note. Integers stay integers when ``default`` is one."""
+    raw = st.query_params.get(key)
+    if raw is None:
+        return default
+    integer = isinstance(default, int)
+    try:
+        value = float(str(raw).strip())
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or (integer and not value.is_integer()):
+        note(f"The link's {key}={shown(raw)} is not {'an integer' if integer else 'a finite number'}; "
+             f"using {default:g}.")
+        return default
+    if not lo <= value <= hi:
+        clamped = min(max(value, lo), hi)
+        note(f"The link's {key}={shown(raw)} is outside [{lo:g}, {hi:g}]; using {clamped:g}.")
+        value = clamped
+    return int(value) if integer else value
+
+
+def url_choice(key: str, default, choices: tuple, text: str):
+    """A URL value that must be one of ``choices`` (compared as text); anything else → ``default`` with a note."""
+    raw = st.query_params.get(key)
+    if raw is None:
+        return default
+    by_text = {str(c): c for c in choices}
+    if raw not in by_text:
+        note(f"The link's {key}={shown(raw)} is not {text}; using {default}.")
+        return default
+    return by_text[raw]
+
+
+def url_points() -> list[int]:
+    """The test points of the URL's ``pts`` (comma-separated indices), with a note for items that are not."""
+    raw = st.query_params.get("pts")
+    if raw is None:
+        return [0, 1, 2]
+    items = [t.strip() for t in str(raw).split(",") if t.strip()]
+    good = [int(t) for t in items if t.isdigit() and len(t) <= 9]
+    bad = [t for t in items if not (t.isdigit() and len(t) <= 9)]
+    if bad:
+        note(f"The link's pts has {plots.plural(len(bad), 'item')} that are not test indices: "
+             f"{', '.join(shown(t) for t in bad[:5])}.")
+    if len(good) > MAX_POINTS:
+        note(f"The link names {len(good)} test points; the playground certifies at most {MAX_POINTS}.")
+    return list(dict.fromkeys(good))[:MAX_POINTS]
+
+
+# ---------------------------------------------------------------- state from the URL (a widget's first run only)
+if "pg_dataset" not in st.session_state:
+    st.session_state.pg_dataset = url_choice("dataset", TOY[0], TOY, "a 2-D toy dataset")
+model_from_link = "pg_model" not in st.session_state
+if model_from_link:
+    st.session_state.pg_model = st.query_params.get("model", FLY_TOKEN)
+for state_key, (url_key, _, default, lo, hi) in NUMBERS.items():
+    if state_key not in st.session_state:
+        st.session_state[state_key] = url_number(url_key, default, lo, hi)
+if "pg_res" not in st.session_state:
+    res_url = url_number("res", 60, 20, 120)
+    st.session_state.pg_res = int(round(res_url, -1))
+    if st.session_state.pg_res != res_url:
+        note(f"The grid resolution moves in steps of 10: {res_url} is shown as {st.session_state.pg_res}.")
+if "pg_n" not in st.session_state:
+    st.session_state.pg_n = url_choice("n", 300, N_GRID, f"one of {', '.join(map(str, N_GRID))}")
+if "pg_points" not in st.session_state:
+    st.session_state.pg_points = url_points()
 
 
 @st.cache_resource(max_entries=6, show_spinner="Training a small MLP on the fly (a few seconds)…")
@@ -133,7 +187,11 @@ sources = [ON_THE_FLY] + [p for p, _ in ckpts]
 metas = dict(ckpts)
 by_label = {display_path(Path(p)): p for p in sources[1:]}
 if st.session_state.pg_model not in sources:
-    st.session_state.pg_model = by_label.get(st.session_state.pg_model, ON_THE_FLY)
+    wanted = st.session_state.pg_model
+    st.session_state.pg_model = by_label.get(wanted, ON_THE_FLY)
+    if wanted != FLY_TOKEN and wanted not in by_label:
+        what = f"The link's model={shown(str(wanted))}" if model_from_link else f"{display_path(Path(wanted))}"
+        note(f"{what} is not one of the checkpoints for {dataset_name}; training a small MLP on the fly instead.")
 
 with st.sidebar:
     with st.form("pg_form"):
@@ -144,28 +202,45 @@ with st.sidebar:
             format_func=lambda p: p if p == ON_THE_FLY else checkpoint_label(display_path(Path(p)), metas[p]),
         )
         train_sigma = st.number_input(
-            "Training noise σ (on-the-fly MLP)", min_value=0.01, max_value=1.0, step=0.01, key="pg_train_sigma",
+            "Training noise σ (on-the-fly MLP)", step=0.01, key="pg_train_sigma",
             help="The on-the-fly MLP is trained with Gaussian noise of this constant σ (ignored for checkpoints).",
         )
         st.markdown("**Smoothing**")
         sigma0 = st.number_input(
-            "σ (constant) = σ_b (kNN base)", min_value=0.01, max_value=1.0, step=0.01, key="pg_sigma",
+            "σ (constant) = σ_b (kNN base)", step=0.01, key="pg_sigma",
             help="Left: constant σ. Right: σ(x) = σ_b·exp(r·(d_k(x) − m)), m = mean d_k over the training set.",
         )
-        r = st.number_input("Semi-elasticity r", min_value=0.0, max_value=50.0, step=0.5, key="pg_r")
-        k = st.number_input("k nearest neighbours", min_value=1, max_value=200, step=1, key="pg_k")
+        r = st.number_input("Semi-elasticity r", step=0.5, key="pg_r")
+        k = st.number_input("k nearest neighbours", step=1, key="pg_k")
         st.markdown("**Monte Carlo on the grid**")
         res = st.slider("Grid resolution (per axis)", 20, 120, step=10, key="pg_res")
         n_grid = st.select_slider("n samples per grid point", options=N_GRID, key="pg_n")
-        st.form_submit_button("Update", type="primary", width="stretch")
+        st.form_submit_button("Update", type="primary", width="stretch", icon=":material/refresh:")
     with st.expander("Certification settings"):
         n_cert = st.select_slider("n (certify)", options=(1000, 10_000, 100_000), value=10_000)
-        n0_cert = st.number_input("n0 (selection)", min_value=10, max_value=1000, value=100, step=10)
-        alpha = st.number_input("α", min_value=1e-6, max_value=0.5, value=0.001, format="%.4f")
-        seed = st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1)
+        n0_cert = st.number_input("n0 (selection)", value=100, step=10, key="pg_n0")
+        alpha = st.number_input("α", value=0.001, step=0.001, format="%.4f", key="pg_alpha")
+        seed = st.number_input("Seed", value=0, step=1, key="pg_seed")
+
+# a number outside its range is refused in one line naming it, and nothing is computed or written
+values = {"pg_train_sigma": train_sigma, "pg_sigma": sigma0, "pg_r": r, "pg_k": k, "pg_n0": n0_cert,
+          "pg_alpha": alpha, "pg_seed": seed}
+ranges = {**{name: (label, lo, hi) for name, (_, label, _, lo, hi) in NUMBERS.items()},
+          **{name: (label, lo, hi) for name, (label, _, lo, hi) in CERTIFY_NUMBERS.items()}}
+refusals = [f"{label} = {'(empty)' if values[name] is None else format(values[name], 'g')} is outside "
+            f"[{lo:g}, {hi:g}]." for name, (label, lo, hi) in ranges.items()
+            if values[name] is None or not (math.isfinite(values[name]) and lo <= values[name] <= hi)]
+for refusal in refusals:
+    st.error(refusal, icon=ERROR_ICON)
+if refusals:
+    st.stop()
 
 num_test = len(ds.test_y)
-st.session_state.pg_points = [i for i in st.session_state.pg_points if 0 <= i < num_test][:MAX_POINTS]
+outside = [i for i in st.session_state.pg_points if not 0 <= i < num_test]
+if outside:
+    note(f"{dataset_name} has {plots.plural(num_test, 'test point')}: left out "
+         f"{', '.join(f'#{i}' for i in outside[:5])}{' and more' if len(outside) > 5 else ''}.")
+    st.session_state.pg_points = [i for i in st.session_state.pg_points if 0 <= i < num_test]
 
 
 def _on_select(key: str) -> None:
@@ -239,7 +314,7 @@ with c1:
 with c2:
     fig = plots_explore.scalar_heatmap(
         m_knn["xs"], m_knn["ys"], m_knn["sigma"], f"kNN σ(x) (σ_b = {sigma0:g}, r = {r:g}, k = {int(k)})", "σ(x)",
-        points=ds.train_x.numpy(),
+        points=ds.train_x.numpy(), log_scale=True,
     )
     st.plotly_chart(fig, key="pg_sigma_map")
 
@@ -286,4 +361,5 @@ if rows:
         },
     )
 else:
-    st.info("Choose test points above (or select them on a map) to see their certified circles.", icon="ℹ️")
+    st.info("Choose test points above (or select them on a map) to see their certified circles.",
+            icon=":material/info:")

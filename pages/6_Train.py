@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 import uuid
@@ -10,16 +11,19 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages._ui import ROOT, display_path, job_manager, set_query, setup_page, show_error, train_checkpoint_dir
+from pages._ui import (
+    ERROR_ICON, ROOT, display_path, job_manager, set_query, setup_page, show_error, shown, train_checkpoint_dir,
+)
 from smoothviz import plots_explore
 from smoothviz.commands.train import DEFAULT_EPOCHS
 from smoothviz.data import DATASET_INFO, DEFAULT_DATASET
 from smoothviz.errors import InvalidArgument, SmoothvizError
 from smoothviz.jobs import CANCELLED, DONE, FAILED, LOST, RUNNING
 from smoothviz.models import ARCHITECTURES
+from smoothviz.sigma import R_MAX, SIGMA_MAX, SIGMA_MIN
 from smoothviz.train import DEFAULT_LR, OPTIMIZERS
 
-setup_page("Train", "🏋️")
+setup_page("Train", ":material/model_training:")
 st.title("Train a base classifier")
 st.caption(
     "Noise-augmented training (Gaussian noise of σ(x) added to every training input, as in Cohen et al. 2019) runs "
@@ -30,6 +34,30 @@ st.caption(
 
 DEFAULT_ARCH = "default for the dataset"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+# (label, smallest, largest) of each number of the form. The widgets have no bounds: a browser keeps an
+# out-of-range entry on screen without sending it, so the form would silently train with the previous
+# value; the page checks the values on submit and refuses one outside its range, naming it.
+RANGES = {
+    "tr_sigma": ("σ", SIGMA_MIN, SIGMA_MAX),
+    "tr_r": ("r", 0.0, R_MAX),
+    "tr_k": ("k", 1, 10_000),
+    "tr_epochs": ("epochs", 1, 1000),
+    "tr_lr": ("learning rate", 1e-6, 10.0),
+    "tr_batch": ("batch size", 1, 4096),
+    "tr_seed": ("seed", 0, 2**31 - 1),
+}
+
+
+def range_problems(values: dict[str, float | None], skip: tuple[str, ...] = ()) -> list[str]:
+    """One line per value outside its range (None means "default" and is fine), naming the value."""
+    problems = []
+    for key, value in values.items():
+        label, lo, hi = RANGES[key]
+        if key in skip or value is None:
+            continue
+        if not (math.isfinite(value) and lo <= value <= hi):
+            problems.append(f"{label} = {value:g} is outside [{lo:g}, {hi:g}]; training was not started.")
+    return problems
 
 
 def sigma_spec(kind: str, sigma: float, r: float, k: int) -> str:
@@ -66,6 +94,9 @@ def start_job(dataset: str, arch: str, spec: str, epochs: int, lr: float | None,
     jm = job_manager()
     job_id = new_job_id()
     progress_file = jm.jobs_dir / "progress" / f"{job_id}.json"  # not beside the job files: jobs() reads *.json there
+    # the command writes only into folders that exist: the training folder and the progress folder
+    for folder in (out.parent, progress_file.parent):
+        folder.mkdir(parents=True, exist_ok=True)
     args = [
         "train", "--dataset", dataset, "--arch", arch, "--sigma", spec, "--epochs", str(epochs),
         "--optimizer", optimizer, "--batch-size", str(batch_size), "--seed", str(seed),
@@ -87,6 +118,7 @@ def resume_job(old_id: str) -> None:
         return
     job_id = new_job_id()
     progress_file = job_manager().jobs_dir / "progress" / f"{job_id}.json"
+    progress_file.parent.mkdir(parents=True, exist_ok=True)
     args = list(old.argv[3:])  # drop "python -m smoothviz"
     if "--progress-file" in args:
         args[args.index("--progress-file") + 1] = str(progress_file)
@@ -98,6 +130,13 @@ def resume_job(old_id: str) -> None:
 # ---------------------------------------------------------------- the form
 q_dataset = st.query_params.get("dataset")
 datasets = list(DATASET_INFO)
+if q_dataset is not None and q_dataset not in datasets and "tr_dataset" not in st.session_state:
+    st.warning(f"The link's dataset={shown(q_dataset)} is not a dataset; showing {DEFAULT_DATASET}.",
+               icon=":material/link_off:")
+# outside the form, so that choosing constant disables the fields only a kNN σ uses at once
+kind = st.radio("σ function", ["constant", "knn"], horizontal=True, key="tr_kind",
+                help="knn: σ(x) = σ_b·exp(r·(mean distance to the k nearest training points − m))")
+knn = kind == "knn"
 with st.form("train_form"):
     c1, c2, c3 = st.columns(3)
     with c1:
@@ -110,41 +149,51 @@ with st.form("train_form"):
         name = st.text_input("Checkpoint name", key="tr_name", placeholder="automatic: dataset-arch-sigma-time",
                              help="Saved as NAME.pt in the training folder (runs/checkpoints/ by default)")
     with c2:
-        kind = st.radio("σ function", ["constant", "knn"], horizontal=True, key="tr_kind",
-                        help="knn: σ(x) = σ_b·exp(r·(mean distance to the k nearest training points − m))")
-        sigma = st.number_input("σ (constant) or σ_b (knn)", min_value=0.001, max_value=5.0, value=0.25, step=0.05)
-        r = st.number_input("Semi-elasticity r (knn)", min_value=0.0, max_value=100.0, value=0.5, step=0.1)
-        k = st.number_input("k neighbours (knn)", min_value=1, max_value=500, value=20, step=1)
+        sigma = st.number_input("σ_b (knn base)" if knn else "σ (constant)", value=0.25, step=0.05,
+                                key="tr_sigma", help=f"in [{SIGMA_MIN:g}, {SIGMA_MAX:g}] (inputs are in [0, 1])")
+        r = st.number_input("Semi-elasticity r (knn only)", value=0.5, step=0.1, key="tr_r", disabled=not knn,
+                            help=f"in [0, {R_MAX:g}]")
+        k = st.number_input("k neighbours (knn only)", value=20, step=1, key="tr_k", disabled=not knn)
         raw_spec = st.text_input(
             "σ spec (optional, overrides the fields above)", key="tr_spec",
             placeholder="e.g. knn:0.25,0.5,20,min=0.1,max=1",
             help="Any spec the CLI accepts: constant:S or knn:SIGMA_B,R,K[,m=M][,min=A][,max=B].",
         )
     with c3:
-        epochs = st.number_input("Epochs", key="tr_epochs", min_value=1, max_value=1000, value=None, step=1,
+        epochs = st.number_input("Epochs", key="tr_epochs", value=None, step=1,
                                  placeholder="default for the dataset",
                                  help=f"Defaults: {', '.join(f'{d} {e}' for d, e in DEFAULT_EPOCHS.items())}, toy2d 50")
         optimizer = st.selectbox("Optimizer", OPTIMIZERS)
-        lr = st.number_input("Learning rate", min_value=1e-6, max_value=10.0, value=None, format="%.5f",
+        lr = st.number_input("Learning rate", value=None, step=0.001, format="%.5f", key="tr_lr",
                              placeholder=f"default: sgd {DEFAULT_LR['sgd']}, adam {DEFAULT_LR['adam']}")
-        batch_size = st.number_input("Batch size", min_value=1, max_value=4096, value=128, step=32)
-        seed = st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1)
+        batch_size = st.number_input("Batch size", value=128, step=32, key="tr_batch")
+        seed = st.number_input("Seed", value=0, step=1, key="tr_seed")
         device = st.selectbox("Device", ["auto", "cpu", "cuda"], key="tr_device")
-    submitted = st.form_submit_button("Start training", type="primary")
+    submitted = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
 
 if submitted:
     arch = DATASET_INFO[dataset].default_arch if arch_choice == DEFAULT_ARCH else arch_choice
-    spec = raw_spec.strip() or sigma_spec(kind, sigma, r, k)
-    n_epochs = int(epochs) if epochs is not None else DEFAULT_EPOCHS.get(dataset, 50)
-    auto = f"{dataset}-{arch}-{spec.split(':')[0]}-{time.strftime('%Y%m%d-%H%M%S')}"
-    try:
-        out = validate(dataset, arch, spec, name.strip() or auto, device)
-        job_id = start_job(dataset, arch, spec, n_epochs, lr, optimizer, int(batch_size), int(seed), device, out)
-    except SmoothvizError as exc:
-        show_error(exc)
-    else:
-        st.session_state.train_job = job_id
-        set_query(job=job_id, dataset=dataset)
+    own_spec = raw_spec.strip()
+    problems = range_problems(
+        {"tr_sigma": sigma, "tr_r": r, "tr_k": k, "tr_epochs": epochs, "tr_lr": lr, "tr_batch": batch_size,
+         "tr_seed": seed},
+        # a typed spec replaces the σ fields; constant σ has no r or k
+        skip=("tr_sigma", "tr_r", "tr_k") if own_spec else () if knn else ("tr_r", "tr_k"),
+    )
+    for problem in problems:
+        st.error(problem, icon=ERROR_ICON)
+    if not problems:
+        spec = own_spec or sigma_spec(kind, sigma, r, k)
+        n_epochs = int(epochs) if epochs is not None else DEFAULT_EPOCHS.get(dataset, 50)
+        auto = f"{dataset}-{arch}-{spec.split(':')[0]}-{time.strftime('%Y%m%d-%H%M%S')}"
+        try:
+            out = validate(dataset, arch, spec, name.strip() or auto, device)
+            job_id = start_job(dataset, arch, spec, n_epochs, lr, optimizer, int(batch_size), int(seed), device, out)
+        except SmoothvizError as exc:
+            show_error(exc)
+        else:
+            st.session_state.train_job = job_id
+            set_query(job=job_id, dataset=dataset)
 
 # ---------------------------------------------------------------- the current job
 jm = job_manager()
@@ -156,7 +205,8 @@ if job_id:
         show_error(exc)
         job = None
     if job is None:
-        st.warning(f"No training job with id `{job_id}` (its files may have been removed).", icon="⚠️")
+        st.warning(f"No training job with id {shown(job_id)} (its files may have been removed).",
+                   icon=":material/search_off:")
     else:
         st.subheader(f"Job `{job.id}`")
         extra = job.extra or {}
@@ -178,7 +228,7 @@ if job_id:
                 text=f"{done:,}/{total:,} batches · {prog.get('message', 'starting')} · "
                 f"{rate or 0:.1f} batches/s · ETA {eta}",
             )
-            if st.button("Cancel training", key="train_cancel"):
+            if st.button("Cancel training", key="train_cancel", icon=":material/cancel:"):
                 jm.cancel(job_id)
                 st.rerun(scope="app")
             if current.status != RUNNING:
@@ -189,7 +239,8 @@ if job_id:
             """Loss and noisy training accuracy per finished epoch, parsed from the job's log."""
             history = plots_explore.epoch_history(jm.log_tail(job_id, max_chars=500_000))
             if history:
-                st.plotly_chart(plots_explore.training_curves(history), key="train_curves")
+                st.plotly_chart(plots_explore.training_curves(history, total_epochs=extra.get("epochs")),
+                                key="train_curves")
 
         if job.status == RUNNING:
             st.fragment(run_every="1s")(progress_panel)()
@@ -197,28 +248,31 @@ if job_id:
             prog = jm.read_progress(job_id) or {}
             message = prog.get("message", "")
             if job.status == DONE:
-                st.success(f"Training finished: {message}", icon="✅")
+                st.success(f"Training finished: {message}", icon=":material/check_circle:")
                 out = extra.get("out")
                 if out and Path(out).exists():
                     link = {"dataset": extra.get("dataset", ""), "ckpt": display_path(Path(out))}
-                    st.page_link("pages/2_Certify.py", label="Certify it on the Certify page", icon="🛡️",
+                    st.page_link("pages/2_Certify.py", label="Certify it on the Certify page", icon=":material/verified:",
                                  query_params=link)
                     if len(DATASET_INFO.get(link["dataset"], DATASET_INFO[DEFAULT_DATASET]).input_shape) > 1:
                         st.page_link("pages/4_Sample_explorer.py", label="Look at single points in the Sample explorer",
-                                     icon="🔍", query_params=link)
+                                     icon=":material/image_search:", query_params=link)
                     else:
                         st.page_link("pages/5_2D_playground.py", label="See its decision regions in the 2-D playground",
-                                     icon="🧭", query_params={"dataset": link["dataset"], "model": link["ckpt"]})
+                                     icon=":material/scatter_plot:",
+                                     query_params={"dataset": link["dataset"], "model": link["ckpt"]})
             elif job.status == CANCELLED:
-                st.warning("Training was cancelled. Resuming continues from the last finished epoch.", icon="⏹️")
+                st.warning("Training was cancelled. Resuming continues from the last finished epoch.",
+                           icon=":material/stop_circle:")
             elif job.status == FAILED:
                 lines = [ln for ln in jm.log_tail(job_id).splitlines() if ln.strip()]
-                st.error(f"Training failed: {message or (lines[-1] if lines else 'see the log below')}", icon="⚠️")
+                st.error(f"Training failed: {message or (lines[-1] if lines else 'see the log below')}",
+                         icon=ERROR_ICON)
             elif job.status == LOST:
                 st.warning("The training process disappeared without an exit code (the server may have restarted).")
             if job.status in (CANCELLED, FAILED, LOST):
                 st.button("Resume training", key="train_resume", on_click=resume_job, args=(job_id,),
-                          help="Runs the same command again as a new job; finished epochs are not repeated.")
+                          icon=":material/replay:", help="Runs the same command again as a new job; finished epochs are not repeated.")
             show_curves()
         with st.expander("Log"):
             st.code(jm.log_tail(job_id) or "(empty)", language=None)

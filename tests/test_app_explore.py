@@ -141,7 +141,8 @@ def test_playground_maps_circles_and_url_state():
     ids = sorted(int(c) for t in base["data"][1:] for c in t.get("customdata", []))
     assert ids == list(range(500))  # every test point is selectable by its index
     sig = find(figs, "kNN σ(x) (σ_b = 0.1, r = 3, k = 10)")
-    assert sig["data"][0]["colorbar"]["title"]["text"] == "σ(x)"
+    assert sig["data"][0]["colorbar"]["title"]["text"] == "σ(x) (log scale)"
+    np.testing.assert_allclose(np.log10(sig["data"][0]["customdata"]), sig["data"][0]["z"], rtol=1e-9)
     const = find(figs, "Constant σ = 0.1")
     knn = find(figs, "Input-dependent σ(x), r = 3")
     for fig in (base, sig, const, knn):
@@ -177,8 +178,9 @@ def test_playground_form_drives_sigma_and_points():
     assert not at.exception, [e.message for e in at.exception]
     figs = figures(at)
     assert "kNN σ(x) (σ_b = 0.2, r = 0, k = 10)" in figs
-    sig = np.asarray(figs["kNN σ(x) (σ_b = 0.2, r = 0, k = 10)"]["data"][0]["z"])
-    np.testing.assert_allclose(sig, 0.2, rtol=1e-6)  # r = 0: sigma(x) is constant
+    sig_map = figs["kNN σ(x) (σ_b = 0.2, r = 0, k = 10)"]["data"][0]
+    np.testing.assert_allclose(np.asarray(sig_map["customdata"]), 0.2, rtol=1e-6)  # r = 0: sigma(x) is constant
+    np.testing.assert_allclose(np.asarray(sig_map["z"]), np.log10(0.2), rtol=1e-6)  # coloured on a log scale
     assert at.query_params["sigma"] == "0.2" and at.query_params["r"] == "0"
     at.multiselect(key="pg_points").set_value([]).run()
     assert "pts" not in at.query_params
