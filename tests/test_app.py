@@ -455,3 +455,14 @@ def test_certify_warns_when_sigma_spans_absurd_values(digits_checkpoint, spec, r
     assert any("spans" in w.value and "smaller r" in w.value for w in at.warning), [w.value for w in at.warning]
     assert any("outside" in e.value for e in at.error) == refused
     assert at.button(key="run_button").disabled == refused
+
+
+def test_certify_lists_checkpoints_that_cannot_be_used_with_their_reason(tmp_path, digits_checkpoint):
+    (digits_checkpoint.parent / "broken.pt").write_bytes(b"not a torch file")
+    at = open_page("pages/2_Certify.py")
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.selectbox(key="ckpt").options == [str(digits_checkpoint)]  # only the usable one is offered
+    box = next(e for e in at.expander if "cannot be used" in e.label)
+    assert box.label.startswith("1 checkpoint ")
+    lines = [m.value for m in box.markdown]
+    assert len(lines) == 1 and "broken.pt" in lines[0] and "not a readable checkpoint" in lines[0]
