@@ -118,8 +118,7 @@ def _count(
             offset: Tensor | int = p * width
         else:
             owner = torch.repeat_interleave(
-                torch.tensor([p for p, _ in segments], dtype=torch.int64).to(device, non_blocking=True),
-                torch.tensor([k for _, k in segments], dtype=torch.int64).to(device, non_blocking=True),
+                _index_on(device, [p for p, _ in segments]), _index_on(device, [k for _, k in segments]),
                 output_size=m,
             )
             batch = torch.addcmul(x.index_select(0, owner), sigma.index_select(0, owner).view(spread), noise, out=out)
@@ -131,6 +130,17 @@ def _count(
         if on_batch is not None:
             on_batch(m)
     return counts.view(points, width)[:, :num_classes]
+
+
+def _index_on(device: torch.device, values: list[int]) -> Tensor:
+    """int64 ``values`` on ``device``. To CUDA they go from pinned memory: a copy from pageable
+    memory may wait for the GPU's queued work (the driver stages it), which would stall the
+    sampling loop once per batch; from pinned memory the copy is asynchronous, and torch keeps
+    the pinned block until the copy is done."""
+    index = torch.tensor(values, dtype=torch.int64)
+    if device.type == "cuda":
+        return index.pin_memory().to(device, non_blocking=True)
+    return index
 
 
 def work_units(nums: Sequence[int], batch_size: int, workers: int) -> list[list[tuple[int, int, int]]]:
