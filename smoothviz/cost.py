@@ -293,8 +293,9 @@ def measure_rate(
     """Samples per second of the engine's sampling (noise + forward + counting) for ``classify``.
 
     Warm-up calls first pay the one-off costs (kernel selection, thread pools): a few samples,
-    then one full batch, timed; a classifier whose one batch takes longer than ``seconds`` is
-    rated by that batch. Otherwise the engine's own threaded sampling (``votes.count_votes``, one
+    then one full batch, timed; a classifier whose one batch takes longer than ``seconds``, or whose
+    threaded call (whole noise blocks on every thread) would take over four times that, is rated by
+    that batch. Otherwise the engine's own threaded sampling (``votes.count_votes``, one
     batch per sampling thread per call) runs for at least ``seconds``.
     """
     import torch
@@ -318,10 +319,11 @@ def measure_rate(
 
     sample(min(batch_size, 8))
     one = sample(batch_size)
-    if one >= seconds:
-        return batch_size / one
     threads = sampling_threads(classify, device, seeded=True)
     per_call = threads * NOISE_BLOCK * math.ceil(batch_size / NOISE_BLOCK)
+    if one >= seconds or one * per_call / (threads * batch_size) >= 4 * seconds:
+        # one call of per_call samples would take far longer than a measurement should
+        return batch_size / one
     done, elapsed = 0, 0.0
     while elapsed < seconds:
         elapsed += sample(per_call)
