@@ -36,6 +36,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import numpy as np
 import torch
@@ -45,9 +46,10 @@ from smoothviz import bounds, cost, speed
 from smoothviz.data import Dataset, canonical_name, load_dataset
 from smoothviz.device import resolve_device
 from smoothviz.errors import Cancelled, CheckpointError, InvalidArgument, SmoothvizError, StoreError
+from smoothviz.knn_reference import build_run_sigma
 from smoothviz.models import load_checkpoint
 from smoothviz.noise import derive_seed
-from smoothviz.sigma import SigmaFunction, build_sigma, check_sigma_values, span_warning
+from smoothviz.sigma import SigmaFunction, check_sigma_values, span_warning
 from smoothviz.store import Store, file_sha256
 from smoothviz.votes import Classifier, argmax_classifier, check_sigma, count_votes, sampling_threads
 
@@ -471,6 +473,7 @@ def prepare_run(
     run: dict,
     device: str | None = None,
     batch_size: int | str | None = None,
+    trust_code: bool = False,
 ) -> PreparedRun:
     """Load and check every part of a run description before it executes; writes nothing.
 
@@ -481,6 +484,10 @@ def prepare_run(
     dataset), the indices, the sigma function built on the dataset (k <= training points) and
     sigma(x) on every chosen point, and the memory of a batch. ``device`` and ``batch_size``
     override the recorded ones. Raises a one-line SmoothvizError naming what is wrong.
+
+    ``options["model"]`` describes a foreign model (``model_sources.run_record``), loaded by
+    ``model_sources.load_run_model``; one that runs code (user code, an archive) loads only with
+    ``trust_code``. ``options["sigma_reference"]`` names the kNN sigma's reference points.
     """
     dev = resolve_device(device or run.get("device") or "auto")
     options = dict(run.get("options") or {})
@@ -497,7 +504,12 @@ def prepare_run(
         where = f" since run {run['id']} was created" if run.get("id") is not None else ""
         raise CheckpointError(f"{checkpoint} changed{where} (SHA-256 differs)")
     dataset = load_dataset(name)
-    model, meta = load_checkpoint(checkpoint, device=dev, expected_dataset=dataset.name)
+    if options.get("model") is None:
+        model, meta = load_checkpoint(checkpoint, device=dev, expected_dataset=dataset.name)
+    else:
+        from smoothviz.model_sources import load_run_model
+
+        model, meta = load_run_model(str(checkpoint), options["model"], dataset, dev, trust_code=trust_code)
     split = str(run.get("split") or "test")
     xs, _ = select_split(dataset, split)
     indices = [int(i) for i in run["indices"]]
@@ -506,7 +518,7 @@ def prepare_run(
     bad = [i for i in indices if not 0 <= i < xs.shape[0]]
     if bad:
         raise InvalidArgument(f"indices {bad[:5]} are outside the {split} split (size {xs.shape[0]})")
-    sigma_fn = build_sigma(run["sigma_spec"], dataset.train_x, device=dev)
+    sigma_fn = build_run_sigma(run["sigma_spec"], dataset, options.get("sigma_reference"), dev)
     with torch.inference_mode():
         sigmas = sigma_fn(xs[torch.tensor(indices, dtype=torch.int64)].to(dev)).to(torch.float32).reshape(-1)
     check_sigma(sigmas, len(indices))
@@ -532,6 +544,7 @@ def run_certification(
     device: str | None = None,
     batch_size: int | str | None = None,
     prepared: PreparedRun | None = None,
+    trust_code: bool = False,
 ) -> str:
     """Execute or resume a certify run recorded in the store; returns its final status.
 
@@ -540,13 +553,14 @@ def run_certification(
     marked running, skips points already stored, commits each point as its chunk finishes, and
     stops when ``cancel()`` or the store's cancel flag turns true (status "cancelled").
     ``device`` and ``batch_size`` override the recorded ones (neither changes the counts'
-    distribution; the batch size does not change them at all). Errors while it runs set status
-    "failed" and propagate.
+    distribution; the batch size does not change them at all). ``trust_code`` lets a run whose
+    model runs code load it (``prepare_run``). Errors while it runs set status "failed" and
+    propagate.
     """
     run = store.run(run_id)
     check_executable(run)
     if prepared is None:
-        prepared = prepare_run(run, device, batch_size)
+        prepared = prepare_run(run, device, batch_size, trust_code)
     elif prepared.indices != [int(i) for i in run["indices"]] or prepared.checkpoint != str(run["checkpoint"]):
         raise InvalidArgument(f"run {run_id}: the prepared run describes other points or another checkpoint")
     store.set_status(run_id, "running")
@@ -589,15 +603,18 @@ def _execute(store: Store, run: dict, prepared: PreparedRun, progress: ProgressF
 # EngineOptions fields that change how fast the classifier runs, not which samples it sees; the
 # batch size is recorded in its own column and never changes the counts.
 OPTION_KEYS = ("autocast", "channels_last", "compile", "cuda_graphs")
+# Run options that describe the run rather than the engine: a foreign model
+# (model_sources.run_record) and the kNN sigma's reference points (knn_reference.reference_record).
+DESCRIPTION_KEYS = ("model", "sigma_reference")
 
 
 def engine_options(options: dict | None) -> speed.EngineOptions:
     """The run's evaluation options as EngineOptions; unknown keys are rejected, not ignored."""
     options = dict(options or {})
-    unknown = sorted(set(options) - set(OPTION_KEYS))
+    unknown = sorted(set(options) - set(OPTION_KEYS) - set(DESCRIPTION_KEYS))
     if unknown:
         raise InvalidArgument(f"unknown engine options {unknown}; known: {', '.join(OPTION_KEYS)}")
-    return speed.EngineOptions(**options)
+    return speed.EngineOptions(**{k: v for k, v in options.items() if k in OPTION_KEYS})
 
 
 def engine_classifier(
@@ -623,7 +640,9 @@ def engine_classifier(
         # CPU default for images: NHWC convolutions ran 2x faster for the shipped digits and
         # Fashion-MNIST CNNs on the 2-core dev machine; same noise draws, same fp32 classifier.
         opts = replace(opts, channels_last=True)
-    probe = speed.measure_memory_per_sample(model, shape, device, opts)
+    # A model that takes no forward hooks (model_sources.ArchiveModule) measures itself.
+    measure = getattr(model, "measure_memory_per_sample", None)
+    probe = (measure if callable(measure) else partial(speed.measure_memory_per_sample, model))(shape, device, opts)
     if batch_size == "auto":
         size = speed.auto_batch_size(model, shape, device, options=opts, probe=probe)
     elif batch_size is None:

@@ -5,6 +5,10 @@ Cohen et al. 2019. Image files are read in torchvision's on-disk formats (IDX fo
 the python pickles of CIFAR-10) by this module itself; torchvision is used only to download them.
 The registry (``DATASET_INFO``) needs no torch, so argument definitions can list the datasets
 without loading it.
+
+Besides the registered names, a dataset may be a source string naming researchers' own files,
+``imagefolder:PATH`` or ``npz:FILE`` (``smoothviz.data_sources``): ``canonical_name`` and
+``load_dataset`` accept them, and their canonical form is the dataset name the store records.
 """
 
 from __future__ import annotations
@@ -60,7 +64,9 @@ class DatasetInfo:
 class Dataset:
     """A loaded dataset: images/points in [0, 1] of shape [B, *input_shape], long labels.
 
-    Instances are cached and shared by ``load_dataset``: treat the tensors as read-only.
+    Instances are cached and shared by ``load_dataset``: treat the tensors as read-only. For a
+    file-backed source (an image folder) ``train_x``/``test_x`` are ``data_sources.LazyInputs``,
+    which decode the points they are indexed with; ``data_sources.materialize`` gives a tensor.
     """
 
     name: str
@@ -130,10 +136,15 @@ def dataset_names() -> list[str]:
 
 
 def canonical_name(name: str) -> str:
-    """Resolve aliases; InvalidArgument for an unknown dataset."""
+    """Resolve aliases and canonicalise source strings; InvalidArgument for an unknown dataset."""
+    from smoothviz import data_sources
+
+    if data_sources.is_source(name):
+        return data_sources.canonical_source(name)
     name = _ALIASES.get(name, name)
     if name not in DATASET_INFO:
-        raise InvalidArgument(f"unknown dataset {name!r}; choose from {', '.join(dataset_names())}")
+        raise InvalidArgument(f"unknown dataset {name!r}; choose from {', '.join(dataset_names())}, "
+                              "or name files as imagefolder:PATH or npz:FILE")
     return name
 
 
@@ -147,9 +158,14 @@ def load_dataset(name: str, root: str | Path | None = None, download: bool = Tru
 
     ``root`` is where mnist/fashion-mnist/cifar10 files live in torchvision's layout; when they
     are missing and ``download`` is true, torchvision downloads them there. Raises
-    DatasetUnavailable (one line naming the directory and files) when that is impossible.
+    DatasetUnavailable (one line naming the directory and files) when that is impossible. A
+    source string (``imagefolder:PATH``, ``npz:FILE``) loads through ``data_sources.load_source``.
     """
     name = canonical_name(name)
+    if name not in DATASET_INFO:
+        from smoothviz.data_sources import load_source
+
+        return load_source(name)
     if DATASET_INFO[name].embedded:
         return _load_cached(name, "", False)
     root_path = Path(root) if root is not None else default_root()
@@ -157,8 +173,11 @@ def load_dataset(name: str, root: str | Path | None = None, download: bool = Tru
 
 
 def clear_cache() -> None:
-    """Forget datasets loaded so far (e.g. after files on disk changed)."""
+    """Forget datasets loaded so far (e.g. after files on disk changed), sources included."""
+    from smoothviz.data_sources import clear_cache as clear_sources
+
     _load_cached.cache_clear()
+    clear_sources()
 
 
 @functools.lru_cache(maxsize=8)

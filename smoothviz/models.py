@@ -315,20 +315,17 @@ def check_weights(payload: dict, source: str | Path = "checkpoint") -> None:
         raise CheckpointError(f"{source}: weights hold NaN or infinite values ({', '.join(bad[:3])}{more})")
 
 
-def check_compatible(model: nn.Module, meta: dict, dataset: DatasetShape, source: str | Path = "checkpoint") -> None:
-    """A built model fits ``dataset``: header agrees, all parameters and buffers are finite, and
-    on a probe batch it gives one finite logit per class of the dataset.
-
-    The dashboard, the explorer and the CLI call this before sampling, so a model that does not
-    fit the data is refused in one line instead of certifying every point as some class.
-    """
-    check_header(meta, dataset, source)
+def check_outputs(model: nn.Module, input_shape: Sequence[int], num_classes: int, source: str | Path,
+                  data_name: str) -> None:
+    """A built model's parameters and buffers are finite and, on a probe batch of ``input_shape``
+    (all zeros, all ones, uniform noise), it gives ``num_classes`` finite logits per input;
+    CheckpointError naming ``source`` and the data otherwise."""
     tensors = [*model.named_parameters(), *model.named_buffers()]
     bad = [k for k, v in tensors if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise CheckpointError(f"{source}: weights hold NaN or infinite values ({', '.join(bad[:3])})")
     device = next((v.device for _, v in tensors), torch.device("cpu"))
-    shape = tuple(int(s) for s in dataset.input_shape)
+    shape = tuple(int(s) for s in input_shape)
     probe = torch.rand((_PROBE_POINTS, *shape), generator=torch.Generator().manual_seed(0))
     probe[0] = 0.0
     probe[1] = 1.0
@@ -337,16 +334,27 @@ def check_compatible(model: nn.Module, meta: dict, dataset: DatasetShape, source
     try:
         with torch.inference_mode():
             out = model(probe.to(device))
-    except RuntimeError as exc:
-        raise CheckpointError(f"{source}: the model fails on {dataset.name} inputs: {_first_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - a model that fails the probe in any way does not fit
+        raise CheckpointError(f"{source}: the model fails on {data_name} inputs: {_first_line(exc)}") from None
     finally:
         model.train(was_training)
-    if not isinstance(out, torch.Tensor) or out.shape != (_PROBE_POINTS, dataset.num_classes):
+    if not isinstance(out, torch.Tensor) or out.shape != (_PROBE_POINTS, num_classes):
         width = list(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise CheckpointError(f"{source}: the model gives outputs of shape {width} per input, but {dataset.name} "
-                              f"has {dataset.num_classes} classes")
+        raise CheckpointError(f"{source}: the model gives outputs of shape {width} per input, but {data_name} "
+                              f"has {num_classes} classes")
     if not bool(torch.isfinite(out).all()):
         raise CheckpointError(f"{source}: the model's outputs are NaN or infinite on a probe batch")
+
+
+def check_compatible(model: nn.Module, meta: dict, dataset: DatasetShape, source: str | Path = "checkpoint") -> None:
+    """A built model fits ``dataset``: header agrees, all parameters and buffers are finite, and
+    on a probe batch it gives one finite logit per class of the dataset.
+
+    The dashboard, the explorer and the CLI call this before sampling, so a model that does not
+    fit the data is refused in one line instead of certifying every point as some class.
+    """
+    check_header(meta, dataset, source)
+    check_outputs(model, dataset.input_shape, dataset.num_classes, source, dataset.name)
 
 
 def load_checkpoint(
