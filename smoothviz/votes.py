@@ -66,17 +66,20 @@ def count_votes(
     on_batch: Callable[[int], None] | None = None,
     new_input: Callable[[int], Tensor] | None = None,
     threads: int | None = None,
+    first_blocks: Sequence[int] | None = None,
 ) -> Tensor:
     """SAMPLEUNDERNOISE for several points at once: int64 votes [P, num_classes] on x's device.
 
     Point p gets ``nums[p]`` samples x[p] + sigma[p] * eps. Noise order (smoothviz.noise): for p
     in order, for each block of ``block_sizes(nums[p])``: ``torch.randn((rows, *shape),
     generator=generator)``, the generator first reseeded with ``derive_seed(seeds[p], block)`` when
-    ``seeds`` is given (else drawn in sequence). Consecutive rows of that stream fill batches of
-    ``batch_size``; each batch is classified in one call of ``classify`` and its votes added on
-    the device (no host sync). ``on_batch(rows)`` runs after each batch, in the calling thread
-    (progress, cancellation); ``new_input(m)`` gives the buffer a batch is written into (e.g. in
-    the model's memory format). ``threads``: see ``sampling_threads``. A label >= num_classes is
+    ``seeds`` is given (else drawn in sequence). ``first_blocks[p]`` (default 0) numbers point p's
+    first block, so a later draw of a point continues its stream of blocks (a sequential rule's
+    next draw: ``smoothviz.sequential.draw_plan``) with noise independent of the earlier draws.
+    Consecutive rows of that stream fill batches of ``batch_size``; each batch is classified in
+    one call of ``classify`` and its votes added on the device (no host sync). ``on_batch(rows)``
+    runs after each batch, in the calling thread (progress, cancellation); ``new_input(m)`` gives
+    the buffer a batch is written into (e.g. in the model's memory format). ``threads``: see ``sampling_threads``. A label >= num_classes is
     counted in a spill column that is not returned, so the row sums then fall short of ``nums``.
     """
     if batch_size < 1:
@@ -85,11 +88,14 @@ def count_votes(
     check_sigma(sigma, points)
     if len(nums) != points or (seeds is not None and len(seeds) != points):
         raise InvalidArgument("nums and seeds need one entry per point")
+    if first_blocks is not None and (len(first_blocks) != points or min(first_blocks, default=0) < 0):
+        raise InvalidArgument("first_blocks needs one block number >= 0 per point")
     workers = sampling_threads(classify, x.device, seeds is not None, threads)
     if workers > 1 and sum(nums) > batch_size:
         return _count_threaded(classify, x, sigma, nums, num_classes, batch_size, seeds, on_batch, new_input,
-                               workers)
-    return _count(classify, x, sigma, nums, num_classes, batch_size, generator, seeds, on_batch, new_input)
+                               workers, first_blocks)
+    return _count(classify, x, sigma, nums, num_classes, batch_size, generator, seeds, on_batch, new_input,
+                  first_blocks)
 
 
 def _count(
@@ -143,11 +149,13 @@ def _index_on(device: torch.device, values: list[int]) -> Tensor:
     return index
 
 
-def work_units(nums: Sequence[int], batch_size: int, workers: int) -> list[list[tuple[int, int, int]]]:
+def work_units(nums: Sequence[int], batch_size: int, workers: int, first_blocks: Sequence[int] | None = None
+               ) -> list[list[tuple[int, int, int]]]:
     """The stream's noise blocks in runs of whole blocks: lists of (point, first block, rows).
 
     A run holds about four batches of rows, or less so that each thread gets at least four runs;
     it may span points (many points with few samples still share batches) and never splits a block.
+    Block numbers count from ``first_blocks[p]`` (default 0), as in ``count_votes``.
     """
     total = sum(int(n) for n in nums)
     target = max(NOISE_BLOCK, min(4 * batch_size, math.ceil(total / (4 * workers))))
@@ -155,8 +163,9 @@ def work_units(nums: Sequence[int], batch_size: int, workers: int) -> list[list[
     unit: list[tuple[int, int, int]] = []
     filled = 0
     for p, num in enumerate(nums):
-        first, rows = 0, 0
-        for b, size in enumerate(block_sizes(num)):
+        start = 0 if first_blocks is None else int(first_blocks[p])
+        first, rows = start, 0
+        for b, size in enumerate(block_sizes(num), start=start):
             rows += size
             filled += size
             if filled >= target:
@@ -218,10 +227,10 @@ def one_torch_thread() -> Iterator[None]:
 def _count_threaded(
     classify: Classifier, x: Tensor, sigma: Tensor, nums: Sequence[int], num_classes: int, batch_size: int,
     seeds: Sequence[int], on_batch: Callable[[int], None] | None, new_input: Callable[[int], Tensor] | None,
-    workers: int,
+    workers: int, first_blocks: Sequence[int] | None = None,
 ) -> Tensor:
     """``count_votes`` with ``workers`` threads taking work units in turn; same counts as ``_count``."""
-    units = iter(work_units(nums, batch_size, workers))
+    units = iter(work_units(nums, batch_size, workers, first_blocks))
     take = threading.Lock()
     stop = threading.Event()
     done: queue.SimpleQueue[int | None] = queue.SimpleQueue()  # rows per batch; None: a thread ended

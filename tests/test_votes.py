@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from smoothviz import noise, votes
-from smoothviz.errors import Cancelled, CheckpointError
+from smoothviz.errors import Cancelled, CheckpointError, InvalidArgument
 from smoothviz.speed import EngineOptions, prepare_model
 
 SHAPE = (1, 6, 6)
@@ -58,6 +58,42 @@ def test_work_units_cover_every_block_once(batch, workers):
         assert len(units) >= 4 * workers - 1, "enough units to keep every thread busy"
         small = [unit for unit in units[:-1] if all(rows == 300 for _, _, rows in unit)]
         assert small and all(len(unit) > 1 for unit in small), "points with few samples share a unit"
+
+
+@pytest.mark.parametrize("batch,workers", [(256, 2), (10**5, 3)])
+def test_work_units_number_blocks_from_first_blocks(batch, workers):
+    nums = [3 * noise.NOISE_BLOCK + 5, 40, 2 * noise.NOISE_BLOCK]
+    starts = [7, 2, 0]
+    segments = [seg for unit in votes.work_units(nums, batch, workers, starts) for seg in unit]
+    for p, num in enumerate(nums):
+        mine = [(first, rows) for q, first, rows in segments if q == p]
+        assert mine[0][0] == starts[p] and sum(rows for _, rows in mine) == num
+        shifted = [(first - starts[p], rows) for first, rows in mine]
+        plain = [(first, rows) for q, first, rows in
+                 (seg for unit in votes.work_units(nums, batch, workers) for seg in unit) if q == p]
+        assert shifted == plain
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_first_blocks_continue_a_points_stream(points, threads, torch_threads):
+    """Drawing blocks 0-1 and then 2-4 of a point (first_blocks = 2) votes exactly as drawing blocks
+    0-4 at once: a later draw continues the point's stream with fresh, seeded blocks."""
+    torch.set_num_threads(1)
+    classify = votes.argmax_classifier(small_cnn())
+    x, sigma = points
+    block = noise.NOISE_BLOCK
+    whole = count(classify, x, sigma, [5 * block, 3 * block, block], 128, threads=threads)
+    head = count(classify, x, sigma, [2 * block, block, block], 128, threads=threads)
+    with torch.inference_mode():
+        tail = votes.count_votes(classify, x, sigma, [3 * block, 2 * block, 0], 5, 128, torch.Generator(),
+                                 [11, 12, 13], threads=threads, first_blocks=[2, 1, 1])
+    assert torch.equal(head + tail, whole)
+    with torch.inference_mode():
+        moved = votes.count_votes(classify, x, sigma, [2 * block, block, block], 5, 128, torch.Generator(),
+                                  [11, 12, 13], threads=threads, first_blocks=[0, 0, 1])
+    assert torch.equal(moved[:2], head[:2]) and not torch.equal(moved[2], head[2]), "other blocks, other noise"
+    with pytest.raises(InvalidArgument, match="first_blocks"):
+        votes.count_votes(classify, x, sigma, [1, 1, 1], 5, 128, torch.Generator(), [1, 2, 3], first_blocks=[0, 1])
 
 
 @pytest.mark.parametrize("batch", [64, 256, 5000])
