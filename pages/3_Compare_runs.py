@@ -71,7 +71,9 @@ def import_log(up_key: str, name_key: str) -> None:
 
 
 def import_section(expanded: bool) -> None:
-    """Upload a tab-separated log of the reference smoothing code and store it as a run."""
+    """Upload a tab-separated log of the reference smoothing code and store it as a run (open after an import,
+    so the emptied uploader and the next file are in view)."""
+    expanded = expanded or "import_outcome" in st.session_state
     with st.expander("Import a certification log (reference code's tab-separated format)", expanded=expanded,
                      icon=":material/upload_file:"):
         st.caption("Header `idx label predict radius correct time`, one line per point (time in seconds or h:mm:ss).")

@@ -10,7 +10,6 @@ computed with it. Never an exception, never a file outside the checkpoint folder
 from __future__ import annotations
 
 import math
-import sqlite3
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,6 +22,7 @@ from apptest_support import fresh_app_state  # noqa: F401  (autouse: a temporary
 from smoothviz import bounds
 from smoothviz.errors import SmoothvizError
 from smoothviz.sigma import R_MAX, SIGMA_MAX, SIGMA_MIN, canonical_spec, parse_sigma_spec
+from smoothviz.store import Store
 
 THEORY = "pages/1_Theory.py"
 COMPARE = "pages/3_Compare_runs.py"
@@ -237,9 +237,7 @@ def test_compare_does_not_preselect_runs_without_results(hostile):
 
 def test_compare_notes_a_run_deleted_while_selected(hostile, tmp_path):
     at = open_page(COMPARE, runs=f"{hostile['done']},{hostile['knn']}")
-    with sqlite3.connect(tmp_path / "runs" / "test.db") as db:  # another tab deletes the kNN run
-        db.execute("DELETE FROM results WHERE run_id=?", (hostile["knn"],))
-        db.execute("DELETE FROM runs WHERE id=?", (hostile["knn"],))
+    Store(tmp_path / "runs" / "test.db").delete_run(hostile["knn"])  # another tab deletes the kNN run
     at.run()
     assert not at.exception, [e.message for e in at.exception]
     assert any("deleted" in w and f"#{hostile['knn']}" in w for w in notes(at)), notes(at)
@@ -263,6 +261,18 @@ def test_compare_import_keeps_its_message_selects_the_run_and_empties_the_upload
     assert at.button(key="import_button").disabled  # nothing to import twice
     at.radio(key="dist_kind").set_value("ECDF").run()  # another interaction: the message stays
     assert [s.value for s in at.success] == success
+
+    # the same file again: refused by the store, naming the run that holds it; nothing is added
+    for name in (None, "another name"):
+        at.file_uploader(key="upload1").set_value(("cohen-log.tsv", LOG.encode(), "text/tab-separated-values")).run()
+        if name:
+            at.text_input(key="import_name@upload1@cohen-log.tsv").set_value(name).run()
+        at.button(key="import_button").click().run()
+        assert not at.exception, [e.message for e in at.exception]
+        assert len(errors(at)) == 1 and f"run {new_id}" in errors(at)[0], errors(at)
+        assert not at.success and at.multiselect(key="runs_pick").value == [hostile["done"], new_id]
+    assert "already imported" in errors(at)[0]
+    assert len(Store(tmp_path / "runs" / "test.db").runs()) == len(run_ids(hostile)) + 1
 
 
 def test_compare_import_refuses_out_of_range_settings(hostile):
