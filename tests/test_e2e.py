@@ -132,7 +132,7 @@ def _progress_text(page) -> str:
 def test_cancel_then_resume_shows_live_progress_until_done(server, page):
     """A user's report: after Cancel → Resume the page stayed on "cancelled" while the run went on."""
     constant = _checkpoint("digits-*constant-0.25*.pt")
-    query = "points=50&n0=100&n=10000" + (f"&ckpt={constant}" if constant else "")
+    query = "points=50&n0=100&n=5000" + (f"&ckpt={constant}" if constant else "")
     page.goto(f"{server}/Certify?{query}")
     wait_idle(page)
     page.get_by_role("button", name="Run certification").click()
