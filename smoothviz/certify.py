@@ -626,7 +626,8 @@ def engine_classifier(
 ) -> EngineClassifier:
     """The base classifier as the engine calls it, prepared with the run's speed options.
 
-    ``batch_size`` "auto" is measured from free device memory, None is the engine's default. The
+    ``batch_size`` "auto" is measured from free device memory, None is the engine's default
+    (speed.default_batch_size: on CUDA up to 8192 as the measured memory allows). The
     memory of a batch (measured on a probe batch, times the sampling threads that each hold one)
     is checked against free memory before anything batch-sized is allocated (compilation and
     CUDA graphs allocate a full batch). See smoothviz.speed for the options and the soundness
@@ -646,7 +647,7 @@ def engine_classifier(
     if batch_size == "auto":
         size = speed.auto_batch_size(model, shape, device, options=opts, probe=probe)
     elif batch_size is None:
-        size = 8192 if device.type == "cuda" else speed.cpu_batch_size(model, shape, opts, probe)
+        size = speed.default_batch_size(device, model, shape, opts, probe)
     else:
         size = int(batch_size)
     eager = not (opts.compile or opts.cuda_graphs)

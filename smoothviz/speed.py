@@ -8,7 +8,11 @@ syncs, and picks a batch size from measured memory.
 
 Soundness: every option except ``autocast`` evaluates the same fp32 classifier. With autocast the
 certificate holds for the classifier *as evaluated under autocast* (bf16/fp16 arithmetic), which
-is a different function from the fp32 model; this is why it is an opt-in "fast" mode.
+is a different function from the fp32 model; this is why it is an opt-in "fast" mode. On CUDA,
+"fp32" convolutions run in TF32 by default (torch's setting, recorded as ``applied["precision"]``)
+and cuDNN chooses kernels by batch size and memory format, so the logits of one sample can differ
+in their last bits between batch sizes or formats: the noise is identical, and only a sample
+whose top two logits nearly tie can change its label (tests/test_cuda.py bounds this).
 """
 
 from __future__ import annotations
@@ -38,6 +42,19 @@ CPU_BATCH_BYTES = 32 << 20
 MIN_CPU_BATCH_SIZE = 256
 MAX_CPU_BATCH_SIZE = 8192
 MAX_AUTO_CUDA_BATCH_SIZE = 1 << 17
+# CUDA default batch size: the largest power of two up to MAX_CUDA_BATCH_SIZE whose measured
+# memory fits in CUDA_BATCH_BYTES and in CUDA_BATCH_FRACTION of the free memory. A CIFAR ResNet
+# (a few hundred kB per sample) gets 8192, where a GPU is long saturated; an ImageNet ResNet-50
+# (tens of MB per sample) gets a few hundred instead of a batch that cannot fit.
+MAX_CUDA_BATCH_SIZE = 8192
+CUDA_BATCH_BYTES = 16 << 30
+CUDA_BATCH_FRACTION = 0.25
+# Probe batches for measure_memory_per_sample: on CUDA many samples amortise the allocator's fixed
+# costs (all charged to the samples); on a CPU the summed module outputs are proportional to the
+# batch, so a few samples measure the same per-sample size at a fraction of the cost (an
+# ImageNet ResNet-50 forward pass takes about half a second per image on the dev CPU).
+CUDA_PROBE_BATCH = 32
+CPU_PROBE_BATCH = 2
 
 
 @dataclass(frozen=True)
@@ -92,10 +109,14 @@ def set_cpu_threads(threads: int | None = None) -> int:
 
 
 def available_memory(device: torch.device) -> int:
-    """Bytes free for new tensors: CUDA free memory, or MemAvailable of /proc/meminfo on a CPU."""
+    """Bytes free for new tensors: on CUDA the driver's free memory plus what PyTorch's caching
+    allocator holds but no tensor uses (it serves new tensors from there first, and
+    ``mem_get_info`` counts it as used); on a CPU MemAvailable of /proc/meminfo."""
+    device = torch.device(device)
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free) + max(0, int(cached))
     try:
         with open("/proc/meminfo", encoding="ascii") as fh:
             for line in fh:
@@ -149,17 +170,21 @@ def measure_memory_per_sample(
     input_shape: tuple[int, ...],
     device: torch.device,
     options: EngineOptions | None = None,
-    probe_batch: int = 32,
+    probe_batch: int | None = None,
 ) -> MemoryProbe:
     """Measure the memory one sample of a batch costs, with a probe forward pass.
 
-    CUDA: the allocator's peak (``max_memory_allocated``) during a probe at ``probe_batch``, all
-    of it charged to the samples (an over-estimate for larger batches, so safe). CPU: there is no
-    allocator peak to read, so every activation any module outputs is summed as if all were alive
-    at once (inference frees them as it goes, so this bounds the peak), doubled for convolution
-    work buffers. Both add the noise and noisy-input tensors the engine keeps per sample.
+    CUDA: the allocator's peak (``max_memory_allocated``) during a probe at ``probe_batch``
+    (default CUDA_PROBE_BATCH), all of it charged to the samples (an over-estimate for larger
+    batches, so safe). CPU: there is no allocator peak to read, so every activation any module
+    outputs is summed as if all were alive at once (inference frees them as it goes, so this
+    bounds the peak), doubled for convolution work buffers; the default probe is CPU_PROBE_BATCH
+    samples. Both add the noise and noisy-input tensors the engine keeps per sample.
     """
     options = options or EngineOptions()
+    device = torch.device(device)
+    if probe_batch is None:
+        probe_batch = CUDA_PROBE_BATCH if device.type == "cuda" else CPU_PROBE_BATCH
     model = model.to(device).eval()
     x = torch.rand((probe_batch, *input_shape), device=device)
     per_input = math.prod(input_shape) * 4
@@ -231,21 +256,38 @@ def auto_batch_size(
     return int(batch)
 
 
+def cuda_batch_size(bytes_per_sample: int, free_bytes: int) -> int:
+    """The CUDA default batch for a measured ``bytes_per_sample``: the largest power of two up to
+    MAX_CUDA_BATCH_SIZE whose memory fits in CUDA_BATCH_BYTES and in CUDA_BATCH_FRACTION of
+    ``free_bytes`` (at least 1; whether one sample fits is cost.check_memory's question)."""
+    budget = min(CUDA_BATCH_BYTES, int(CUDA_BATCH_FRACTION * max(0, int(free_bytes))))
+    fit = max(1, budget // max(1, int(bytes_per_sample)))
+    return int(min(MAX_CUDA_BATCH_SIZE, 1 << (fit.bit_length() - 1)))
+
+
 def default_batch_size(
     device: torch.device,
     model: nn.Module | None = None,
     input_shape: tuple[int, ...] | None = None,
     options: EngineOptions | None = None,
+    probe: MemoryProbe | None = None,
 ) -> int:
-    """Samples per forward pass when none is given: 8192 on CUDA; ``cpu_batch_size`` on a CPU.
+    """Samples per forward pass when none is given: ``cuda_batch_size`` of the measured memory
+    and the free memory on CUDA, ``cpu_batch_size`` on a CPU (``probe``: a measurement already
+    made for this model and options).
 
-    Without a model (nothing to measure) a CPU gets MIN_CPU_BATCH_SIZE.
+    Without a model (nothing to measure) CUDA gets MAX_CUDA_BATCH_SIZE and a CPU
+    MIN_CPU_BATCH_SIZE.
     """
-    if torch.device(device).type == "cuda":
-        return 8192
+    device = torch.device(device)
     if model is None or input_shape is None:
-        return MIN_CPU_BATCH_SIZE
-    return cpu_batch_size(model, tuple(input_shape), options)
+        return MAX_CUDA_BATCH_SIZE if device.type == "cuda" else MIN_CPU_BATCH_SIZE
+    shape = tuple(input_shape)
+    if device.type == "cuda":
+        if probe is None:
+            probe = measure_memory_per_sample(model, shape, device, options)
+        return cuda_batch_size(probe.bytes_per_sample, available_memory(device))
+    return cpu_batch_size(model, shape, options, probe)
 
 
 def resolve_batch_size(
@@ -332,9 +374,7 @@ class Predictor:
         """
         if self.static_input is not None and m == self.batch_size:
             return self.static_input
-        return torch.empty((m, *self.input_shape), device=self.device).contiguous(
-            memory_format=self.memory_format
-        )
+        return torch.empty((m, *self.input_shape), device=self.device, memory_format=self.memory_format)
 
 
 def _compile(model: Callable, applied: dict, **kwargs: object) -> Callable:
@@ -357,16 +397,23 @@ def _compile(model: Callable, applied: dict, **kwargs: object) -> Callable:
 def _capture_cuda_graph(
     step: Callable[[Tensor], Tensor], static_in: Tensor, device: torch.device
 ) -> Callable[[Tensor], Tensor]:
-    """Capture ``step`` on a static input buffer in a CUDA graph; returns a replaying forward."""
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        for _ in range(3):  # warm-up on a side stream, as CUDA graph capture requires
-            step(static_in)
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = step(static_in)
+    """Capture ``step`` on a static input buffer in a CUDA graph; returns a replaying forward.
+
+    As torch.cuda.graph requires: warm-up runs on a side stream first (cuDNN/cuBLAS handles and
+    algorithm choices are made outside the capture), on ``device`` (not merely the current
+    device). Replay reads ``static_in`` and rewrites one output buffer, so a batch written into
+    ``static_in`` costs no copy and the labels are cloned before the next replay can overwrite them.
+    """
+    with torch.cuda.device(device):
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                step(static_in)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = step(static_in)
 
     def replay(noisy: Tensor) -> Tensor:
         if noisy.data_ptr() != static_in.data_ptr():
@@ -375,6 +422,14 @@ def _capture_cuda_graph(
         return static_out.clone()
 
     return replay
+
+
+def cuda_precision() -> dict:
+    """What "fp32" means on CUDA here: whether cuDNN convolutions and cuBLAS matrix products may
+    use TF32 tensor cores (torch's defaults: convolutions yes, matrix products no). Recorded with
+    each prepared classifier, since TF32 rounds to 10 mantissa bits."""
+    return {"cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+            "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32)}
 
 
 def prepare_model(
@@ -395,6 +450,8 @@ def prepare_model(
     if options.cuda_graphs and device.type != "cuda":
         raise InvalidArgument(f"cuda_graphs needs a CUDA device, not {device}")
     applied: dict = {"autocast": options.autocast or "fp32"}
+    if device.type == "cuda":
+        applied["precision"] = cuda_precision()
     fmt = model_memory_format(options, input_shape, device)
     applied["channels_last"] = fmt == torch.channels_last
     if options.channels_last and fmt != torch.channels_last:
@@ -426,7 +483,7 @@ def prepare_model(
         if options.cuda_graphs:
             applied["cuda_graphs"] = "via torch.compile mode=reduce-overhead" if static_shape else False
     elif options.cuda_graphs:
-        static_in = torch.zeros((batch_size, *input_shape), device=device).contiguous(memory_format=fmt)
+        static_in = torch.empty((batch_size, *input_shape), device=device, memory_format=fmt).zero_()
         forward = _capture_cuda_graph(step, static_in, device)
         static_shape = True
         static_input = static_in

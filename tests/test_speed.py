@@ -155,20 +155,6 @@ def test_cuda_graphs_need_cuda(setup):
         prepare_model(model, EngineOptions(cuda_graphs=True), CPU, (64, *SHAPE))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device (none on this machine)")
-def test_cuda_graphs_keep_counts_on_cuda(setup):
-    model, x, sigma = setup
-    dev = torch.device("cuda")
-    x, sigma = x.to(dev), sigma.to(dev)
-
-    def cuda_counts(classify):
-        return sample_counts(classify, x, sigma, 2000, 5, 512, torch.Generator(device=dev), seeds=[11, 12, 13, 14])
-
-    plain = cuda_counts(prepare_model(model, EngineOptions(), dev, (512, *SHAPE)))
-    graphed = prepare_model(model, EngineOptions(cuda_graphs=True), dev, (512, *SHAPE))
-    assert torch.equal(cuda_counts(graphed), plain)
-
-
 def test_options_validate():
     with pytest.raises(InvalidArgument, match="autocast"):
         EngineOptions(autocast="int8")
@@ -208,7 +194,44 @@ def test_cpu_batch_size_follows_measured_activations():
     assert sizes["mlp"] > sizes["cnn"] >= sizes["wide"]
     assert speed.default_batch_size(CPU) == speed.MIN_CPU_BATCH_SIZE
     assert speed.default_batch_size(CPU, cases["mlp"], (1, 8, 8)) == sizes["mlp"]
-    assert speed.default_batch_size(torch.device("cuda"), cases["mlp"], (1, 8, 8)) == 8192
+    assert speed.default_batch_size(torch.device("cuda")) == speed.MAX_CUDA_BATCH_SIZE  # nothing to measure
+
+
+def test_cuda_default_batch_follows_measured_memory(monkeypatch):
+    """The CUDA default: the largest power of two up to 8192 whose measured memory fits both
+    CUDA_BATCH_BYTES and a quarter of the free memory (the CUDA branch, fed measured numbers)."""
+    gib, mib, kib = 2**30, 2**20, 2**10
+    assert speed.cuda_batch_size(300 * kib, 139 * gib) == 8192  # a CIFAR ResNet on an H200
+    assert speed.cuda_batch_size(20 * mib, 139 * gib) == 512  # ImageNet: 16 GiB / 20 MiB = 819
+    assert speed.cuda_batch_size(1 * mib, 8 * gib) == 2048  # a quarter of 8 GiB free
+    assert speed.cuda_batch_size(64 * gib, 16 * gib) == 1  # not even one fits: cost.check_memory refuses it
+    for per_sample in (1, 1000, 300 * kib, 20 * mib):
+        for free in (2 * gib, 40 * gib, 139 * gib):
+            batch = speed.cuda_batch_size(per_sample, free)
+            assert batch & (batch - 1) == 0 and batch <= speed.MAX_CUDA_BATCH_SIZE
+            budget = min(speed.CUDA_BATCH_BYTES, speed.CUDA_BATCH_FRACTION * free)
+            assert batch * per_sample <= budget and (batch == speed.MAX_CUDA_BATCH_SIZE or 2 * batch * per_sample > budget)
+    probe = speed.MemoryProbe(20 * mib, 32, "given")
+    monkeypatch.setattr(speed, "available_memory", lambda device: 139 * gib)
+    assert speed.default_batch_size(torch.device("cuda"), tiny_cnn(), SHAPE, probe=probe) == 512
+
+
+def test_available_memory_on_cuda_counts_the_allocator_cache(monkeypatch):
+    """Free for new tensors on CUDA: the driver's free memory plus what torch's allocator caches unused."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000, 5000))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 700)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 200)
+    assert speed.available_memory(torch.device("cuda")) == 1500
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
+    assert speed.available_memory(torch.device("cuda:0")) == 1000
+
+
+def test_cpu_probe_measures_the_same_per_sample_memory_at_any_probe_batch():
+    """Module outputs grow with the batch, so the cheap default probe gives the 32-sample figure."""
+    model = tiny_cnn()
+    small = measure_memory_per_sample(model, SHAPE, CPU)
+    assert small.probe_batch == speed.CPU_PROBE_BATCH
+    assert small.bytes_per_sample == measure_memory_per_sample(model, SHAPE, CPU, probe_batch=32).bytes_per_sample
 
 
 @pytest.mark.parametrize("mode", ["bf16", "fp16"])
