@@ -15,6 +15,7 @@ from pages._ui import (
     ERROR_ICON, ROOT, display_path, job_manager, set_query, setup_page, show_error, shown, train_checkpoint_dir,
 )
 from smoothviz import plots_explore
+from smoothviz.plots import plural
 from smoothviz.commands.train import DEFAULT_EPOCHS
 from smoothviz.data import DATASET_INFO, DEFAULT_DATASET
 from smoothviz.errors import InvalidArgument, SmoothvizError
@@ -212,7 +213,8 @@ if job_id:
         extra = job.extra or {}
         st.caption(
             f"{extra.get('arch', '?')} on {extra.get('dataset', '?')} with σ `{extra.get('sigma', '?')}`, "
-            f"{extra.get('epochs', '?')} epochs → `{display_path(Path(extra.get('out', '?')))}`"
+            f"{plural(int(extra['epochs']), 'epoch') if extra.get('epochs') else '? epochs'} → "
+            f"`{display_path(Path(extra.get('out', '?')))}`"
         )
 
         def progress_panel() -> None:

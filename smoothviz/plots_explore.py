@@ -130,7 +130,7 @@ def vote_histogram(
             x=names[label], y=int(counts[label]), text="true label", showarrow=True, arrowhead=2, ay=-30
         )
     fig.update_layout(
-        title=f"Votes of the base classifier on n = {n:,} noisy copies",
+        title=f"Votes of the base classifier on n = {n:,} noisy cop{'y' if n == 1 else 'ies'}",
         xaxis_title="class",
         yaxis_title=f"votes (count of {n:,} samples)",
         xaxis_type="category",
