@@ -14,7 +14,6 @@ from pages._ui import (
     load_dataset,
     load_model,
     load_sigma,
-    query_int,
     ERROR_ICON,
     WARNING_ICON,
     set_query,
