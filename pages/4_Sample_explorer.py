@@ -8,14 +8,14 @@ import numpy as np
 import streamlit as st
 
 from pages._ui import (
+    ERROR_ICON,
+    WARNING_ICON,
     checkpoint_label,
     display_path,
     list_checkpoints,
     load_dataset,
     load_model,
     load_sigma,
-    ERROR_ICON,
-    WARNING_ICON,
     set_query,
     setup_page,
     shown,

@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from pages._ui import (
+    ERROR_ICON,
     checkpoint_label,
     db_path,
     display_path,
@@ -16,7 +17,6 @@ from pages._ui import (
     load_dataset,
     load_model,
     load_sigma,
-    ERROR_ICON,
     set_query,
     setup_page,
     shown,
