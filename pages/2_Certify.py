@@ -18,10 +18,9 @@ import streamlit as st
 import torch
 
 from pages._ui import (
-    ACTIVE, ERROR_ICON, PAGES, ROOT, WARNING_ICON, db_path, display_path, engine_batch_size, executing_runs,
-    get_store, job_manager, list_checkpoints, load_dataset, load_sigma, one_line, run_label, set_query, setup_page,
-    unusable_checkpoints,
-    short_spec, show_error, shown, stop_on_error,
+    ACTIVE, ERROR_ICON, PAGES, ROOT, WARNING_ICON, db_path, display_path, engine_batch_size, entered_page,
+    executing_runs, get_store, job_manager, list_checkpoints, load_dataset, load_sigma, one_line, run_label,
+    set_query, setup_page, short_spec, show_error, shown, stop_on_error, unusable_checkpoints,
 )
 from smoothviz import analysis, cost, data, plots
 from smoothviz.errors import SmoothvizError
@@ -311,7 +310,9 @@ def run_panel(run_id: int) -> None:
 
 # ---------------------------------------------------------------- the page
 st.title("Certify test points")
-entering = "dataset" not in st.session_state  # page widgets are dropped when the user leaves the page
+# Entering the page (from another page, a link or a reload) applies the link; later reruns keep
+# what the widgets hold.
+entering = entered_page() or "dataset" not in st.session_state
 if entering:
     st.session_state[LINK_ERRORS] = {}
 current_run = None
@@ -353,7 +354,7 @@ if not ckpts:
         st.caption(f"`{display_path(Path(path))}` cannot be used: {one_line(why)}")
     st.stop()
 metas = {display_path(p): m for p, m in ckpts}
-if "ckpt" not in st.session_state or st.session_state["ckpt"] not in metas:
+if entering or "ckpt" not in st.session_state or st.session_state["ckpt"] not in metas:
     st.session_state["ckpt"] = (link_choice("ckpt", list(metas)) if entering else None) or next(iter(metas))
 ckpt = c2.selectbox("Checkpoint", list(metas), key="ckpt")
 meta = metas[ckpt]
@@ -370,7 +371,7 @@ if unusable:
 # σ widgets are keyed by checkpoint, so choosing another checkpoint starts from its metadata; the
 # link's spec (when the page is entered) comes first. A refused spec falls back visibly.
 sk = f"@{ckpt}"
-if f"kind{sk}" not in st.session_state:
+if entering or f"kind{sk}" not in st.session_state:
     default = None
     if entering and "sigma" in st.query_params:
         raw_spec = st.query_params.get("sigma")
@@ -463,7 +464,7 @@ if n0 is not None and n is not None and n0 > n:
     errors.append(f"n0 = {n0} must not exceed n = {n} (n0 samples only pick the class; n estimate its probability).")
 engine_batch = engine_batch_size(ckpt, device)
 bk = f"batch@{ckpt}|{device}"
-if bk not in st.session_state:
+if entering or bk not in st.session_state:
     st.session_state[bk] = int(engine_batch)
 batch_size = q4.number_input("batch size (noisy samples per forward pass)", step=256, key=bk,
                              help=f"never changes the counts; the engine's default here is {engine_batch}")
@@ -474,7 +475,7 @@ except SmoothvizError:
     trained_with = None
 stem = Path(ckpt).stem
 nk = f"name@{ckpt}|{spec}"
-if nk not in st.session_state:
+if entering or nk not in st.session_state:
     st.session_state[nk] = stem if params == trained_with else f"{stem} {short_spec(spec)}"
 name = st.text_input("run name", key=nk)
 try:

@@ -250,3 +250,16 @@ def test_a_run_name_the_store_refuses_disables_run(name):
     at.text_input(key=key).set_value(name).run()
     assert any(e.startswith("run name") for e in _errors(at)), _errors(at)
     assert at.button(key="run_button").disabled
+
+
+def test_arriving_from_another_page_applies_the_link_and_sane_defaults():
+    """Another page's widget keys may still be in the session when Certify starts: it must not
+    take that for a rerun of its own (and leave its numbers unset)."""
+    at = open_page("pages/1_Theory.py")
+    at.session_state["dataset"] = "digits"  # as a page with a widget keyed "dataset" would leave it
+    at.switch_page(CERTIFY)
+    at.query_params["n"] = "777"
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.number_input(key="n").value == 777 and at.number_input(key="n0").value == 100
+    assert not _errors(at)

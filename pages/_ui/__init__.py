@@ -52,6 +52,8 @@ def setup_page(title: str, icon: str) -> None:
     need an emoji font the machine may lack and then render as boxes).
     """
     st.set_page_config(page_title=f"{title} · smoothviz", page_icon=icon, layout="wide")
+    st.session_state["_page_before"] = st.session_state.get("_page_now")
+    st.session_state["_page_now"] = title
     with st.sidebar:
         # Our own menu (config: client.showSidebarNavigation = false) so that the entry page is
         # called "Overview" rather than after its file name.
@@ -64,6 +66,12 @@ def setup_page(title: str, icon: str) -> None:
         for run_id in executing_runs()[:5]:
             st.page_link(PAGES["certify"], label=f"run #{run_id} is certifying",
                          icon=":material/hourglass_top:", query_params={"run": str(run_id)})
+
+
+def entered_page() -> bool:
+    """True on the first run of a page after another page (or none: a new session) ran; False on
+    the page's own reruns. Pages apply their link's values only then."""
+    return st.session_state.get("_page_before") != st.session_state.get("_page_now")
 
 
 def executing_runs() -> list[int]:
