@@ -124,6 +124,29 @@ def test_certify_through_the_page_and_compare(server, page):
     assert page.get_by_test_id("stDataFrame").count() == 1
 
 
+def test_a_typed_value_out_of_range_is_refused_not_silently_replaced(server, page):
+    """In the browser a number field with a range keeps its old value when given one outside it;
+    the page's fields must pass the typed value on, so that it is refused in one line."""
+    page.goto(f"{server}/Certify")
+    wait_idle(page)
+    run = page.get_by_role("button", name="Run certification")
+    assert run.is_enabled()
+    for label, typed, message in (("σ (pixel units", "0", "σ = 0 is outside"),
+                                  ("n (estimation samples)", "0", "n = 0 is outside")):
+        field = page.get_by_label(re.compile("^" + re.escape(label)))
+        field.fill(typed)
+        field.press("Enter")
+        page.get_by_test_id("stAlertContentError").filter(has_text=message).wait_for(timeout=30_000)
+        wait_idle(page)
+        assert not run.is_enabled()
+        assert_no_exception(page, f"certify with {label} = {typed}")
+        field.fill("0.25" if label.startswith("σ") else "1000")
+        field.press("Enter")
+        wait_idle(page)
+        assert page.get_by_test_id("stAlertContentError").filter(has_text=message).count() == 0
+        assert run.is_enabled()
+
+
 def _progress_text(page) -> str:
     bar = page.get_by_test_id("stProgress")
     return bar.first.inner_text() if bar.count() else ""
