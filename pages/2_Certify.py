@@ -555,11 +555,11 @@ if busy:
     st.caption(f"{plural(len(busy), 'certification job')} already running "
                f"({', '.join(f'run #{i}' for i in busy)}); a new one shares the CPU/GPU with them.")
 blocked = bool(errors) or bool(link_errors) or not indices
-config = None if blocked else dict(
-    name=name, dataset=dataset, split="test", checkpoint=ckpt, sigma_spec=spec, sigma_params=params, r=r_semi,
-    n0=int(n0), n=int(n), alpha=float(alpha), device=device, indices=indices, seed=int(seed),
-    batch_size=int(batch_size),
-)
+config = None if blocked else {
+    "name": name, "dataset": dataset, "split": "test", "checkpoint": ckpt, "sigma_spec": spec,
+    "sigma_params": params, "r": r_semi, "n0": int(n0), "n": int(n), "alpha": float(alpha), "device": device,
+    "indices": indices, "seed": int(seed), "batch_size": int(batch_size),
+}
 token = st.session_state.setdefault("_certify_token", uuid.uuid4().hex)
 st.button("Run certification", type="primary", disabled=blocked, key="run_button",
           on_click=start_run, args=(token, config))

@@ -428,7 +428,7 @@ def live_progress(total: int, stored: int, samples_per_point: int, engine: Engin
     done = max(stored, min(before + engine.done, total))
     fraction = max(stored, before + in_points) / total if total else 1.0
     within = before + in_points - done
-    point_samples = int(round(within * per_point)) if 0 < within < 1 and done < total else None
+    point_samples = round(within * per_point) if 0 < within < 1 and done < total else None
     rate = engine.rate if engine.rate else store_rate
     eta = engine.eta_s if engine.rate else store_eta
     return LiveProgress(done, total, min(fraction, 1.0), per_point, point_samples, rate, eta, started=True)
