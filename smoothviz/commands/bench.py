@@ -1,7 +1,9 @@
 """``smoothviz bench``: the engine against the forward ceiling and the reference loop, side by side.
 
 Without ``--model`` it benchmarks the shipped digits and fashion-mnist checkpoints (and, on a
-CUDA device, a CIFAR ResNet-110 with random weights). Prints a table and writes JSON; the
+CUDA device, a CIFAR ResNet-110 with random weights); ``--model resnet50`` is torchvision's
+ImageNet ResNet-50 with random weights. ``--knn-synthetic`` times kNN sigma(x) alone on synthetic
+data. ``--budget`` bounds the time the models take. Prints a table and writes JSON; the
 engine's default rate of each checkpoint is recorded next to the results store, where
 ``certify`` and the dashboard's estimates find it. The output file, the models, the memory of the
 largest batch and the duration are checked before anything is measured.
@@ -32,7 +34,7 @@ NAME = "bench"
 HELP = "Benchmark certification speed: forward ceiling, reference loop and engine options (table + JSON)."
 
 SHIPPED = ("digits", "fashion-mnist")
-RANDOM_ARCHS = ("resnet110", "resnet20")
+RANDOM_ARCHS = ("resnet110", "resnet20", "resnet50")  # smoothviz.bench.RANDOM_ARCHS, without importing torch
 DEFAULT_SIGMA = 0.25
 DEFAULT_OUT_DIR = Path("benchmarks/results")
 # Bounds of one benchmark's size (a benchmark measures; it is not a workload).
@@ -41,6 +43,11 @@ MAX_POINTS = 1000
 MAX_REPEATS = 100
 MAX_SOLVER_POINTS = 1_000_000
 MAX_THREADS = 1024
+MAX_BATCH_SIZE = 1 << 20
+MAX_BUDGET_S = 86_400.0
+MAX_KNN_TRAIN = 200_000
+MAX_KNN_TEST = 100_000
+KNN_K = 20
 
 
 def _bounded(low: int, high: int):
@@ -58,6 +65,30 @@ def _bounded(low: int, high: int):
     return parse
 
 
+def _seconds(text: str) -> float:
+    """An argparse type: seconds, a number in (0, MAX_BUDGET_S]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= MAX_BUDGET_S:
+        raise argparse.ArgumentTypeError(f"{text}: expected seconds in (0, {MAX_BUDGET_S:,.0f}]")
+    return value
+
+
+def _knn_sizes(text: str) -> tuple[int, int]:
+    """An argparse type: TRAIN,TEST point counts for --knn-synthetic."""
+    parts = [t.strip() for t in text.split(",")]
+    try:
+        train, test = (int(t) for t in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected TRAIN,TEST (two integers)") from None
+    if not KNN_K <= train <= MAX_KNN_TRAIN or not 1 <= test <= MAX_KNN_TEST:
+        raise argparse.ArgumentTypeError(f"{text!r}: TRAIN must be in {KNN_K} to {MAX_KNN_TRAIN:,} "
+                                         f"(k = {KNN_K}) and TEST in 1 to {MAX_KNN_TEST:,}")
+    return train, test
+
+
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(t) for t in text.split(",") if t.strip()]
@@ -71,8 +102,9 @@ def _int_list(text: str) -> list[int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP)
     parser.add_argument("--model", action="append", default=None, metavar="MODEL",
-                        help="checkpoint path, a shipped dataset (digits, fashion-mnist) or resnet110/resnet20 "
-                             "(CIFAR shape, random weights); repeatable (default: digits and fashion-mnist, "
+                        help="checkpoint path, a shipped dataset (digits, fashion-mnist), resnet110/resnet20 "
+                             "(CIFAR shape, random weights) or resnet50 (torchvision's ImageNet ResNet-50, "
+                             "3x224x224, random weights); repeatable (default: digits and fashion-mnist, "
                              "plus resnet110 on CUDA)")
     parser.add_argument("--n", type=_bounded(1, MAX_N), default=None,
                         help=f"noisy samples per point in each timed call, at most {MAX_N:,} "
@@ -82,18 +114,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=_bounded(1, MAX_REPEATS), default=3,
                         help=f"timed repeats, at most {MAX_REPEATS}; medians are reported (default 3)")
     parser.add_argument("--variants", default=None,
-                        help="comma-separated engine variants (an unknown name lists them; default: on CPU "
-                             "all but channels_last, fast-fp16 and cuda-graphs; on CUDA all but contiguous)")
+                        help="comma-separated engine variants, each a name or names joined by '+' that combine "
+                             "their options (fast-fp16+channels_last); an unknown name lists them (default: on "
+                             "CPU all but channels_last, fast-fp16 and cuda-graphs; on CUDA all but contiguous)")
+    parser.add_argument("--batch-size", type=_bounded(1, MAX_BATCH_SIZE), default=None,
+                        help="the engine's batch size in every variant but batch-auto (default: the engine's "
+                             "default for the device and model)")
     parser.add_argument("--ceiling-batches", type=_int_list, default=None,
-                        help="batch sizes tried for the forward ceiling (default 64,256,1024,4096 on CPU, "
-                             "1024,4096,16384 on CUDA, and the engine's default batch for each model)")
+                        help="batch sizes tried for the forward ceiling (default 64,256,1024,4096 on CPU and "
+                             "the engine's batch for each model; on CUDA that batch B and B/8, B/2, 2B)")
     parser.add_argument("--threads", type=_bounded(1, MAX_THREADS), default=None,
                         help="CPU threads (default: all cores allowed)")
     parser.add_argument("--solver-points", type=_bounded(0, MAX_SOLVER_POINTS), default=1000,
                         help="points for the radius-solver timing at dimension 3072 (0 skips it; default 1000)")
     parser.add_argument("--no-knn", action="store_true", help="skip the kNN sigma(x) timing")
+    parser.add_argument("--knn-synthetic", type=_knn_sizes, default=None, metavar="TRAIN,TEST",
+                        help=f"time only kNN sigma(x) (k={KNN_K}) of TEST points against TRAIN training points, "
+                             "synthetic uniform inputs of CIFAR-10's dimension 3072 (no --model)")
+    parser.add_argument("--budget", type=_seconds, default=None, metavar="SECONDS",
+                        help="time the models may take together: variants not prepared by half of it are "
+                             "skipped (listed with the reason), timed rounds stop before overrunning it")
     parser.add_argument("--allow-cpu-resnet", action="store_true",
-                        help="allow resnet110/resnet20 on a CPU (slow: use a small --n)")
+                        help="allow resnet110/resnet20/resnet50 on a CPU (slow: use a small --n and --batch-size)")
     parser.add_argument("--allow-long", action="store_true",
                         help="run even when the estimate exceeds a day (otherwise refused)")
     parser.add_argument("--out", type=Path, default=None,
@@ -140,24 +182,6 @@ def _from_checkpoint(path: Path, points: int) -> BenchModel:
     )
 
 
-def _random_resnet(arch: str, points: int) -> BenchModel:
-    import torch
-
-    from smoothviz.bench import BenchModel
-    from smoothviz.data import DATASET_INFO
-    from smoothviz.models import build_model
-
-    info = DATASET_INFO["cifar10"]
-    torch.manual_seed(0)
-    model = build_model(arch, info.input_shape, info.num_classes).eval()
-    x = torch.rand((points, *info.input_shape), generator=torch.Generator().manual_seed(0))
-    return BenchModel(
-        name=f"cifar10-shape {arch}", model=model, input_shape=tuple(info.input_shape),
-        num_classes=info.num_classes, points=x, sigma=DEFAULT_SIGMA, source="random weights",
-        extra={"dataset": "cifar10 (shape only)", "arch": arch},
-    )
-
-
 def resolve_models(specs: list[str] | None, device: torch.device, points: int, allow_cpu_resnet: bool) -> list[BenchModel]:
     """BenchModels for the ``--model`` arguments (or the defaults for ``device``)."""
     if specs is None:
@@ -167,7 +191,9 @@ def resolve_models(specs: list[str] | None, device: torch.device, points: int, a
         if spec in RANDOM_ARCHS:
             if device.type != "cuda" and not allow_cpu_resnet:
                 raise InvalidArgument(f"--model {spec}: on a CPU this is very slow; add --allow-cpu-resnet and a small --n")
-            models.append(_random_resnet(spec, points))
+            from smoothviz.bench import random_workload
+
+            models.append(random_workload(spec, points))
         elif spec in SHIPPED:
             models.append(_from_checkpoint(_shipped_checkpoint(spec), points))
         else:
@@ -200,7 +226,7 @@ def _check_and_estimate(models: list[BenchModel], device: torch.device, n: int, 
         formats = 2 if len(bm.input_shape) == 3 else 1
         cost.check_memory(bm.input_shape, sum(batches) * formats * threads, device,
                           math.prod(bm.input_shape) * 4, 1, "--ceiling-batches")
-        engine = engine_classifier(bm.model, {}, device, None, bm.input_shape)
+        engine = engine_classifier(bm.model, {}, device, args.batch_size, bm.input_shape)
         _, rate = cost.engine_rate(bm.extra.get("checkpoint_sha256") or "", engine, bm.input_shape,
                                    bm.num_classes, device, {}, cache)
         # kept in the results, so the bench shows how far the estimates' rate is from the engine's
@@ -223,44 +249,69 @@ def _record_rates(result: dict, device: torch.device, cache: Path) -> None:
                              "bench", cache)
 
 
-def run(args: argparse.Namespace) -> int:
-    from smoothviz.bench import (
-        engine_variants,
-        format_table,
-        run_bench,
-        variant_options,
-    )
-    from smoothviz.device import keep_cpu_buffers, resolve_device
-    from smoothviz.outputs import write_output
-    from smoothviz.speed import set_cpu_threads
+def _variants(args: argparse.Namespace, device: torch.device) -> dict:
+    """The engine variants to measure, with ``--batch-size`` in every one that sets no batch size."""
+    from dataclasses import replace
 
-    out = check_output_path(args.out) if args.out is not None else None
-    device = resolve_device(args.device)
-    keep_cpu_buffers()  # as certify and predict do, so the engine is timed as it runs there
-    threads = set_cpu_threads(args.threads)
+    from smoothviz.bench import engine_variants, variant_options
+
     if args.variants is None:
         variants = engine_variants(device)
     else:
         names = [v.strip() for v in args.variants.split(",") if v.strip()]
         variants = {v: variant_options(v) for v in names}
-    n = args.n or (100_000 if device.type == "cuda" else 10_000)
-    models = resolve_models(args.model, device, args.points, args.allow_cpu_resnet)
-    cache = cost.rates_file(args.db)
-    estimate = _check_and_estimate(models, device, n, args, variants, cache)
-    cost.refuse_long(estimate, "this benchmark", args.allow_long, "--n, --points or --repeats")
+    if args.batch_size is not None:
+        variants = {k: v if v.batch_size is not None else replace(v, batch_size=args.batch_size)
+                    for k, v in variants.items()}
+    return variants
+
+
+def _command_line() -> str:
+    """The command as typed, when it is this verb's (recorded in the JSON)."""
+    if len(sys.argv) > 1 and sys.argv[1] == NAME:
+        return "python -m smoothviz bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    return ""
+
+
+def run(args: argparse.Namespace) -> int:
+    from smoothviz.bench import default_ceiling_batches, format_table, run_bench, run_knn_synthetic
+    from smoothviz.device import keep_cpu_buffers, resolve_device
+    from smoothviz.outputs import write_output
+    from smoothviz.speed import set_cpu_threads
+
+    out = check_output_path(args.out) if args.out is not None else None
+    if args.knn_synthetic is not None and args.model is not None:
+        raise InvalidArgument("--knn-synthetic times kNN sigma(x) alone: leave out --model")
+    device = resolve_device(args.device)
+    keep_cpu_buffers()  # as certify and predict do, so the engine is timed as it runs there
+    threads = set_cpu_threads(args.threads)
     log = None if args.quiet else (lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
-    if log:
-        log(f"estimate: {estimate.text}")
-    command = "python -m smoothviz bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
-        if len(sys.argv) > 1 and sys.argv[1] == NAME else ""
-    result = run_bench(models, device, n, args.repeats, variants, args.ceiling_batches,
-                       knn=not args.no_knn, solver_points=args.solver_points, log=log, command=command)
+    if args.knn_synthetic is not None:
+        train, test = args.knn_synthetic
+        if log:
+            log(f"kNN sigma(x): {test:,} synthetic points against {train:,} training points on {device}")
+        result = run_knn_synthetic(train, test, device, args.repeats, _command_line())
+    else:
+        variants = _variants(args, device)
+        if args.ceiling_batches is None and args.batch_size is not None:
+            args.ceiling_batches = list(default_ceiling_batches(device, engine_batch=args.batch_size))
+        n = args.n or (100_000 if device.type == "cuda" else 10_000)
+        models = resolve_models(args.model, device, args.points, args.allow_cpu_resnet)
+        cache = cost.rates_file(args.db)
+        estimate = _check_and_estimate(models, device, n, args, variants, cache)
+        cost.refuse_long(estimate, "this benchmark", args.allow_long, "--n, --points or --repeats")
+        if log:
+            log(f"estimate: {estimate.text}" + (f"; budget {args.budget:,.0f} s" if args.budget else ""))
+        result = run_bench(models, device, n, args.repeats, variants, args.ceiling_batches,
+                           knn=not args.no_knn, solver_points=args.solver_points, log=log, command=_command_line(),
+                           budget_s=args.budget)
     result["machine"]["threads"] = threads
     if out is None:
         DEFAULT_OUT_DIR.mkdir(parents=True, exist_ok=True)
         out = DEFAULT_OUT_DIR / f"bench-{device.type}-{datetime.now():%Y%m%d-%H%M%S}.json"
     write_output(out, lambda fh: fh.write(json.dumps(result, indent=2, default=str) + "\n"))
-    _record_rates(result, device, cache)
+    if result["models"]:
+        _record_rates(result, device, cache)
     print(format_table(result))
     print(f"\nJSON written to {out}")
     return 0
