@@ -26,7 +26,9 @@ point*num_classes + class; on a CPU, one sampling thread per core. The
 noise of each point comes in blocks of ``noise.NOISE_BLOCK`` rows, each block drawn from the generator
 reseeded with a seed derived from (seed, idx, stage, block): the counts of a point then depend
 only on (seed, idx), not on the batch size, the chunking, or which other points share a batch,
-so a resumed run reproduces a clean run exactly.
+so a resumed run reproduces a clean run exactly. A run with sequential settings (anytime-valid
+stopping instead of a fixed n) is executed by ``smoothviz.sequential_engine`` on the same
+engine classifier, store and cancellation.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from smoothviz.errors import Cancelled, CheckpointError, InvalidArgument, Smooth
 from smoothviz.knn_reference import build_run_sigma
 from smoothviz.models import load_checkpoint
 from smoothviz.noise import derive_seed
+from smoothviz.sequential import FixedRadiusRule, RadiusRule
 from smoothviz.sigma import SigmaFunction, check_sigma_values, span_warning
 from smoothviz.store import Store, file_sha256
 from smoothviz.votes import Classifier, argmax_classifier, check_sigma, count_votes, sampling_threads
@@ -445,7 +448,9 @@ class PreparedRun:
     """Everything a run needs, loaded and checked before anything is sampled or written.
 
     ``sigmas`` holds sigma(x) of ``indices`` (same order) on ``device``; ``sigma_warning`` is
-    ``sigma.span_warning`` of them (None when they are reasonable).
+    ``sigma.span_warning`` of them (None when they are reasonable). ``rule``: the stopping rule
+    of a sequential run (``smoothviz.sequential_engine``), None for fixed n; ``sequential``: the
+    settings it was built from, as the run records them.
     """
 
     dataset: Dataset
@@ -459,6 +464,8 @@ class PreparedRun:
     device: torch.device
     engine: EngineClassifier
     sigma_warning: str | None
+    rule: RadiusRule | FixedRadiusRule | None = None
+    sequential: dict | None = None
 
     def inputs(self, indices: Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
         """(x, labels, sigma(x)) of ``indices``, a subset of the run's points."""
@@ -523,9 +530,12 @@ def prepare_run(
         sigmas = sigma_fn(xs[torch.tensor(indices, dtype=torch.int64)].to(dev)).to(torch.float32).reshape(-1)
     check_sigma(sigmas, len(indices))
     check_sigma_values(sigmas, sigma_fn.spec, indices)
+    from smoothviz.sequential_engine import rule_for_run  # it imports this module
+
+    rule = rule_for_run(run, float(sigma_fn.r), dataset.dim)
     engine = engine_classifier(model, options, dev, batch_size or run.get("batch_size"), dataset.input_shape)
     return PreparedRun(dataset, split, str(checkpoint), meta, model, sigma_fn, indices, sigmas, dev, engine,
-                       span_warning(sigmas))
+                       span_warning(sigmas), rule, run.get("sequential"))
 
 
 def check_executable(run: dict) -> None:
@@ -561,8 +571,10 @@ def run_certification(
     check_executable(run)
     if prepared is None:
         prepared = prepare_run(run, device, batch_size, trust_code)
-    elif prepared.indices != [int(i) for i in run["indices"]] or prepared.checkpoint != str(run["checkpoint"]):
-        raise InvalidArgument(f"run {run_id}: the prepared run describes other points or another checkpoint")
+    elif (prepared.indices != [int(i) for i in run["indices"]] or prepared.checkpoint != str(run["checkpoint"])
+          or prepared.sequential != run.get("sequential")):
+        raise InvalidArgument(f"run {run_id}: the prepared run describes other points, another checkpoint "
+                              "or another sequential rule")
     store.set_status(run_id, "running")
     try:
         status = _execute(store, run, prepared, progress, _ThrottledCancel(store, run_id, cancel))
@@ -590,11 +602,21 @@ def _execute(store: Store, run: dict, prepared: PreparedRun, progress: ProgressF
     if todo:
         xs, ys, sigmas = prepared.inputs(todo)
         engine, dataset = prepared.engine, prepared.dataset
-        for result in iter_certify(
-            engine.classify, xs, ys, todo, prepared.sigma_fn, int(run["n0"]), int(run["n"]),
-            float(run["alpha"]), dataset.num_classes, engine.batch_size, prepared.device, int(run["seed"] or 0),
-            float(prepared.sigma_fn.r), dataset.dim, progress=progress, cancel=cancel, sigmas=sigmas,
-        ):
+        if prepared.rule is not None:
+            from smoothviz.sequential_engine import iter_certify_sequential  # it imports this module
+
+            results: Iterator[PointResult] = iter_certify_sequential(
+                engine.classify, xs, ys, todo, sigmas, int(run["n0"]), prepared.rule, dataset.num_classes,
+                engine.batch_size, prepared.device, int(run["seed"] or 0), progress=progress, cancel=cancel,
+            )
+        else:
+            results = iter_certify(
+                engine.classify, xs, ys, todo, prepared.sigma_fn, int(run["n0"]), int(run["n"]),
+                float(run["alpha"]), dataset.num_classes, engine.batch_size, prepared.device,
+                int(run["seed"] or 0), float(prepared.sigma_fn.r), dataset.dim, progress=progress, cancel=cancel,
+                sigmas=sigmas,
+            )
+        for result in results:
             store.add_result(run_id, result)
     store.set_status(run_id, "done", f"{cost.plural(len(prepared.indices), 'point')} certified")
     return "done"
