@@ -108,12 +108,17 @@ def sample_counts(
 ) -> Tensor:
     """Votes of ``num`` noisy samples of each point: int64 [B, num_classes] counted on the device.
 
-    ``model`` is an nn.Module (argmax of its logits) or a classifier returning labels.
+    ``model`` is an nn.Module (argmax of its logits) or a classifier returning labels; a prepared
+    classifier's ``new_input`` gets the batches written in its memory format (or, with a CUDA
+    graph, into the graph's input), as in a certification run.
     """
-    classify = argmax_classifier(model) if isinstance(model, nn.Module) else model
+    if isinstance(model, nn.Module):
+        classify, new_input = argmax_classifier(model), None
+    else:
+        classify, new_input = model, getattr(model, "new_input", None)
     with torch.inference_mode():
         return count_votes(classify, x, sigma, [int(num)] * x.shape[0], num_classes, batch_size,
-                           generator, seeds)
+                           generator, seeds, new_input=new_input)
 
 
 def _validate(n0: int | None, n: int, alpha: float | None, batch_size: int | None) -> None:
