@@ -289,13 +289,16 @@ def decode_image(data: bytes | str, spec: SourceSpec) -> torch.Tensor:
     The steps and their order are the reference code's test transform (PIL resize of the shorter
     side, centre crop, ToTensor). DatasetUnavailable (one line) when PIL cannot decode it.
     """
-    from PIL import Image
     import torchvision.transforms.functional as F
+    from PIL import Image, UnidentifiedImageError
 
     where = data if isinstance(data, str) else "image"
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data, formats=list(_PIL_FORMATS)) as img:
             img = img.convert("L" if spec.channels == 1 else "RGB")
+    except UnidentifiedImageError:
+        raise DatasetUnavailable(f"cannot decode {where}: not an image of the formats read "
+                                 f"({', '.join(_PIL_FORMATS)})") from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many types (OSError, SyntaxError, DecompressionBombError)
         first = str(exc).splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise DatasetUnavailable(f"cannot decode {where}: {first}") from None

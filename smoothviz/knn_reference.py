@@ -5,7 +5,8 @@ points. A registered dataset brings its training split, an npz its ``x_train``; 
 reference set can be named instead (``--sigma-reference imagefolder:PATH|npz:FILE``), decoded
 with the data's preprocessing. The default m (the mean kNN distance over the reference points,
 each excluding itself) costs N^2 distances; it is cached under the reference's content hash and
-k, so later runs on the same points skip it. Any m keeps sigma r-semi-elastic (it only shifts
+k (``remember_statistics``, which the verbs call once a run has passed every check, so a refused
+command writes nothing), and later runs on the same points skip it. Any m keeps sigma r-semi-elastic (it only shifts
 ln sigma by a constant), so a damaged or tampered cache cannot make a certificate unsound; a
 cache that cannot be read or written costs only the computation.
 """
@@ -109,5 +110,16 @@ def build_run_sigma(
     sigma = KNN(ref.x, params["sigma_b"], params["r"], k, m=m, sigma_min=params["sigma_min"],
                 sigma_max=params["sigma_max"], device=device)
     if m is None:
-        record_m(ref, k, sigma.training_mean_distance(), directory)
+        sigma.pending_statistics = (ref, directory)  # type: ignore[attr-defined]
     return sigma
+
+
+def remember_statistics(sigma: SigmaFunction) -> bool:
+    """Cache the m that ``build_run_sigma`` computed for a reference set (once); False when there
+    is nothing to cache or it cannot be written."""
+    pending = getattr(sigma, "pending_statistics", None)
+    if pending is None or not isinstance(sigma, KNN):
+        return False
+    ref, directory = pending
+    del sigma.pending_statistics
+    return record_m(ref, sigma.k, sigma.training_mean_distance(), directory)

@@ -169,7 +169,8 @@ def _read_file(path: Path, what: str) -> bytes:
     if not path.exists():
         raise CheckpointError(f"{what} {path} not found")
     if not path.is_file():
-        raise CheckpointError(f"{what} {path} is not a regular file")
+        kind = "a directory" if path.is_dir() else "a device or special file"
+        raise CheckpointError(f"{what} {path} is {kind}, not a {what} file")
     size = path.stat().st_size
     if size > MAX_CHECKPOINT_BYTES:
         raise CheckpointError(f"{what} {path} is {bytes_text(size)}, more than the "
@@ -866,16 +867,6 @@ def torchvision_name(model: str | None) -> str | None:
     return None
 
 
-def model_file(model: str) -> Path:
-    """The file a ``--model`` value names (CheckpointError when it is none)."""
-    path = Path(model).expanduser()
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} not found")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} is not a regular file")
-    return path
-
-
 def _foreign_payload(payload: object) -> bool:
     """Whether a weights-only payload is a reference-code or MACER checkpoint or bare weights."""
     if not isinstance(payload, Mapping) or payload.get("format") == CHECKPOINT_FORMAT:
@@ -889,7 +880,9 @@ def is_smoothviz_checkpoint(model: str) -> bool:
     as one, so that ``read_checkpoint`` reports it as it always has."""
     if torchvision_name(model) is not None:
         return False
-    path = model_file(model)
+    path = Path(model).expanduser()
+    if not path.is_file():
+        return True
     data = _read_file(path, "checkpoint")
     if archive_kind(data) is not None:
         return False
@@ -916,7 +909,7 @@ def open_model(request: ModelRequest, device: str | torch.device = "cpu") -> Loa
     name = torchvision_name(request.model)
     if name is not None:
         return _open_torchvision(name, request, device)
-    path = model_file(request.model)
+    path = Path(request.model).expanduser()
     data = _read_file(path, "checkpoint")
     kind = archive_kind(data)
     if request.weights is not None:

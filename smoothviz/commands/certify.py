@@ -1,4 +1,10 @@
-"""``smoothviz certify``: CERTIFY test points with a checkpoint and sigma(x); results go to the store.
+"""``smoothviz certify``: CERTIFY test points with a model and sigma(x); results go to the store.
+
+The model is a smoothviz checkpoint, a reference-code checkpoint (Cohen et al. 2019, SmoothAdv,
+MACER), a torchvision classifier with local weights, a TorchScript or torch.export archive, or
+the user's own code (``--model-code``, which runs it); the data a registered dataset or the
+user's files (``imagefolder:PATH``, ``npz:FILE``). See ``smoothviz.model_sources`` and
+``smoothviz.data_sources``.
 
 Rerunning the same command resumes the run it created (same configuration, same store) and
 certifies only the points still missing; ``--run ID`` executes or resumes a run already in the
@@ -16,10 +22,11 @@ import argparse
 import math
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from smoothviz import cost
-from smoothviz.commands._args import add_db_argument, open_probability, positive_int
+from smoothviz.commands._args import add_db_argument, open_probability, positive, positive_int
 from smoothviz.device import DEVICE_CHOICES_HELP
 from smoothviz.errors import CheckpointError, InvalidArgument
 
@@ -66,13 +73,85 @@ def batch_size_arg(text: str) -> int | str:
     return "auto" if text.strip().lower() == "auto" else positive_int(text)
 
 
+def input_shape_arg(text: str) -> tuple[int, ...]:
+    """An input shape such as ``3,32,32``: one to three integers >= 1, at most cost.MAX_INPUT_ELEMENTS values."""
+    try:
+        shape = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape such as 3,32,32") from None
+    if not 1 <= len(shape) <= 3 or any(s < 1 for s in shape):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected one to three sizes >= 1, such as 3,32,32")
+    if math.prod(shape) > cost.MAX_INPUT_ELEMENTS:
+        raise argparse.ArgumentTypeError(f"{text!r} has {math.prod(shape):,} values, more than the "
+                                         f"{cost.MAX_INPUT_ELEMENTS:,} allowed")
+    return shape
+
+
+def num_classes_arg(text: str) -> int:
+    """A number of classes: an integer from 2 to 100,000."""
+    value = positive_int(text)
+    if not 2 <= value <= 100_000:
+        raise argparse.ArgumentTypeError(f"{value} is outside 2 to 100,000 classes")
+    return value
+
+
+def value_range_arg(text: str) -> tuple[float, float]:
+    """An input range ``LO,HI`` with finite LO < HI."""
+    parts = text.split(",")
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a range LO,HI such as 0,1") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected finite LO < HI")
+    return lo, hi
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model and what it declares: a file, torchvision:NAME, or the user's code (opt-in)."""
+    group = parser.add_argument_group(
+        "model", "smoothviz checkpoints record everything; for other models the flags below give what they lack")
+    group.add_argument("--model", default=None, metavar="MODEL",
+                       help="a smoothviz checkpoint (.pt); a checkpoint of the reference code of Cohen et al. 2019, "
+                            "SmoothAdv or MACER (.pth.tar: its architecture is rebuilt, loaded weights-only); "
+                            "torchvision:NAME with --weights; or a TorchScript (.pt) / torch.export (.pt2) "
+                            "archive with --trust-archive")
+    group.add_argument("--weights", default=None, metavar="FILE",
+                       help="state dict for torchvision:NAME or --model-code (loaded weights-only: nothing in it runs)")
+    group.add_argument("--model-code", default=None, metavar="FILE.py:FUNCTION",
+                       help="THIS RUNS YOUR CODE: imports FILE.py and calls FUNCTION() to build the torch.nn.Module "
+                            "(then --weights is loaded into it); use it only for code you trust")
+    group.add_argument("--trust-archive", action="store_true",
+                       help="load a TorchScript or torch.export archive: PyTorch documents that loading one can "
+                            "execute code it contains, so pass this only for files you trust")
+    group.add_argument("--input-shape", type=input_shape_arg, default=None, metavar="C,H,W",
+                       help="the model's input shape, where the model does not declare it")
+    group.add_argument("--num-classes", type=num_classes_arg, default=None, metavar="K",
+                       help="the model's number of classes, where the model does not declare it")
+    group.add_argument("--value-range", type=value_range_arg, default=None, metavar="LO,HI",
+                       help="the input range the model expects (default 0,1: noise is added to [0, 1] data)")
+    group.add_argument("--trained-sigma", type=positive, default=None, metavar="S",
+                       help="the sigma the model was trained with (recorded with the run; the default --sigma)")
+    group.add_argument("--normalisation", default=None, metavar="NAME",
+                       help="first layer of a reference-code or MACER checkpoint instead of the one its architecture "
+                            "implies: cifar10, imagenet, center-cifar10, center-imagenet (SmoothAdv's "
+                            "InputCenterLayer) or none")
+
+
 def add_point_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments shared by certify and predict: data, model, sigma, points, engine, size."""
-    parser.add_argument("--dataset", default=None, help="dataset (default: the checkpoint's)")
-    parser.add_argument("--model", type=Path, default=None, help="checkpoint (.pt) to smooth")
+    parser.add_argument("--dataset", "--data", dest="dataset", default=None, metavar="DATA",
+                        help="a registered dataset (digits, cifar10, ...) or your files: imagefolder:PATH (class "
+                             "folders of images, ImageFolder layout) or npz:FILE (x in [0, 1], y); resize and "
+                             "crop default to the model's, or write imagefolder(resize=256,crop=224):PATH "
+                             "(default: the model's dataset)")
+    add_model_arguments(parser)
     parser.add_argument("--sigma", default=None,
                         help="sigma function constant:S | knn:SIGMA_B,R,K[,m=M][,min=A][,max=B] "
-                             "(default: the one the checkpoint was trained with)")
+                             "(default: the one the model was trained with)")
+    parser.add_argument("--sigma-reference", default=None, metavar="SOURCE",
+                        help="training points of a knn sigma: imagefolder:PATH or npz:FILE (default: the dataset's "
+                             "training split); its statistics are cached by content")
     parser.add_argument("--alpha", type=open_probability, default=DEFAULT_ALPHA,
                         help=f"failure probability in (0, 1) (default {DEFAULT_ALPHA})")
     parser.add_argument("--split", choices=("test", "train"), default="test")
@@ -80,6 +159,8 @@ def add_point_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--points", type=positive_int, default=None,
                        help="number of points, evenly spaced over the split (default: all)")
     group.add_argument("--indices", default=None, help="indices such as 0-99,150,200")
+    group.add_argument("--skip", type=positive_int, default=None, metavar="N",
+                       help="every N-th point from 0 (the reference code's --skip: --skip 20 gives 500 of 10,000)")
     parser.add_argument("--batch-size", type=batch_size_arg, default=None,
                         help="noisy samples per forward pass, or 'auto' from free device memory "
                              "(default 256 on CPU, 8192 on CUDA); it never changes the counts")
@@ -134,32 +215,120 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="radii of the summary table (default 0,0.25,0.5,0.75,1.0)")
 
 
-def resolve_points(args: argparse.Namespace) -> tuple[str, str, str, dict, list[int]]:
-    """(dataset, canonical sigma spec, checkpoint path, checkpoint meta, indices) from the arguments."""
-    from smoothviz.certify import select_split
+@dataclass(frozen=True)
+class Resolved:
+    """What the point arguments resolve to: the run's data, sigma, model file and points.
+
+    ``description``: run options describing a foreign model (``model``) and the kNN reference
+    (``sigma_reference``), absent for smoothviz checkpoints on their own data; ``trust_code``:
+    the user passed --model-code or --trust-archive.
+    """
+
+    dataset: str
+    sigma_spec: str
+    checkpoint: str
+    meta: dict
+    indices: list[int]
+    description: dict = field(default_factory=dict)
+    trust_code: bool = False
+
+
+_DECLARING_FLAGS = ("weights", "input_shape", "num_classes", "value_range", "trained_sigma", "normalisation")
+
+
+def _model_request(args: argparse.Namespace):
+    from smoothviz.model_sources import ModelRequest
+
+    return ModelRequest(
+        model=args.model, weights=args.weights, code=args.model_code, trust_archive=bool(args.trust_archive),
+        input_shape=args.input_shape, num_classes=args.num_classes, value_range=args.value_range,
+        trained_sigma=args.trained_sigma, normalisation=args.normalisation,
+    )
+
+
+def _data_name(text: str, info) -> str:
+    """The canonical dataset name for a foreign model: a source takes the model's preprocessing
+    and channels where it names none."""
+    from smoothviz.data import DATASET_INFO, canonical_name
+    from smoothviz.data_sources import is_source, parse_source
+
+    if is_source(text):
+        channels = info.input_shape[0] if len(info.input_shape) == 3 else None
+        return parse_source(text).with_defaults(info.preprocess, channels).name
+    if text not in DATASET_INFO and text == info.dataset:
+        raise InvalidArgument(f"--dataset: {info.source} was trained on {text}, which smoothviz does not ship; give "
+                              "your copy as --data imagefolder:PATH (ImageFolder layout) or npz:FILE")
+    return canonical_name(text)
+
+
+def _resolve_model(args: argparse.Namespace) -> tuple[str, str | None, str, dict, dict, bool]:
+    """(dataset, default sigma spec, checkpoint, meta, description, trust_code) of the model arguments."""
     from smoothviz.data import canonical_name, load_dataset
+    from smoothviz.model_sources import check_fits, is_smoothviz_checkpoint, open_model, run_checkpoint, run_record
     from smoothviz.models import read_checkpoint
+
+    if args.model is None and args.model_code is None:
+        raise InvalidArgument("--model: a checkpoint is required (or an archive, or torchvision:NAME), or "
+                              "--model-code FILE.py:FUNCTION (or --run RUN for certify)")
+    request = _model_request(args)
+    if request.code is None and is_smoothviz_checkpoint(args.model):
+        given = [f for f in _DECLARING_FLAGS if getattr(args, f) is not None] + \
+            (["trust_archive"] if args.trust_archive else [])
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise InvalidArgument(f"{flag}: {args.model} is a smoothviz checkpoint, which records what it is")
+        meta = read_checkpoint(args.model)["meta"]
+        dataset = canonical_name(args.dataset or meta["dataset"])
+        if meta["dataset"] != dataset:
+            raise CheckpointError(f"{args.model} was trained on {meta['dataset']!r}, not on {dataset!r}")
+        return dataset, meta.get("sigma"), str(args.model), meta, {}, False
+    model, info = open_model(request, "cpu")
+    data_text = args.dataset or info.dataset
+    if data_text is None:
+        raise InvalidArgument(f"--dataset: {info.source} does not say which data it takes; give --dataset (a "
+                              "registered name, imagefolder:PATH or npz:FILE)")
+    dataset = _data_name(data_text, info)
+    check_fits(model, info, load_dataset(dataset), info.source)
+    sigma = None if info.trained_sigma is None else f"constant:{info.trained_sigma!r}"
+    meta = {"dataset": info.dataset or dataset, "arch": info.arch or info.kind, "sigma": sigma, "source": info.source,
+            "input_shape": list(info.input_shape), "num_classes": info.num_classes}
+    trust = request.code is not None or request.trust_archive
+    return dataset, sigma, run_checkpoint(request), meta, {"model": run_record(request, info, dataset)}, trust
+
+
+def resolve_points(args: argparse.Namespace) -> Resolved:
+    """The run's dataset, canonical sigma spec, model file, meta, indices and description from the arguments.
+
+    A foreign model is loaded (on the CPU) and checked against the data before anything else.
+    """
+    from smoothviz.certify import select_split
+    from smoothviz.data import load_dataset
+    from smoothviz.knn_reference import reference_record
     from smoothviz.points import evenly_spaced, parse_indices
     from smoothviz.sigma import canonical_spec, parse_sigma_spec
 
-    if args.model is None:
-        raise InvalidArgument("--model: a checkpoint is required (or --run RUN for certify)")
-    meta = read_checkpoint(args.model)["meta"]
-    dataset = canonical_name(args.dataset or meta["dataset"])
-    if meta["dataset"] != dataset:
-        raise CheckpointError(f"{args.model} was trained on {meta['dataset']!r}, not on {dataset!r}")
-    spec_text = args.sigma or meta.get("sigma")
+    dataset, default_sigma, checkpoint, meta, description, trust = _resolve_model(args)
+    spec_text = args.sigma or default_sigma
     if not spec_text:
-        raise InvalidArgument("--sigma: the checkpoint records no sigma; give one")
-    spec = canonical_spec(parse_sigma_spec(spec_text))
+        raise InvalidArgument("--sigma: the model records no sigma; give --sigma constant:S (or --trained-sigma S)")
+    params = parse_sigma_spec(spec_text)
+    spec = canonical_spec(params)
     ds = load_dataset(dataset)
+    if args.sigma_reference is not None:
+        if params["kind"] != "knn":
+            raise InvalidArgument("--sigma-reference: only a knn sigma uses reference points")
+        description = {**description, "sigma_reference": reference_record(args.sigma_reference, ds)}
     xs, _ = select_split(ds, args.split)
     size = int(xs.shape[0])
+    if size == 0:
+        raise InvalidArgument(f"--split {args.split}: {dataset} has no {args.split} points")
     if args.indices is not None:
         indices = parse_indices(args.indices, size)
+    elif args.skip is not None:
+        indices = list(range(0, size, args.skip))
     else:
         indices = evenly_spaced(args.points or size, size)
-    return dataset, spec, str(args.model), meta, indices
+    return Resolved(dataset, spec, checkpoint, meta, indices, description, trust)
 
 
 def print_warnings(estimate: cost.Estimate, sigma_warning: str | None) -> None:
@@ -214,21 +383,23 @@ def _new_run(args: argparse.Namespace) -> tuple:
     """
     from smoothviz.certify import prepare_run
     from smoothviz.device import resolve_device
+    from smoothviz.knn_reference import remember_statistics
     from smoothviz.sigma import parse_sigma_spec
     from smoothviz.store import Store, default_db
 
     if args.n0 > args.n:
         raise InvalidArgument(f"--n0 {args.n0} must not exceed --n {args.n}")
-    dataset, spec, checkpoint, _meta, indices = resolve_points(args)
-    options = speed_options(args)
+    points = resolve_points(args)
+    options = {**speed_options(args), **points.description}
     device = str(resolve_device(args.device))
-    name = args.name or f"{Path(checkpoint).stem} {spec} n={args.n}"
+    spec, indices = points.sigma_spec, points.indices
+    name = args.name or f"{Path(points.checkpoint).stem} {spec} n={args.n}"
     config = dict(
-        name=name, dataset=dataset, split=args.split, checkpoint=checkpoint, sigma_spec=spec,
+        name=name, dataset=points.dataset, split=args.split, checkpoint=points.checkpoint, sigma_spec=spec,
         n0=args.n0, n=args.n, alpha=args.alpha, device=device, indices=indices, seed=args.seed,
         options=options,
     )
-    prepared = prepare_run({**config, "batch_size": args.batch_size})
+    prepared = prepare_run({**config, "batch_size": args.batch_size}, trust_code=points.trust_code)
     db = Path(args.db) if args.db is not None else default_db()
     key, rate = _rate(prepared, options, cost.rates_file(db))
     store = Store(db) if db.exists() else None
@@ -239,6 +410,7 @@ def _new_run(args: argparse.Namespace) -> tuple:
         cost.refuse_long(estimate, "this certification", args.allow_long, "--n or --points")
         if store is None:
             store = Store(db)
+        remember_statistics(prepared.sigma_fn)
         if run_id is None:
             params = parse_sigma_spec(spec)
             run_id = store.create_run(**config, sigma_params=params, r=float(params.get("r") or 0.0),
@@ -256,6 +428,7 @@ def _new_run(args: argparse.Namespace) -> tuple:
 def _recorded_run(args: argparse.Namespace) -> tuple:
     """Check a run of the store before it executes (its record is left as it is when refused)."""
     from smoothviz.certify import check_executable, prepare_run
+    from smoothviz.knn_reference import remember_statistics
     from smoothviz.store import Store
 
     store = Store(args.db, create=False)
@@ -264,14 +437,30 @@ def _recorded_run(args: argparse.Namespace) -> tuple:
         run = store.run(run_id)
         check_executable(run)
         device = args.device if args.device != "auto" else None
-        prepared = prepare_run(run, device, args.batch_size)
+        prepared = prepare_run(run, device, args.batch_size, trust_code=_run_trusted(args, run))
         key, rate = _rate(prepared, run["options"], cost.rates_file(store.path))
         remaining = len(run["indices"]) - len(store.done_indices(run_id))
         estimate = cost.estimate_certify(remaining, int(run["n0"]), int(run["n"]), rate)
+        remember_statistics(prepared.sigma_fn)
     except BaseException:
         store.close()
         raise
     return store, run_id, prepared, key, estimate
+
+
+def _run_trusted(args: argparse.Namespace, run: dict) -> bool:
+    """Whether --run RUN may load a model that runs code: --trust-archive, or --model-code naming the
+    code the run records."""
+    record = (run.get("options") or {}).get("model") or {}
+    if args.model_code is None:
+        return bool(args.trust_archive)
+    from smoothviz.model_sources import parse_code
+
+    path, function = parse_code(args.model_code)
+    if record.get("code") != f"{path}:{function}":
+        raise InvalidArgument(f"--model-code {args.model_code}: run {run['id']} records "
+                              f"{record.get('code') or 'no model code'}")
+    return True
 
 
 def run(args: argparse.Namespace) -> int:

@@ -37,22 +37,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from smoothviz.certify import predict_points, prepare_run
     from smoothviz.device import keep_cpu_buffers
+    from smoothviz.knn_reference import remember_statistics
     from smoothviz.outputs import write_output
     from smoothviz.progress import ProgressBar, format_seconds
     from smoothviz.store import file_sha256
 
     keep_cpu_buffers()
     out = check_output_path(args.out) if args.out is not None else None
-    dataset_name, spec, checkpoint, _meta, indices = resolve_points(args)
-    options = speed_options(args)
-    prepared = prepare_run(dict(dataset=dataset_name, split=args.split, checkpoint=checkpoint, sigma_spec=spec,
+    points = resolve_points(args)
+    spec, checkpoint, indices = points.sigma_spec, points.checkpoint, points.indices
+    options = {**speed_options(args), **points.description}
+    prepared = prepare_run(dict(dataset=points.dataset, split=args.split, checkpoint=checkpoint, sigma_spec=spec,
                                 indices=indices, options=options, device=args.device, batch_size=args.batch_size,
-                                n=args.n, alpha=args.alpha))
+                                n=args.n, alpha=args.alpha), trust_code=points.trust_code)
     ds, engine = prepared.dataset, prepared.engine
     _key, rate = cost.engine_rate(file_sha256(checkpoint) or "", engine, ds.input_shape, ds.num_classes,
                                   prepared.device, options, cost.rates_file())
     estimate = cost.estimate_certify(len(indices), 0, args.n, rate)
     cost.refuse_long(estimate, "this prediction", args.allow_long, "--n or --points")
+    remember_statistics(prepared.sigma_fn)
     print_warnings(estimate, prepared.sigma_warning)
     xs, ys, sigmas = prepared.inputs(indices)
     bar = None if args.quiet else ProgressBar("points")
