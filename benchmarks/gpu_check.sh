@@ -164,7 +164,7 @@ main() {
 
     echo
     echo "=== summary ($(( SECONDS )) s into the check) ==="
-    timeout 60 "$PY" benchmarks/gpu_check.py summary "$RESULTS" "$STEPS" "$WORK/env.json"
+    timeout 30 "$PY" benchmarks/gpu_check.py summary "$RESULTS" "$STEPS" "$WORK/env.json"
     echo "gpu_check: done in $(( SECONDS )) s; files in $RESULTS: $(cd "$RESULTS" && ls | tr '\n' ' ')"
 }
 

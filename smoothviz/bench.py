@@ -665,19 +665,19 @@ def format_table(result: dict) -> str:
     m = result["machine"]
     lines.append(f"device {m['device']} ({m.get('gpu') or m['processor']}), torch {m['torch']}, "
                  f"{m['threads']} threads")
-    head = (f"{'':24}{'images/s':>10}{'vs ref':>8}{'vs ceil':>8}{'vs own':>8}{'img/cpu-s':>11}{'vs ref':>8}"
-            f"{'vs ceil':>8}{'s/pt n=1e5':>12}  batch")
     for mod in result["models"]:
+        width = max(24, *(len(f"engine {name}") + 1 for name in mod["engine"]))  # labels of combined variants
         lines.append("")
         lines.append(f"{mod['name']}  [{mod['source']}]  input {tuple(mod['input_shape'])}, "
                      f"{plural(mod['points'], 'point')} x n={mod['n']:,}")
-        lines.append(head)
+        lines.append(f"{'':{width}}{'images/s':>10}{'vs ref':>8}{'vs ceil':>8}{'vs own':>8}{'img/cpu-s':>11}"
+                     f"{'vs ref':>8}{'vs ceil':>8}{'s/pt n=1e5':>12}  batch")
         ceil, ref = mod["ceiling"], mod["reference"]
         cpu_ceil = ceil["best_images_per_cpu_s"]
 
-        def line(label: str, row: dict, batch: object, note: str = "") -> str:
+        def line(label: str, row: dict, batch: object, note: str = "", width: int = width) -> str:
             own = row.get("vs_ceiling_same_options")
-            return (f"{label:24}{_fmt_rate(row['images_per_s']):>10}"
+            return (f"{label:{width}}{_fmt_rate(row['images_per_s']):>10}"
                     f"{row['images_per_s'] / ref['images_per_s']:>8.2f}"
                     f"{row['images_per_s'] / ceil['images_per_s']:>8.2f}"
                     f"{'-' if own is None else format(own, '.2f'):>8}"
@@ -691,7 +691,7 @@ def format_table(result: dict) -> str:
         for name, row in mod["engine"].items():
             label = f"engine {name}"
             if "error" in row:
-                lines.append(f"{label:24}  n/a: {row['error']}")
+                lines.append(f"{label:{width}}  n/a: {row['error']}")
                 continue
             note = ""
             if row["applied"].get("compile") not in (None, True):

@@ -218,8 +218,8 @@ def test_cnn_labels_agree_across_batch_sizes_and_formats_except_near_ties(device
             differ = rec.all_labels() != labels
             assert not bool((differ & ~ties).any()), f"a clear-margin sample changed label ({batch}, {channels_last})"
             flips += int(differ.sum())
-    record_property("near_tie_label_flips", flips)
-    record_property("near_ties", int(ties.sum()))
+    record_property(f"near_tie_label_flips_{dev.type}", flips)
+    record_property(f"near_ties_{dev.type}", int(ties.sum()))
     assert int(ties.sum()) <= 0.1 * len(labels), "few near-ties: the tolerance leaves the comparison demanding"
 
 
@@ -307,17 +307,17 @@ def test_auto_batch_size_stays_within_measured_free_memory():
     batch = auto_batch_size(model, shape, dev, memory_fraction=fraction, probe=probe)
     assert 8 <= batch < speed.MAX_AUTO_CUDA_BATCH_SIZE and batch * probe.bytes_per_sample <= fraction * free
     predictor = prepare_model(model, EngineOptions(), dev, (batch, *shape))
-    x = torch.rand((2, *shape), device=dev)
-    sigma = torch.full((2,), 0.5, device=dev)
+    x = torch.rand((1, *shape), device=dev)
+    sigma = torch.full((1,), 0.5, device=dev)
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated(dev)
     torch.cuda.reset_peak_memory_stats(dev)
-    with torch.inference_mode():
-        got = votes.count_votes(predictor, x, sigma, [batch, batch + 100], CLASSES, batch,
-                                torch.Generator(device=dev), [1, 2], new_input=predictor.new_input)
+    with torch.inference_mode():  # one full batch: its noise, the noisy batch, the forward pass, the votes
+        got = votes.count_votes(predictor, x, sigma, [batch], CLASSES, batch, torch.Generator(device=dev), [1],
+                                new_input=predictor.new_input)
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated(dev) - before
-    assert got.sum(1).tolist() == [batch, batch + 100]
+    assert got.sum(1).tolist() == [batch]
     assert 0 < peak <= fraction * free
 
 

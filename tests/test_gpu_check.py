@@ -60,7 +60,8 @@ def test_cpu_mode_runs_end_to_end_and_writes_every_file(cpu_run):
     assert tests["found"] and tests["failures"] == tests["errors"] == 0
     assert tests["passed"] >= 5 and tests["skipped"] >= 5 and tests["passed"] + tests["skipped"] == tests["tests"]
     assert any("CUDA is not available" in r for r in tests["skip_reasons"])
-    assert {"near_tie_label_flips", "near_ties"} <= set(tests["properties"])
+    assert {"near_tie_label_flips_cpu", "near_ties_cpu"} <= set(tests["properties"])
+    assert tests["properties"]["near_tie_label_flips_cpu"] == 0, "exact on the CPU"
     goals = summary["goals"]
     assert len(goals) == 7 and all(g["met"] is None and g["detail"].startswith("CPU mode") for g in goals)
     measured = {g["goal"]: g["value"] for g in goals}
