@@ -7,7 +7,7 @@ import math
 import numpy as np
 import streamlit as st
 
-from pages._ui import ERROR_ICON, set_query, setup_page, shown
+from pages._ui import ERROR_ICON, entered_page, set_query, setup_page, shown
 from smoothviz import bounds, plots
 from smoothviz.sigma import R_MAX, SIGMA_MAX, SIGMA_MIN
 
@@ -120,15 +120,17 @@ st.markdown(
     "Neyman–Pearson worst-case arithmetic; no model is involved."
 )
 
-# The URL seeds each widget on its first run in a session; later the widgets lead and the URL follows.
-if "preset" not in st.session_state:
+# The link seeds the widgets whenever the page is entered; on the page's own reruns the widgets lead
+# and the link follows them.
+entering = entered_page()
+if entering or "preset" not in st.session_state:
     q_preset = st.query_params.get("preset")
     if q_preset is not None and q_preset not in PRESETS:
         st.warning(f"The link's preset={shown(q_preset)} is not one of {', '.join(PRESETS)}; "
                    f"using {DEFAULT_PRESET}.", icon=":material/link_off:")
     st.session_state.preset = q_preset if q_preset in PRESETS else DEFAULT_PRESET
 for number_key in NUMBERS:
-    if number_key not in st.session_state:
+    if entering or number_key not in st.session_state:
         st.session_state[number_key] = from_url(number_key)
 
 c1, c2, c3, c4 = st.columns(4)

@@ -10,8 +10,8 @@ import pandas as pd
 import streamlit as st
 
 from pages._ui import (
-    ACTIVE, ERROR_ICON, PAGES, WARNING_ICON, get_store, load_dataset, offer_examples, one_line, run_label, set_query,
-    setup_page, short_spec, shown, stop_on_error,
+    ACTIVE, ERROR_ICON, PAGES, WARNING_ICON, entered_page, get_store, load_dataset, offer_examples, one_line,
+    run_label, set_query, setup_page, short_spec, shown, stop_on_error,
 )
 from smoothviz import analysis, data, plots
 from smoothviz.errors import SmoothvizError
@@ -163,7 +163,7 @@ if runs.empty:
     st.stop()
 
 rows = {int(r["id"]): r for r in runs.to_dict("records")}
-if "runs_pick" not in st.session_state:
+if entered_page() or "runs_pick" not in st.session_state:  # the link's runs apply on every entry
     st.session_state.runs_pick = initial_selection(rows)
 else:
     gone = [i for i in st.session_state.runs_pick if i not in rows]

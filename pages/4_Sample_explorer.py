@@ -12,6 +12,7 @@ from pages._ui import (
     WARNING_ICON,
     checkpoint_label,
     display_path,
+    entered_page,
     list_checkpoints,
     load_dataset,
     load_model,
@@ -79,7 +80,11 @@ def explore(dataset: str, ckpt: str, mtime: float, spec: str, idx: int, n0: int,
 
 
 # ---------------------------------------------------------------- dataset
-if "ex_dataset" not in st.session_state:
+# The link seeds the widgets whenever the page is entered (a shared link, or one from another page);
+# on the page's own reruns the widgets lead. A link value that cannot be used is replaced by the
+# default (or clamped) with a note, never silently.
+entering = entered_page()
+if entering or "ex_dataset" not in st.session_state:
     q_dataset = st.query_params.get("dataset", DEFAULT_DATASET)
     if q_dataset in DATASET_INFO and q_dataset not in IMAGE_DATASETS:
         st.info(f"**{q_dataset}** has 2-D inputs: explore it in the 2-D playground instead.",
@@ -128,24 +133,20 @@ def _random_index(size: int) -> None:
     st.session_state.ex_idx = int(np.random.default_rng().integers(size))
 
 
-# The URL seeds the first run of a session (a shared link); later the widgets lead. A URL value that
-# cannot be used is replaced by the default (or clamped) with a note, never silently.
-first_visit = "ex_seen" not in st.session_state
-st.session_state.ex_seen = True
 num_test = len(ds.test_y)
-if st.session_state.get("ex_ckpt") not in paths:
+if entering or st.session_state.get("ex_ckpt") not in paths:
     by_label = {v: k for k, v in labels.items()}
-    q_ckpt = st.query_params.get("ckpt") if first_visit else None
+    q_ckpt = st.query_params.get("ckpt") if entering else None
     if q_ckpt is not None and q_ckpt not in by_label:
         note(f"The link's ckpt={shown(q_ckpt)} is not one of the checkpoints for {dataset_name}; "
              f"showing {labels[paths[0]]}.")
     st.session_state.ex_ckpt = by_label.get(q_ckpt, paths[0])
     st.session_state.ex_sigma = str(
-        (str(st.query_params.get("sigma") or "").strip() if first_visit else None)
+        (str(st.query_params.get("sigma") or "").strip() if entering else None)
         or metas[st.session_state.ex_ckpt].get("sigma")
         or "constant:0.25"
     )
-if "ex_idx" not in st.session_state:
+if entering or "ex_idx" not in st.session_state:
     q_idx = st.query_params.get("idx")
     try:
         st.session_state.ex_idx = int(q_idx) if q_idx is not None else 0
@@ -157,7 +158,7 @@ if not 0 <= st.session_state.ex_idx < num_test:
     note(f"Test index {st.session_state.ex_idx} is outside [0, {num_test - 1}] ({dataset_name} has "
          f"{plots.plural(num_test, 'test point')}); showing {clamped}.")
     st.session_state.ex_idx = clamped
-if "ex_n" not in st.session_state:
+if entering or "ex_n" not in st.session_state:
     q_n = st.query_params.get("n")
     if q_n is not None and q_n not in {str(c) for c in N_CHOICES}:
         note(f"The link's n={shown(q_n)} is not one of {', '.join(map(str, N_CHOICES))}; using 2000.")

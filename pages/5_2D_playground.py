@@ -13,6 +13,7 @@ from pages._ui import (
     checkpoint_label,
     db_path,
     display_path,
+    entered_page,
     list_checkpoints,
     load_dataset,
     load_model,
@@ -109,23 +110,24 @@ def url_points() -> list[int]:
     return list(dict.fromkeys(good))[:MAX_POINTS]
 
 
-# ---------------------------------------------------------------- state from the URL (a widget's first run only)
-if "pg_dataset" not in st.session_state:
+# ---------------------------------------------------------------- state from the link (whenever the page is entered)
+entering = entered_page()
+if entering or "pg_dataset" not in st.session_state:
     st.session_state.pg_dataset = url_choice("dataset", TOY[0], TOY, "a 2-D toy dataset")
-model_from_link = "pg_model" not in st.session_state
+model_from_link = entering or "pg_model" not in st.session_state
 if model_from_link:
     st.session_state.pg_model = st.query_params.get("model", FLY_TOKEN)
 for state_key, (url_key, _, default, lo, hi) in NUMBERS.items():
-    if state_key not in st.session_state:
+    if entering or state_key not in st.session_state:
         st.session_state[state_key] = url_number(url_key, default, lo, hi)
-if "pg_res" not in st.session_state:
+if entering or "pg_res" not in st.session_state:
     res_url = url_number("res", 60, 20, 120)
     st.session_state.pg_res = int(round(res_url, -1))
     if st.session_state.pg_res != res_url:
         note(f"The grid resolution moves in steps of 10: {res_url} is shown as {st.session_state.pg_res}.")
-if "pg_n" not in st.session_state:
+if entering or "pg_n" not in st.session_state:
     st.session_state.pg_n = url_choice("n", 300, N_GRID, f"one of {', '.join(map(str, N_GRID))}")
-if "pg_points" not in st.session_state:
+if entering or "pg_points" not in st.session_state:
     st.session_state.pg_points = url_points()
 
 

@@ -12,7 +12,8 @@ import pandas as pd
 import streamlit as st
 
 from pages._ui import (
-    ERROR_ICON, ROOT, display_path, job_manager, set_query, setup_page, show_error, shown, train_checkpoint_dir,
+    ERROR_ICON, ROOT, display_path, entered_page, job_manager, set_query, setup_page, show_error, shown,
+    train_checkpoint_dir,
 )
 from smoothviz import plots_explore
 from smoothviz.plots import plural
@@ -131,7 +132,7 @@ def resume_job(old_id: str) -> None:
 # ---------------------------------------------------------------- the form
 q_dataset = st.query_params.get("dataset")
 datasets = list(DATASET_INFO)
-if q_dataset is not None and q_dataset not in datasets and "tr_dataset" not in st.session_state:
+if q_dataset is not None and q_dataset not in datasets and entered_page():
     st.warning(f"The link's dataset={shown(q_dataset)} is not a dataset; showing {DEFAULT_DATASET}.",
                icon=":material/link_off:")
 # outside the form, so that choosing constant disables the fields only a kNN σ uses at once

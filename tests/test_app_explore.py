@@ -120,6 +120,25 @@ def test_explorer_checkpoint_change_brings_its_sigma(digits_checkpoint):
     assert at.warning or at.error  # no fashion-mnist checkpoint here (or no data): a message, not a traceback
 
 
+def test_explorer_applies_a_link_on_every_entry_not_only_the_first(digits_checkpoint):
+    info = data.DATASET_INFO["digits"]
+    other = digits_checkpoint.parent / "digits-const.pt"
+    models.save_checkpoint(other, models.build_model("mlp", info.input_shape, info.num_classes), {
+        "dataset": "digits", "arch": "mlp", "input_shape": list(info.input_shape),
+        "num_classes": info.num_classes, "sigma": "constant:0.12", "sigma_params": {}, "r": 0.0,
+    })
+    at = open_page("pages/4_Sample_explorer.py", n="1000")
+    assert at.selectbox(key="ex_ckpt").value == str(other)
+    at.switch_page("app.py").run()  # elsewhere, then back through a link (e.g. from the Train page)
+    at.switch_page("pages/4_Sample_explorer.py")
+    at.query_params.update({"ckpt": str(digits_checkpoint), "sigma": "knn:0.3,0.5,7", "idx": "9", "n": "1000"})
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.selectbox(key="ex_ckpt").value == str(digits_checkpoint)
+    assert at.text_input(key="ex_sigma").value == "knn:0.3,0.5,7" and at.number_input(key="ex_idx").value == 9
+    assert find(figures(at), "The k = 7 nearest")
+
+
 def test_explorer_redirects_2d_data_and_reports_missing_checkpoints(tmp_path, monkeypatch):
     empty = tmp_path / "none"
     empty.mkdir()
