@@ -104,7 +104,7 @@ class KNN(SigmaFunction):
         if isinstance(k, bool) or int(k) != k or k < 1:
             raise SigmaSpecError(f"sigma spec {spec!r}: k must be an integer >= 1")
         n_train = int(train_x.shape[0])
-        check_knn_k(int(k), n_train, spec)
+        check_knn_k(int(k), n_train, spec, leave_one_out=m is None)
         for name, value in (("min", sigma_min), ("max", sigma_max)):
             if value is not None:
                 _check_positive(name, value, spec)
@@ -190,10 +190,18 @@ class KNN(SigmaFunction):
         }
 
 
-def check_knn_k(k: int, n_train: int, spec: str) -> None:
-    """k nearest neighbours need at least k training points (checked before any distance is computed)."""
-    if k > n_train:
-        raise SigmaSpecError(f"sigma spec {spec!r}: k={k} exceeds the {n_train} training points")
+def check_knn_k(k: int, n_train: int, spec: str, *, leave_one_out: bool = False) -> None:
+    """k nearest neighbours need at least k training points (checked before any distance is computed).
+
+    ``leave_one_out``: the distances are taken from training points to the others (the offset m
+    computed from the data, or training sigmas), so only n_train - 1 neighbours exist.
+    """
+    available = n_train - 1 if leave_one_out else n_train
+    if k > available:
+        what = f"the {available} other training points" if leave_one_out else f"the {n_train} training points"
+        raise SigmaSpecError(f"sigma spec {spec!r}: k={k} exceeds {what}"
+                             + (" (m is computed leaving each training point out; give m= to use all)"
+                                if leave_one_out else ""))
 
 
 def _as_doubles(values: torch.Tensor | Sequence[float]) -> torch.Tensor:

@@ -142,7 +142,7 @@ def estimate_training(
     _validate(dataset, epochs, batch_size, lr, optimizer, schedule, momentum, weight_decay)
     params = parse_sigma_spec(sigma_spec)
     if params["kind"] == "knn":
-        check_knn_k(params["k"], len(dataset.train_x), sigma_spec)
+        check_knn_k(params["k"], len(dataset.train_x), sigma_spec, leave_one_out=True)
     dev = resolve_device(device)
     n = len(dataset.train_x)
     batch = min(int(batch_size), n)

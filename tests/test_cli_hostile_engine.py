@@ -127,7 +127,7 @@ CASES = [
     # data and sigma
     ("certify-dataset-unknown", [*CM, "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
     ("certify-dataset-other", [*CM, "--dataset", "toy2d-moons"], "trained on 'digits', not on 'toy2d-moons'"),
-    ("certify-knn-k", [*CM, "--sigma", "knn:0.25,0.4,5000"], "k=5000 exceeds the 1437 training points"),
+    ("certify-knn-k", [*CM, "--sigma", "knn:0.25,0.4,5000"], "k=5000 exceeds the 1436 other training points"),
     ("certify-sigma-1e308", [*CM, "--sigma", "constant:1e308"], "sigma = 1e+308 is outside [1e-06, 100]"),
     ("certify-sigma-nan", [*CM, "--sigma", "constant:nan"], "sigma must be a finite number > 0"),
     ("certify-sigma-zero", [*CM, "--sigma", "constant:0"], "sigma must be a finite number > 0"),
@@ -176,7 +176,7 @@ CASES = [
     ("train-momentum", [*TO, "--momentum", "5"], "momentum must be in [0, 1)"),
     ("train-threads-huge", [*TO, "--threads", str(10**12)], "argument --threads: 1000000000000 exceeds 1024"),
     ("train-dataset", [*TO, "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
-    ("train-knn-k", [*TO, "--sigma", "knn:0.25,0.4,5000"], "k=5000 exceeds the 1500 training points"),
+    ("train-knn-k", [*TO, "--sigma", "knn:0.25,0.4,5000"], "k=5000 exceeds the 1499 other training points"),
     ("train-sigma-1e308", [*TO, "--sigma", "constant:1e308"], "is outside [1e-06, 100]"),
     ("train-out-dir", [*T, "--out", "{dir}"], "is a directory; give a file name"),
     ("train-out-dev-full", [*T, "--out", "{full}"], "is a device or special file"),

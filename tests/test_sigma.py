@@ -56,7 +56,7 @@ def test_bad_specs_raise_one_line_errors(spec):
 
 def test_k_larger_than_training_set_and_missing_training_data(cloud):
     train, _ = cloud
-    with pytest.raises(SigmaSpecError, match="exceeds the 300 training points"):
+    with pytest.raises(SigmaSpecError, match="exceeds the 299 other training points"):
         build_sigma("knn:0.25,0.1,301", torch.from_numpy(train))
     with pytest.raises(SigmaSpecError, match="needs the training data"):
         build_sigma("knn:0.25,0.1,5")
@@ -224,3 +224,13 @@ def test_span_warning_on_digits_with_r_100_clipped():
     sigma_mod.check_sigma_values(values, fn.spec)  # clipped into the limits: allowed ...
     assert "spans" in sigma_mod.span_warning(values)  # ... but warned about
     assert sigma_mod.span_warning(build_sigma("knn:0.25,0.4,20", ds.train_x)(ds.test_x[:60])) is None
+
+
+def test_knn_k_leaves_one_out_when_m_comes_from_the_training_set():
+    """With m computed from the data every training point skips itself: k = n_train has no k-th neighbour."""
+    train = torch.rand(12, 4, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(SigmaSpecError, match="k=12 exceeds the 11 other training points"):
+        KNN(train, 0.25, 0.1, k=12)
+    fixed = KNN(train, 0.25, 0.1, k=12, m=1.0)  # a given m needs no leave-one-out distances
+    assert torch.isfinite(fixed(train[:3])).all()
+    assert torch.isfinite(KNN(train, 0.25, 0.1, k=11)(train[:3])).all()

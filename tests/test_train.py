@@ -184,7 +184,7 @@ def test_estimate_training_checks_everything_before_any_distance(monkeypatch):
 
     ds = load_dataset("toy2d-moons")
     monkeypatch.setattr(train, "KNN", lambda *a, **k: pytest.fail("no kNN distances for an estimate"))
-    with pytest.raises(SigmaSpecError, match="k=2000 exceeds the 1500 training points"):
+    with pytest.raises(SigmaSpecError, match="k=2000 exceeds the 1499 other training points"):
         train.estimate_training(ds, "mlp", "knn:0.25,0.1,2000", 1, device="cpu")
     with pytest.raises(InvalidArgument, match="image inputs"):
         train.estimate_training(ds, "cnn-small", "constant:0.1", 1, device="cpu")
@@ -207,7 +207,7 @@ def test_cli_choices_are_the_library_ones(capsys):
 @pytest.mark.parametrize("argv,match", [
     (["--sigma", "gauss:0.25"], "unknown kind 'gauss'"),
     (["--sigma", "knn:0.25,-1,20"], "r must be"),
-    (["--sigma", "knn:0.25,0.1,5000"], "exceeds the 1437 training points"),
+    (["--sigma", "knn:0.25,0.1,5000"], "exceeds the 1436 other training points"),
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
     (["--arch", "lenet"], "at least 16x16"),
     (["--out", "model.bin"], "must end in .pt"),
