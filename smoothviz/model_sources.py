@@ -142,12 +142,6 @@ class ModelRequest:
     trained_sigma: float | None = None
     normalisation: str | None = None
 
-    @property
-    def declared(self) -> bool:
-        """Whether any metadata or weights were given beside the model itself."""
-        return any(v is not None for v in (self.weights, self.input_shape, self.num_classes, self.value_range,
-                                           self.trained_sigma, self.normalisation)) or self.trust_archive
-
 
 class LoadedModel(NamedTuple):
     """A model in eval mode on its device and what it declares."""

@@ -96,6 +96,29 @@ def test_unknown_dataset_names_the_choices():
         load_dataset("imagenet")
 
 
+def test_source_names_resolve_without_torch(tmp_path):
+    """Argument handling may canonicalise imagefolder:/npz: names; that must not load torch."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; from smoothviz.data import canonical_name; "
+            f"print(canonical_name('npz:{tmp_path}/a/../b.npz')); print('torch' in sys.modules)")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                         timeout=120).stdout.split()
+    assert out == [f"npz:{tmp_path}/b.npz", "False"]
+
+
+def test_source_strings_load_through_load_dataset(tmp_path):
+    np.savez(tmp_path / "p.npz", x=np.full((3, 2), 0.5, np.float32), y=np.array([0, 1, 1]))
+    loaded = load_dataset(f"npz:{tmp_path}/p.npz")
+    assert loaded.name == f"npz:{tmp_path}/p.npz" and loaded.num_classes == 2 and loaded.input_shape == (2,)
+    assert load_dataset(f"npz:{tmp_path}/p.npz") is loaded
+    data.clear_cache()
+    assert load_dataset(f"npz:{tmp_path}/p.npz") is not loaded  # clear_cache forgets sources too
+
+
 @pytest.mark.parametrize("compress", [True, False])
 def test_mnist_idx_files_load_through_the_real_reader(tmp_path, compress):
     arrays = _write_idx_set(tmp_path / "MNIST" / "raw", compress=compress)
