@@ -199,6 +199,16 @@ def _p0_residual(eta: Array, mu: Array, s: Array, w: Array, p_a: Array, upper: A
     return prob, slope
 
 
+def _weighted(values: Array, weights: Array) -> Array:
+    """Each row of ``values`` summed with ``weights``, row by row.
+
+    Not ``values @ weights``: a BLAS matrix-vector product may block its rows differently for
+    different numbers of rows, so a point's result would change in the last bits with the
+    points computed beside it, and a resumed or distributed run would not reproduce a clean one.
+    """
+    return (values * weights).sum(axis=1)
+
+
 def _worst_integral(kappa: Array, km1: Array, delta: Array, p_a: Array, dim: int) -> Array:
     """Integral route for one dimension; arrays of shape (P,), p_a strictly inside (0, 1)."""
     w0, om = _chi2_nodes(dim - 1, _N_NODES)
@@ -220,7 +230,7 @@ def _worst_integral(kappa: Array, km1: Array, delta: Array, p_a: Array, dim: int
     for _ in range(100):
         e = eta[idx]
         prob, slope = _p0_residual(e, mu[idx], s[idx], w0[idx], p_a[idx], upper[idx])
-        prob, fp = (prob @ om)[:, None], (slope @ om)[:, None]
+        prob, fp = _weighted(prob, om)[:, None], _weighted(slope, om)[:, None]
         f = np.where(upper[idx], q_a[idx] - prob, prob - p_a[idx])
         l_ = lo[idx] = np.where(f < 0, np.maximum(lo[idx], e), lo[idx])
         h_ = hi[idx] = np.where(f > 0, np.minimum(hi[idx], e), hi[idx])
@@ -242,7 +252,7 @@ def _worst_integral(kappa: Array, km1: Array, delta: Array, p_a: Array, dim: int
         idx = np.flatnonzero(active)
 
     w1 = kappa * kappa * w0
-    return _set_prob(eta, mu, s, w1, delta, kappa) @ om
+    return _weighted(_set_prob(eta, mu, s, w1, delta, kappa), om)
 
 
 def _worst_ncx2(kappa: Array, km1: Array, delta: Array, p_a: Array, dim: int) -> Array:
