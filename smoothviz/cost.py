@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from smoothviz.errors import InvalidArgument
+from smoothviz.text import plural
 
 if TYPE_CHECKING:
     import torch
@@ -58,12 +59,6 @@ MEASURE_SECONDS = 0.25
 MIN_RECORD_SECONDS = 2.0
 _MAX_RECORDS = 500
 _RATES_VERSION = 1
-
-
-def plural(count: int, noun: str, plural_noun: str | None = None) -> str:
-    """``1 point``, ``2 points``, ``1,437 points`` (thousands separated)."""
-    word = noun if count == 1 else (plural_noun or noun + "s")
-    return f"{count:,} {word}"
 
 
 def duration_text(seconds: float) -> str:

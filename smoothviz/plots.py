@@ -14,6 +14,10 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from smoothviz.text import (
+    plural as plural,  # re-exported: the pages count with plots.plural
+)
+
 PALETTE: tuple[str, ...] = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
     "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
@@ -29,12 +33,6 @@ ACCURACY_AXIS = "certified accuracy (fraction of points)"
 def colour(i: int) -> str:
     """The i-th colour of the shared palette (cycles)."""
     return PALETTE[i % len(PALETTE)]
-
-
-def plural(count: int, noun: str, plural_noun: str | None = None) -> str:
-    """``count`` and ``noun`` in agreement, with thousands separators: ``1 point``, ``1,200 points``."""
-    word = noun if count == 1 else (plural_noun or f"{noun}s")
-    return f"{count:,} {word}"
 
 
 def _layout(fig: go.Figure, title: str, x: str, y: str, **kwargs) -> go.Figure:

@@ -435,7 +435,7 @@ def test_killed_import_leaves_no_run_and_a_rerun_succeeds_once(tmp_path: Path) -
     done = subprocess.run([sys.executable, "-m", "smoothviz", *argv], cwd=ROOT, capture_output=True, text=True,
                           timeout=300, check=False)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == f"run 1: imported 200000 points from {log}"
+    assert done.stdout.strip() == f"run 1: imported 200,000 points from {log}"
     again = subprocess.run([sys.executable, "-m", "smoothviz", *argv[:3], "other", *argv[4:]], cwd=ROOT,
                            capture_output=True, text=True, timeout=300, check=False)
     assert again.returncode == 2 and "already imported as run #1" in again.stderr

@@ -212,13 +212,6 @@ def test_sigma_histogram_bins_span_the_values():
     assert bins.size == pytest.approx(0.05)
 
 
-def test_plural():
-    assert plots.plural(1, "point") == "1 point"
-    assert plots.plural(0, "point") == "0 points"
-    assert plots.plural(1437, "point") == "1,437 points"
-    assert plots.plural(2, "noisy copy", "noisy copies") == "2 noisy copies"
-
-
 def test_no_webgl_traces_and_every_axis_titled():
     hist = plots.radius_histogram_figure({"a": np.array([0.1, 0.2])})
     figs = [

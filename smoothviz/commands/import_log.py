@@ -11,6 +11,7 @@ from pathlib import Path
 
 from smoothviz.commands._args import add_db_argument, open_probability, positive_int
 from smoothviz.errors import DuplicateImport, InvalidArgument, RunNameTaken
+from smoothviz.text import plural
 
 NAME = "import"
 HELP = "Import a tab-separated certification log (idx label predict radius correct time) as a run."
@@ -55,5 +56,5 @@ def run(args: argparse.Namespace) -> int:
         except DuplicateImport as exc:
             raise DuplicateImport(f"{args.file}: already imported as run #{exc.run_id} "
                                   "(the same file content)", exc.run_id) from None
-    print(f"run {run_id}: imported {len(log.rows)} points from {args.file}")
+    print(f"run {run_id}: imported {plural(len(log.rows), 'point')} from {args.file}")
     return 0
