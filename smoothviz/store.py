@@ -7,6 +7,13 @@ duplicates a point; WAL mode and a busy timeout let several processes write at o
 log is the exception: its run and all its rows are written in one transaction, so an import is
 all or nothing.
 
+Sequential (anytime-valid) runs add two side tables, created when the first such run is recorded,
+so that stores written before them stay readable as they are and fixed-n runs keep their exact
+rows: ``sequential_runs`` (the run's stopping rule and confidence sequence, as JSON) and
+``sequential_results`` (per point: estimation samples used, selection samples, c_A and its votes,
+the upper bound on p_A, the stopping reason, the checkpoints read), each row committed in the
+transaction of its ``results`` row and deleted with it (foreign keys with ON DELETE CASCADE).
+
 pandas is imported only by the functions that return data frames, so the command line can open a
 store without loading it.
 """
@@ -53,6 +60,10 @@ STATUSES = ("pending", "running", "done", "cancelled", "failed", "interrupted")
 RESULT_COLUMNS = [
     "idx", "label", "predict", "correct", "p_a_lower", "sigma", "radius", "naive_radius",
     "counts", "seconds",
+]
+# Per-point fields of a sequential run beyond RESULT_COLUMNS (table sequential_results).
+SEQUENTIAL_COLUMNS = [
+    "samples", "selection", "class_a", "votes_a", "p_a_upper", "stop_reason", "checkpoints",
 ]
 COHEN_HEADER = ["idx", "label", "predict", "radius", "correct", "time"]
 RUN_NAME_MAX = 120  # characters of a run name
@@ -107,6 +118,27 @@ CREATE TABLE IF NOT EXISTS results (
     seconds REAL,
     created REAL NOT NULL,
     PRIMARY KEY (run_id, idx)
+);
+"""
+
+# Side tables of sequential runs (see the module docstring); created on first use, never altered.
+_SEQUENTIAL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sequential_runs (
+    run_id INTEGER PRIMARY KEY REFERENCES runs(id) ON DELETE CASCADE,
+    settings TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sequential_results (
+    run_id INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    samples INTEGER NOT NULL,
+    selection INTEGER NOT NULL,
+    class_a INTEGER,
+    votes_a INTEGER NOT NULL,
+    p_a_upper REAL,
+    stop_reason TEXT NOT NULL,
+    checkpoints INTEGER NOT NULL,
+    PRIMARY KEY (run_id, idx),
+    FOREIGN KEY (run_id, idx) REFERENCES results(run_id, idx) ON DELETE CASCADE
 );
 """
 
@@ -192,6 +224,26 @@ def _to_row(result: Any) -> dict:
     if isinstance(result, Mapping):
         return dict(result)
     raise InvalidArgument(f"result: expected a PointResult or a mapping, got {type(result).__name__}")
+
+
+def _settings_json(settings: Mapping[str, Any] | None) -> str | None:
+    """Sequential settings as canonical JSON (sorted keys), None for a fixed-n run."""
+    if settings is None:
+        return None
+    if not isinstance(settings, Mapping) or not settings:
+        raise InvalidArgument(f"sequential settings: expected a non-empty mapping, got {type(settings).__name__}")
+    return _json(dict(settings))
+
+
+def _sequential_row(d: Mapping[str, Any]) -> tuple | None:
+    """SEQUENTIAL_COLUMNS of a result as values to insert, or None for a fixed-n result."""
+    if d.get("stop_reason") is None:
+        return None
+    missing = [c for c in SEQUENTIAL_COLUMNS if c not in d]
+    if missing:
+        raise InvalidArgument(f"sequential result for idx {d.get('idx')}: lacks {', '.join(missing)}")
+    return (int(d["samples"]), int(d["selection"]), None if d["class_a"] is None else int(d["class_a"]),
+            int(d["votes_a"]), _opt_float(d["p_a_upper"]), str(d["stop_reason"]), int(d["checkpoints"]))
 
 
 def _opt_float(value: Any) -> float | None:
@@ -386,16 +438,22 @@ class Store:
         *,
         kind: str = "certify",
         checkpoint_sha256: str | None = None,
+        sequential: Mapping[str, Any] | None = None,
     ) -> int:
-        """Record a new run (status pending) and return its id."""
+        """Record a new run (status pending) and return its id.
+
+        ``sequential``: the settings of an anytime-valid run (``smoothviz.sequential_engine``'s
+        ``SequentialSettings.to_dict()``), recorded in ``sequential_runs``; None for fixed n.
+        """
         indices = [int(i) for i in indices]
         if len(set(indices)) != len(indices):
             raise InvalidArgument("indices: contains duplicates")
+        settings = _settings_json(sequential)
         if checkpoint is not None and checkpoint_sha256 is None:
             checkpoint_sha256 = file_sha256(checkpoint)
         now = time.time()
         with self._write() as c:
-            return self._insert_run(c, {
+            run_id = self._insert_run(c, {
                 "name": name, "kind": kind, "created": now, "dataset": dataset, "split": split,
                 "checkpoint": None if checkpoint is None else str(checkpoint),
                 "checkpoint_sha256": checkpoint_sha256, "sigma_spec": sigma_spec,
@@ -404,6 +462,12 @@ class Store:
                 "indices": _json(indices), "total": len(indices), "seed": seed, "batch_size": batch_size,
                 "options": _json(options or {}), "status": "pending", "updated": now,
             })
+            if settings is not None:
+                for stmt in _SEQUENTIAL_SCHEMA.strip().split(";"):
+                    if stmt.strip():
+                        c.execute(stmt)
+                c.execute("INSERT INTO sequential_runs (run_id, settings) VALUES (?, ?)", (run_id, settings))
+            return run_id
 
     def find_run(
         self,
@@ -420,13 +484,16 @@ class Store:
         seed: int | None,
         options: dict | None = None,
         checkpoint_sha256: str | None = None,
+        sequential: Mapping[str, Any] | None = None,
         **_ignored: Any,
     ) -> int | None:
         """The newest certify run with this exact configuration (to resume it), else None.
 
         The batch size is not part of the identity: noise is drawn per point and per block, so
         it does not change the counts. The device counts by type only (cpu vs cuda streams).
+        ``sequential`` settings are part of it (None: a fixed-n run, never a sequential one).
         """
+        settings = _settings_json(sequential)
         if checkpoint is not None and checkpoint_sha256 is None:
             checkpoint_sha256 = file_sha256(checkpoint)
         rows = self._query(
@@ -441,7 +508,7 @@ class Store:
         )
         want = (device or "").split(":")[0]
         for run_id, dev in rows:
-            if (dev or "").split(":")[0] == want:
+            if (dev or "").split(":")[0] == want and self._settings_text(int(run_id)) == settings:
                 return int(run_id)
         return None
 
@@ -467,12 +534,14 @@ class Store:
         d["done"] = int(done)
         d["sigma_max"] = sigma_max
         d["seconds"] = seconds or 0.0
+        settings = self._settings_text(key)
+        d["sequential"] = None if settings is None else json.loads(settings)
         return d
 
     def runs(self) -> pd.DataFrame:
         """One row per run with done/total counts and effective status, newest first.
 
-        n0, n, seed and batch_size are object columns of ints and None (pandas would turn a
+        ``mode`` is "fixed-n" or a sequential run's mode ("radius", "fixed-radius"). n0, n, seed and batch_size are object columns of ints and None (pandas would turn a
         column with a missing value into floats); an imported run has None there.
         """
         import pandas as pd
@@ -493,11 +562,13 @@ class Store:
         order = [
             "id", "name", "kind", "dataset", "split", "status", "done", "total", "sigma_spec", "r",
             "n0", "n", "alpha", "device", "seed", "batch_size", "checkpoint", "seconds", "created",
-            "updated", "message",
+            "updated", "message", "mode",
         ]
+        modes = {run_id: json.loads(text).get("mode", "sequential") for run_id, text in self._all_settings()}
         records = []
         for row in rows:
             d = dict(zip(cols, row))
+            d["mode"] = modes.get(d["id"], "fixed-n")
             d["status"] = _effective_status(d["status"], d["pid"], d["host"])
             for k in _INTEGER_COLUMNS:
                 d[k] = _opt_int(d[k])
@@ -613,10 +684,17 @@ class Store:
 
     # ---------------------------------------------------------------- results
     def add_result(self, run_id: int, result: Any) -> None:
-        """Commit one point's result now; a point already stored for the run is kept as it is."""
+        """Commit one point's result now; a point already stored for the run is kept as it is.
+
+        A result carrying ``stop_reason`` (a sequential point) also writes its SEQUENTIAL_COLUMNS
+        to ``sequential_results``, in the same transaction; its run must be a sequential one.
+        """
         d = _to_row(result)
         now = time.time()
         counts = d.get("counts")
+        extra = _sequential_row(d)
+        if extra is not None and self._settings_text(int(run_id)) is None:
+            raise InvalidArgument(f"run {run_id} is not a sequential run; its results carry no stop_reason")
         with self._write() as c:
             c.execute(
                 "INSERT OR IGNORE INTO results (run_id, idx, label, predict, correct, p_a_lower,"
@@ -630,25 +708,61 @@ class Store:
                     _opt_float(d.get("seconds")), now,
                 ),
             )
+            if extra is not None:
+                c.execute(
+                    f"INSERT OR IGNORE INTO sequential_results (run_id, idx, {', '.join(SEQUENTIAL_COLUMNS)})"
+                    f" VALUES ({', '.join('?' * (2 + len(SEQUENTIAL_COLUMNS)))})",
+                    (int(run_id), int(d["idx"]), *extra),
+                )
             c.execute("UPDATE runs SET updated=? WHERE id=?", (now, int(run_id)))
 
     def results(self, run_id: int) -> pd.DataFrame:
-        """Per-point results of a run, ordered by idx (``correct`` bool, ``counts`` list)."""
+        """Per-point results of a run, ordered by idx (``correct`` bool, ``counts`` list).
+
+        A sequential run's frame has SEQUENTIAL_COLUMNS after RESULT_COLUMNS (``samples``: the
+        estimation samples the point used; ``selection``: its selection samples); a fixed-n
+        run's has RESULT_COLUMNS only.
+        """
         import pandas as pd
 
+        sequential = self._settings_text(int(run_id)) is not None
+        columns = RESULT_COLUMNS + (SEQUENTIAL_COLUMNS if sequential else [])
+        extra = "".join(f", s.{c}" for c in SEQUENTIAL_COLUMNS) if sequential else ""
+        join = " LEFT JOIN sequential_results s USING (run_id, idx)" if sequential else ""
         rows = self._query(
             "SELECT idx, label, predict, correct, p_a_lower, sigma, radius, naive_radius, counts,"
-            " seconds FROM results WHERE run_id=? ORDER BY idx",
+            f" seconds{extra} FROM results{join} WHERE run_id=? ORDER BY idx",
             (int(run_id),),
         )
-        df = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+        df = pd.DataFrame(rows, columns=columns)
         df["correct"] = df["correct"].astype(bool)
         for col in ("idx", "label", "predict"):
             df[col] = df[col].astype("int64")
         for col in ("p_a_lower", "sigma", "radius", "naive_radius", "seconds"):
             df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
         df["counts"] = [None if c is None else json.loads(c) for c in df["counts"]]
+        if sequential:
+            for col in ("samples", "selection", "class_a", "votes_a", "checkpoints"):
+                df[col] = pd.array([None if pd.isna(v) else int(v) for v in df[col]], dtype="Int64")
+            df["p_a_upper"] = pd.to_numeric(df["p_a_upper"], errors="coerce").astype("float64")
+            df["stop_reason"] = df["stop_reason"].astype(object)
         return df
+
+    def sample_counts(self, run_id: int) -> list[int] | None:
+        """Samples (selection + estimation) each stored point of the run used, ordered by idx.
+
+        Sequential runs: as recorded per point; fixed-n runs: n0 + n for every point; None when
+        the run does not say (an imported log without n).
+        """
+        key = _run_key(run_id)
+        if key is not None and self._settings_text(key) is not None:
+            rows = self._query("SELECT s.selection + s.samples FROM results r JOIN sequential_results s"
+                               " USING (run_id, idx) WHERE r.run_id=? ORDER BY r.idx", (key,))
+            return [int(v) for (v,) in rows]
+        info = self.run(run_id)
+        if info["n"] is None:
+            return None
+        return [int(info["n0"] or 0) + int(info["n"])] * int(info["done"])
 
     def done_indices(self, run_id: int) -> set[int]:
         """Indices of the points already stored for the run."""
@@ -677,6 +791,24 @@ class Store:
     def integrity_check(self) -> str:
         """SQLite's own integrity check ("ok" when the file is sound)."""
         return str(self._query("PRAGMA integrity_check")[0][0])
+
+    # ---------------------------------------------------------------- sequential side tables
+    def _has_sequential(self) -> bool:
+        """Whether the side tables exist (a store that never held a sequential run has none)."""
+        return bool(self._query("SELECT 1 FROM sqlite_master WHERE type='table' AND name='sequential_runs'"))
+
+    def _settings_text(self, run_id: int | None) -> str | None:
+        """The run's sequential settings as stored (JSON), None for a fixed-n run."""
+        if run_id is None or not self._has_sequential():
+            return None
+        rows = self._query("SELECT settings FROM sequential_runs WHERE run_id=?", (int(run_id),))
+        return rows[0][0] if rows else None
+
+    def _all_settings(self) -> list[tuple[int, str]]:
+        """(run id, settings JSON) of every sequential run."""
+        if not self._has_sequential():
+            return []
+        return [(int(r), str(t)) for r, t in self._query("SELECT run_id, settings FROM sequential_runs")]
 
 # -------------------------------------------------------------------- Cohen log format
 # str(datetime.timedelta): "[D day[s], ]H:MM:SS[.ffffff]" (the reference code's time column)

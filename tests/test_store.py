@@ -31,6 +31,10 @@ CONFIG = dict(
 )
 
 
+RESULT_COLUMNS_EXPECTED = ["idx", "label", "predict", "correct", "p_a_lower", "sigma", "radius",
+                           "naive_radius", "counts", "seconds"]
+
+
 def _result(idx: int, **kw) -> dict:
     base = dict(idx=idx, label=idx % 10, predict=idx % 10, correct=True, p_a_lower=0.9,
                 sigma=0.25, radius=0.3 + idx / 100, naive_radius=0.31, counts=[1, 2, 997],
@@ -412,3 +416,81 @@ def test_long_times_survive_export_and_import(store: Store, tmp_path: Path) -> N
     export_cohen_log(store, run_id, out)
     assert out.read_text().splitlines()[1].endswith("\t1428 days, 21:33:09.250000")
     assert read_cohen_log(out)["seconds"].tolist() == [123456789.25]
+
+
+# ------------------------------------------------------------------------------------------------
+# sequential runs: side tables, created on first use
+
+SEQUENTIAL = {"mode": "fixed-radius", "method": "mixture", "radius": 0.25, "max_radius": None,
+              "tolerance": 0.0, "first": 16, "growth": 1.25, "prior": [0.5, 0.5, 0.5]}
+
+
+def _sequential_result(idx: int, **kw) -> dict:
+    base = _result(idx, counts=[1, 2, 397])
+    base.update(samples=400, selection=100, class_a=2, votes_a=397, p_a_upper=0.999,
+                stop_reason="certified", checkpoints=9)
+    base.update(kw)
+    return base
+
+
+def _tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as c:
+        return {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def test_sequential_runs_live_in_side_tables_created_on_first_use(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with Store(path) as store:
+        fixed = store.create_run(**CONFIG)
+        store.add_result(fixed, _result(3))
+    assert "sequential_runs" not in _tables(path)  # a store without sequential runs is as before
+    before = path.read_bytes()
+    with Store(path, create=False) as store:  # reading such a store changes nothing
+        assert store.run(fixed)["sequential"] is None and store.runs()["mode"].tolist() == ["fixed-n"]
+        assert store.results(fixed).columns.tolist() == RESULT_COLUMNS_EXPECTED
+        assert store.sample_counts(fixed) == [1100]
+    assert path.read_bytes() == before
+    with Store(path) as store:
+        seq = store.create_run(**{**CONFIG, "name": "seq"}, sequential=SEQUENTIAL)
+        store.add_result(seq, _sequential_result(4))
+        store.add_result(seq, _sequential_result(1, predict=-1, correct=False, radius=0.0, samples=16,
+                                                 counts=[0, 9, 7], class_a=1, votes_a=9,
+                                                 stop_reason="below-target", checkpoints=1))
+        store.add_result(seq, _sequential_result(4, samples=1))  # a resumed run re-submitting a point
+        assert store.run(seq)["sequential"] == SEQUENTIAL
+        frame = store.runs().set_index("id")
+        assert frame.loc[seq, "mode"] == "fixed-radius" and frame.loc[fixed, "mode"] == "fixed-n"
+        df = store.results(seq)
+        assert df.columns.tolist() == RESULT_COLUMNS_EXPECTED + [
+            "samples", "selection", "class_a", "votes_a", "p_a_upper", "stop_reason", "checkpoints"]
+        assert df["samples"].tolist() == [16, 400] and df["stop_reason"].tolist() == ["below-target", "certified"]
+        assert df["class_a"].tolist() == [1, 2] and df["p_a_upper"].tolist() == [0.999, 0.999]
+        assert store.sample_counts(seq) == [116, 500]
+        assert store.results(fixed).columns.tolist() == RESULT_COLUMNS_EXPECTED  # fixed runs keep their rows
+        with pytest.raises(InvalidArgument, match="not a sequential run"):
+            store.add_result(fixed, _sequential_result(9))
+        with pytest.raises(InvalidArgument, match="lacks"):
+            store.add_result(seq, {k: v for k, v in _sequential_result(9).items() if k != "checkpoints"})
+        assert store.done_indices(seq) == {1, 4}  # refused results left nothing behind
+        buf = io.StringIO()
+        export_csv(store, seq, buf)
+        csv = pd.read_csv(io.StringIO(buf.getvalue()))
+        assert csv["stop_reason"].tolist() == ["below-target", "certified"] and csv["samples"].tolist() == [16, 400]
+        log = tmp_path / "seq.tsv"
+        export_cohen_log(store, seq, log)
+        back = read_cohen_log(log)
+        assert back["predict"].tolist() == [-1, 4] and back["radius"].tolist() == df["radius"].tolist()
+        store.delete_run(seq)
+        assert store._query("SELECT COUNT(*) FROM sequential_runs") == [(0,)]
+        assert store._query("SELECT COUNT(*) FROM sequential_results") == [(0,)]
+        assert store.integrity_check() == "ok"
+
+
+def test_find_run_tells_sequential_settings_apart(store: Store) -> None:
+    fixed = store.create_run(**CONFIG)
+    seq = store.create_run(**CONFIG, sequential=SEQUENTIAL)
+    assert store.find_run(**CONFIG) == fixed
+    assert store.find_run(**CONFIG, sequential=SEQUENTIAL) == seq
+    assert store.find_run(**CONFIG, sequential={**SEQUENTIAL, "radius": 0.5}) is None
+    with pytest.raises(InvalidArgument, match="sequential settings"):
+        store.create_run(**CONFIG, sequential={})
