@@ -543,6 +543,13 @@ def prepare_run(
                        span_warning(sigmas), rule, run.get("sequential"))
 
 
+# Certifies a run's missing points elsewhere (smoothviz.distributed): called as
+# distribute(prepared, run, todo, sink, progress, cancel), it hands every point of todo, once, to
+# sink (which stores it) as soon as it is certified, and raises Cancelled when cancel() turns true.
+Distribute = Callable[[PreparedRun, dict, list[int], Callable[[PointResult], None], ProgressFn | None, CancelFn],
+                      None]
+
+
 def check_executable(run: dict) -> None:
     """A stored run can execute: a certify run (not an imported log) that no live process runs."""
     if run["kind"] != "certify":
@@ -560,6 +567,7 @@ def run_certification(
     batch_size: int | str | None = None,
     prepared: PreparedRun | None = None,
     trust_code: bool = False,
+    distribute: Distribute | None = None,
 ) -> str:
     """Execute or resume a certify run recorded in the store; returns its final status.
 
@@ -569,8 +577,10 @@ def run_certification(
     stops when ``cancel()`` or the store's cancel flag turns true (status "cancelled").
     ``device`` and ``batch_size`` override the recorded ones (neither changes the counts'
     distribution; the batch size does not change them at all). ``trust_code`` lets a run whose
-    model runs code load it (``prepare_run``). Errors while it runs set status "failed" and
-    propagate.
+    model runs code load it (``prepare_run``). ``distribute`` certifies the missing points in
+    place of this process's own loop (``smoothviz.distributed``: every rank of a torchrun launch
+    takes a share; their results reach this process, which stores them). Errors while it runs
+    set status "failed" and propagate.
     """
     run = store.run(run_id)
     check_executable(run)
@@ -582,7 +592,7 @@ def run_certification(
                               "or another sequential rule")
     store.set_status(run_id, "running")
     try:
-        status = _execute(store, run, prepared, progress, _ThrottledCancel(store, run_id, cancel))
+        status = _execute(store, run, prepared, progress, _ThrottledCancel(store, run_id, cancel), distribute)
     except Cancelled:
         done = len(store.done_indices(run_id))
         store.set_status(run_id, "cancelled", f"cancelled after {done} of {cost.plural(run['total'], 'point')}")
@@ -599,12 +609,15 @@ def run_certification(
     return status
 
 
-def _execute(store: Store, run: dict, prepared: PreparedRun, progress: ProgressFn | None, cancel: CancelFn) -> str:
+def _execute(store: Store, run: dict, prepared: PreparedRun, progress: ProgressFn | None, cancel: CancelFn,
+             distribute: Distribute | None = None) -> str:
     run_id = int(run["id"])
     store.set_sigma_params(run_id, prepared.sigma_fn.params())
     done = store.done_indices(run_id)
     todo = [i for i in prepared.indices if i not in done]
-    if todo:
+    if distribute is not None:  # called even when nothing is left: the other ranks wait to be told
+        distribute(prepared, run, todo, lambda result: store.add_result(run_id, result), progress, cancel)
+    elif todo:
         xs, ys, sigmas = prepared.inputs(todo)
         engine, dataset = prepared.engine, prepared.dataset
         if prepared.rule is not None:
