@@ -190,19 +190,58 @@ def measure_memory_per_sample(
     per_input = math.prod(input_shape) * 4
     ctx = autocast_context(options, device)
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        with torch.inference_mode(), ctx:
-            model(x).argmax(1)
-        torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device) - base
-        per_sample = math.ceil(peak / probe_batch) + 2 * per_input
+        per_sample = math.ceil(_cuda_forward_peak(model, x, options) / probe_batch) + 2 * per_input
         return MemoryProbe(per_sample, probe_batch, "cuda max_memory_allocated")
     with torch.inference_mode(), ctx:
         out_bytes = _module_output_bytes(model, lambda: model(x).argmax(1))
     per_sample = 2 * math.ceil(out_bytes / probe_batch) + 3 * per_input
     return MemoryProbe(per_sample, probe_batch, "cpu sum of module outputs x2")
+
+
+def _cuda_forward_peak(model: nn.Module, x: Tensor, options: EngineOptions) -> int:
+    """Bytes the allocator's peak rises by while ``model`` classifies ``x`` (x itself not counted)."""
+    device = x.device
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with torch.inference_mode(), autocast_context(options, device):
+        model(x).argmax(1)
+    torch.cuda.synchronize(device)
+    return int(torch.cuda.max_memory_allocated(device) - base)
+
+
+def cuda_batch_peak(model: nn.Module, input_shape: tuple[int, ...], device: torch.device,
+                    options: EngineOptions, batch: int) -> int | None:
+    """Memory one engine batch of ``batch`` samples takes on CUDA, measured at that size: the
+    forward pass's allocator peak plus the noise and the noisy batch (two inputs' worth); None
+    when it does not fit at all (out of memory)."""
+    per_input = math.prod(input_shape) * 4
+    try:
+        x = torch.rand((batch, *input_shape), device=device)
+        return _cuda_forward_peak(model, x, options) + 2 * per_input * batch
+    except torch.cuda.OutOfMemoryError:
+        return None
+
+
+def fit_measured_batch(batch: int, budget: int, peak_of: Callable[[int], int | None], tries: int = 4) -> int:
+    """``batch``, or the first smaller one whose measured ``peak_of(batch)`` fits ``budget``.
+
+    A probe at a few samples charges per sample what the kernels of a large batch may not stay
+    within (a convolution algorithm chosen for the large batch can ask for a larger workspace), so
+    the batch is measured at its own size and, while it does not fit, shrunk in proportion (to a
+    multiple of 8, with 5% to spare). ``peak_of`` returns None for a batch that ran out of memory.
+    """
+    for _ in range(tries):
+        peak = peak_of(batch)
+        if peak is not None and peak <= budget:
+            return batch
+        smaller = int(batch * budget / peak * 0.95) if peak else batch // 2
+        if smaller >= 8:
+            smaller -= smaller % 8
+        if batch == 1:
+            break
+        batch = max(1, min(smaller, batch - 1))
+    raise InvalidArgument(f"no batch size measured within the memory budget ({budget} bytes) after {tries} tries")
 
 
 def cpu_batch_size(
@@ -230,8 +269,10 @@ def auto_batch_size(
     """The largest batch whose measured memory fits in ``memory_fraction`` of free memory.
 
     Never exceeds the memory it measured: ``batch * probe.bytes_per_sample <= memory_fraction *
-    available_memory(device)``. Capped at ``max_batch`` (default: a size beyond which throughput
-    no longer grows, on a CPU ``cpu_batch_size``) and rounded down to a multiple of 8 when >= 8.
+    available_memory(device)``, and on CUDA the batch is then measured at its own size
+    (``cuda_batch_peak``, ``fit_measured_batch``). Capped at ``max_batch`` (default: a size beyond
+    which throughput no longer grows, on a CPU ``cpu_batch_size``) and rounded down to a multiple
+    of 8 when >= 8.
     """
     if not 0.0 < memory_fraction <= 1.0:
         raise InvalidArgument(f"memory_fraction must be in (0, 1], not {memory_fraction}")
@@ -253,6 +294,10 @@ def auto_batch_size(
     batch = min(batch, max_batch)
     if batch >= 8:
         batch -= batch % 8
+    if device.type == "cuda":
+        model = model.to(device).eval()
+        opts = options or EngineOptions()
+        batch = fit_measured_batch(batch, budget, lambda b: cuda_batch_peak(model, input_shape, device, opts, b))
     return int(batch)
 
 

@@ -210,7 +210,8 @@ def test_cuda_default_batch_follows_measured_memory(monkeypatch):
             batch = speed.cuda_batch_size(per_sample, free)
             assert batch & (batch - 1) == 0 and batch <= speed.MAX_CUDA_BATCH_SIZE
             budget = min(speed.CUDA_BATCH_BYTES, speed.CUDA_BATCH_FRACTION * free)
-            assert batch * per_sample <= budget and (batch == speed.MAX_CUDA_BATCH_SIZE or 2 * batch * per_sample > budget)
+            assert batch * per_sample <= budget
+            assert batch == speed.MAX_CUDA_BATCH_SIZE or 2 * batch * per_sample > budget
     probe = speed.MemoryProbe(20 * mib, 32, "given")
     monkeypatch.setattr(speed, "available_memory", lambda device: 139 * gib)
     assert speed.default_batch_size(torch.device("cuda"), tiny_cnn(), SHAPE, probe=probe) == 512
@@ -346,3 +347,22 @@ def test_certify_cli_records_the_fast_mode(tmp_path):
     runs = Store(db).runs()
     assert len(runs) == 1
     assert Store(db).run(int(runs["id"].iloc[0]))["options"] == {"autocast": "bf16"}
+
+
+def test_fit_measured_batch_shrinks_until_the_measured_batch_fits():
+    """A workspace that appears only above 600 samples: the probe's per-sample figure misses it."""
+    calls = []
+
+    def peak(batch: int) -> int:
+        calls.append(batch)
+        return 100 * batch + (50_000 if batch > 600 else 0)
+
+    assert speed.fit_measured_batch(800, 200_000, peak) == 800 and calls == [800]  # fits at once: kept
+    calls.clear()
+    got = speed.fit_measured_batch(1000, 100_000, peak)
+    assert peak(got) <= 100_000 and got % 8 == 0 and 400 < got < 600
+    assert calls[:-1] == sorted(calls[:-1], reverse=True) and len(calls) <= 5
+    out_of_memory = speed.fit_measured_batch(64, 10**9, lambda b: None if b > 16 else b)
+    assert out_of_memory == 16
+    with pytest.raises(InvalidArgument, match="no batch size measured within"):
+        speed.fit_measured_batch(64, 10, lambda b: 1000 * b)
