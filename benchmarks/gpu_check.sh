@@ -164,7 +164,9 @@ main() {
 
     echo
     echo "=== summary ($(( SECONDS )) s into the check) ==="
-    timeout 30 "$PY" benchmarks/gpu_check.py summary "$RESULTS" "$STEPS" "$WORK/env.json"
+    if ! timeout 30 "$PY" benchmarks/gpu_check.py summary "$RESULTS" "$STEPS" "$WORK/env.json"; then
+        echo "gpu_check: the summary failed; the steps' own files and this log hold the numbers"
+    fi
     echo "gpu_check: done in $(( SECONDS )) s; files in $RESULTS: $(cd "$RESULTS" && ls | tr '\n' ' ')"
 }
 
