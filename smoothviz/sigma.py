@@ -4,6 +4,12 @@
 ICML 2022, Sec. 6: sigma(x) = sigma_b * exp(r * (mean distance from x to its k nearest training
 points - m)). The mean kNN distance is 1-Lipschitz in x, so ln sigma is r-Lipschitz, i.e. sigma is
 r-semi-elastic; clipping to [sigma_min, sigma_max] keeps that property.
+
+``ddrs:SIGMA_MIN,SIGMA_MAX,G[,n=N][,alpha=A][,seed=S]`` is data-dependent smoothing (Alfarra et
+al. 2022, smoothviz.ddrs): sigma(x) optimised per input for the base classifier, so building it
+needs the model. It has no semi-elasticity (``r`` is None): only the naive certificate exists,
+and a certification run stores a sound radius of 0 beside it. smoothviz.ddrs imports this module,
+so it is imported here only inside the functions that need it.
 """
 
 from __future__ import annotations
@@ -34,9 +40,13 @@ _MAX_TRAIN_CHUNK = 8192
 
 
 class SigmaFunction:
-    """Base class: ``sigma(x)`` for a batch [B, ...] -> [B] on x's device; ``r`` its semi-elasticity."""
+    """Base class: ``sigma(x)`` for a batch [B, ...] -> [B] on x's device; ``r`` its semi-elasticity.
 
-    r: float = 0.0
+    ``r`` None means no semi-elasticity is known (data-dependent sigma): only the naive
+    certificate sigma(x) * Phi^-1(p_A) can be computed, and it is no guarantee.
+    """
+
+    r: float | None = 0.0
     spec: str = ""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -278,19 +288,26 @@ def _number(text: str, name: str, spec: str) -> float:
         raise SigmaSpecError(f"sigma spec {spec!r}: {name}={text.strip()!r} is not a number") from None
 
 
-_USAGE = "expected 'constant:SIGMA' or 'knn:SIGMA_B,R,K[,m=M][,min=A][,max=B]'"
+_USAGE = ("expected 'constant:SIGMA', 'knn:SIGMA_B,R,K[,m=M][,min=A][,max=B]' or "
+          "'ddrs:SIGMA_MIN,SIGMA_MAX,G[,n=N][,alpha=A][,seed=S]'")
 
 
 def parse_sigma_spec(spec: str) -> dict:
-    """Parse ``constant:0.25`` or ``knn:SIGMA_B,R,K[,m=M][,min=A][,max=B]`` into a dict.
+    """Parse ``constant:0.25``, ``knn:SIGMA_B,R,K[,m=M][,min=A][,max=B]`` or a ``ddrs:`` spec into a dict.
 
-    Returns {"kind": "constant", "sigma"} or {"kind": "knn", "sigma_b", "r", "k", "m",
-    "sigma_min", "sigma_max"} (absent options are None). SigmaSpecError names what is wrong.
+    Returns {"kind": "constant", "sigma"}, {"kind": "knn", "sigma_b", "r", "k", "m",
+    "sigma_min", "sigma_max"} (absent options are None) or smoothviz.ddrs.parse_ddrs_spec's
+    {"kind": "ddrs", "sigma_min", "sigma_max", "num_sigmas", "n", "alpha", "seed"}.
+    SigmaSpecError names what is wrong.
     """
     if not isinstance(spec, str) or ":" not in spec:
         raise SigmaSpecError(f"sigma spec {spec!r}: {_USAGE}")
     kind, _, rest = spec.strip().partition(":")
     kind = kind.strip().lower()
+    if kind == "ddrs":
+        from smoothviz.ddrs import parse_ddrs_spec  # it imports this module
+
+        return parse_ddrs_spec(spec)
     parts = [p.strip() for p in rest.split(",")] if rest.strip() else []
     if kind == "constant":
         if len(parts) != 1:
@@ -338,6 +355,10 @@ def canonical_spec(params: dict) -> str:
     """The spec string for parsed parameters; ``parse_sigma_spec`` gives the same parameters back."""
     if params["kind"] == "constant":
         return f"constant:{params['sigma']!r}"
+    if params["kind"] == "ddrs":
+        from smoothviz.ddrs import canonical_ddrs_spec  # it imports this module
+
+        return canonical_ddrs_spec(params)
     text = f"knn:{params['sigma_b']!r},{params['r']!r},{params['k']}"
     for key, name in (("m", "m"), ("sigma_min", "min"), ("sigma_max", "max")):
         if params.get(key) is not None:
@@ -345,16 +366,34 @@ def canonical_spec(params: dict) -> str:
     return text
 
 
+def semi_elasticity(params: dict) -> float | None:
+    """The semi-elasticity r a parsed spec declares: 0 for constant, its r for knn, None for ddrs."""
+    if params["kind"] == "constant":
+        return 0.0
+    if params["kind"] == "ddrs":
+        return None
+    return float(params["r"])
+
+
 def build_sigma(
     spec: str,
     train_x: torch.Tensor | None = None,
     device: str | torch.device | None = None,
     chunk_size: int | None = None,
+    model: torch.nn.Module | None = None,
 ) -> SigmaFunction:
-    """A sigma function from its spec; knn needs the training inputs (on ``device`` if given)."""
+    """A sigma function from its spec; knn needs the training inputs (on ``device`` if given),
+    ddrs the base classifier ``model`` whose certificate it optimises (on the device it runs on)."""
     params = parse_sigma_spec(spec)
     if params["kind"] == "constant":
         return Constant(params["sigma"])
+    if params["kind"] == "ddrs":
+        if model is None:
+            raise SigmaSpecError(f"sigma spec {spec!r}: ddrs needs the base classifier (it optimises sigma(x) "
+                                 "for that model); give the model")
+        from smoothviz.ddrs import build_ddrs  # it imports this module
+
+        return build_ddrs(params, model)
     if train_x is None:
         raise SigmaSpecError(f"sigma spec {spec!r}: knn needs the training data of the dataset")
     return KNN(

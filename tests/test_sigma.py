@@ -234,3 +234,36 @@ def test_knn_k_leaves_one_out_when_m_comes_from_the_training_set():
     fixed = KNN(train, 0.25, 0.1, k=12, m=1.0)  # a given m needs no leave-one-out distances
     assert torch.isfinite(fixed(train[:3])).all()
     assert torch.isfinite(KNN(train, 0.25, 0.1, k=11)(train[:3])).all()
+
+
+def test_ddrs_specs_parse_round_trip_and_build_only_with_a_model():
+    """ddrs (data-dependent sigma) is a registered kind: parsed with its defaults, canonical spec
+    round trip, r None (naive certificate only), and a model is required to build it."""
+    from torch import nn
+
+    from smoothviz.ddrs import DataDependentSigma
+
+    parsed = parse_sigma_spec(" DDRS:0.12,0.5,10,seed=3 ")
+    assert parsed == {"kind": "ddrs", "sigma_min": 0.12, "sigma_max": 0.5, "num_sigmas": 10, "n": 256,
+                      "alpha": 0.001, "seed": 3}
+    assert parse_sigma_spec(canonical_spec(parsed)) == parsed
+    assert sigma_mod.semi_elasticity(parsed) is None
+    assert sigma_mod.semi_elasticity(parse_sigma_spec("knn:0.25,0.4,20")) == 0.4
+    assert sigma_mod.semi_elasticity(parse_sigma_spec("constant:0.3")) == 0.0
+    with pytest.raises(SigmaSpecError, match="needs the base classifier"):
+        build_sigma("ddrs:0.1,0.5,4")
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    fn = build_sigma("ddrs:0.1,0.5,4,n=16", model=model)
+    assert isinstance(fn, DataDependentSigma) and fn.r is None
+    assert parse_sigma_spec(fn.spec) == {**parse_sigma_spec("ddrs:0.1,0.5,4"), "n": 16}
+    values = fn(torch.rand(5, 12, generator=torch.Generator().manual_seed(0)))
+    grid = torch.tensor(fn.sigmas, dtype=torch.float32)
+    assert values.shape == (5,) and all(bool((grid == v).any()) for v in values)
+
+
+@pytest.mark.parametrize("spec", ["ddrs:", "ddrs:0.1,0.5", "ddrs:0.5,0.1,4", "ddrs:0.1,0.5,0",
+                                  "ddrs:0.1,0.5,4,n=0", "ddrs:0.1,0.5,4,k=3", "ddrs:0,0.5,4"])
+def test_bad_ddrs_specs_raise_one_line_errors(spec):
+    with pytest.raises(SigmaSpecError) as info:
+        parse_sigma_spec(spec)
+    assert "\n" not in str(info.value) and repr(spec) in str(info.value)
