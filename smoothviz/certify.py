@@ -215,7 +215,7 @@ def iter_certify(
     batch_size: int,
     device: torch.device | str,
     seed: int,
-    r: float,
+    r: float | None,
     dim: int,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
@@ -228,7 +228,9 @@ def iter_certify(
     independent draws: stage 0 and stage 1 seeds). Raises Cancelled when ``cancel()`` turns true
     (checked after every batch); points already yielded stay valid. ``sigmas``: sigma(x) of
     each point computed beforehand (``prepare_run`` does), so ``sigma_fn`` is not called again.
-    sigma(x) outside [SIGMA_MIN, SIGMA_MAX] is refused before a chunk is sampled.
+    sigma(x) outside [SIGMA_MIN, SIGMA_MAX] is refused before a chunk is sampled. ``r`` None (a
+    sigma without semi-elasticity, such as data-dependent smoothing): the sound radius is 0 and
+    only the naive radius is computed.
     """
     _validate(n0, n, alpha, batch_size)
     device = torch.device(device)
@@ -266,7 +268,11 @@ def iter_certify(
         radius = np.zeros(m)
         naive = np.zeros(m)
         if certified.any():
-            radius[certified] = bounds.input_dependent_radius(p_a[certified], point_sigmas[certified], r, dim)
+            # Without a semi-elasticity nothing is certified beyond x0 itself: the sound radius stays 0.
+            # The prediction at x0 is still a (1 - alpha) statement (the smoothed classifier with
+            # sigma(x0) returns it there), so it counts at radius 0.
+            if r is not None:
+                radius[certified] = bounds.input_dependent_radius(p_a[certified], point_sigmas[certified], r, dim)
             naive[certified] = bounds.naive_radius(p_a[certified], point_sigmas[certified])
         seconds = (time.perf_counter() - t0) / m
         for j in range(m):
@@ -293,7 +299,7 @@ def certify_points(
     batch_size: int,
     device: torch.device | str,
     seed: int,
-    r: float,
+    r: float | None,
     dim: int,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
@@ -335,7 +341,7 @@ def certify_test_points(
         batch_size=batch_size,
         device=next(model.parameters()).device,
         seed=seed,
-        r=float(sigma_fn.r),
+        r=None if sigma_fn.r is None else float(sigma_fn.r),
         dim=dataset.dim,
     )
 
@@ -530,14 +536,17 @@ def prepare_run(
     bad = [i for i in indices if not 0 <= i < xs.shape[0]]
     if bad:
         raise InvalidArgument(f"indices {bad[:5]} are outside the {split} split (size {xs.shape[0]})")
-    sigma_fn = build_run_sigma(run["sigma_spec"], dataset, options.get("sigma_reference"), dev)
+    sigma_fn = build_run_sigma(run["sigma_spec"], dataset, options.get("sigma_reference"), dev, model=model)
     with torch.inference_mode():
         sigmas = sigma_fn(xs[torch.tensor(indices, dtype=torch.int64)].to(dev)).to(torch.float32).reshape(-1)
     check_sigma(sigmas, len(indices))
     check_sigma_values(sigmas, sigma_fn.spec, indices)
     from smoothviz.sequential_engine import rule_for_run  # it imports this module
 
-    rule = rule_for_run(run, float(sigma_fn.r), dataset.dim)
+    if sigma_fn.r is None and run.get("sequential") is not None:
+        raise InvalidArgument(f"sigma {sigma_fn.spec}: a sequential run stops at a certified radius, and a sigma "
+                              "without semi-elasticity certifies none; use a fixed n")
+    rule = rule_for_run(run, 0.0 if sigma_fn.r is None else float(sigma_fn.r), dataset.dim)
     engine = engine_classifier(model, options, dev, batch_size or run.get("batch_size"), dataset.input_shape)
     return PreparedRun(dataset, split, str(checkpoint), meta, model, sigma_fn, indices, sigmas, dev, engine,
                        span_warning(sigmas), rule, run.get("sequential"))
@@ -631,7 +640,7 @@ def _execute(store: Store, run: dict, prepared: PreparedRun, progress: ProgressF
             results = iter_certify(
                 engine.classify, xs, ys, todo, prepared.sigma_fn, int(run["n0"]), int(run["n"]),
                 float(run["alpha"]), dataset.num_classes, engine.batch_size, prepared.device,
-                int(run["seed"] or 0), float(prepared.sigma_fn.r), dataset.dim, progress=progress, cancel=cancel,
+                int(run["seed"] or 0), prepared.sigma_fn.r, dataset.dim, progress=progress, cancel=cancel,
                 sigmas=sigmas,
             )
         for result in results:
@@ -644,8 +653,9 @@ def _execute(store: Store, run: dict, prepared: PreparedRun, progress: ProgressF
 # batch size is recorded in its own column and never changes the counts.
 OPTION_KEYS = ("autocast", "channels_last", "compile", "cuda_graphs")
 # Run options that describe the run rather than the engine: a foreign model
-# (model_sources.run_record) and the kNN sigma's reference points (knn_reference.reference_record).
-DESCRIPTION_KEYS = ("model", "sigma_reference")
+# (model_sources.run_record), the kNN sigma's reference points (knn_reference.reference_record)
+# and the audit of the sigma's semi-elasticity (smoothviz.commands.audit_sigma records it).
+DESCRIPTION_KEYS = ("model", "sigma_reference", "sigma_audit")
 
 
 def engine_options(options: dict | None) -> speed.EngineOptions:

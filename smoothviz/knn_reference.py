@@ -84,16 +84,18 @@ def build_run_sigma(
     reference: str | Mapping | None = None,
     device: str | torch.device | None = None,
     directory: Path | None = None,
+    model: torch.nn.Module | None = None,
 ) -> SigmaFunction:
-    """The run's sigma function: constant, or kNN on ``reference`` (a source string, or a run's
-    record with its SHA-256, checked) or else on the dataset's training split.
+    """The run's sigma function: constant, data-dependent (ddrs, optimised for the base classifier
+    ``model``), or kNN on ``reference`` (a source string, or a run's record with its SHA-256,
+    checked) or else on the dataset's training split.
 
-    SigmaSpecError when a kNN sigma has no training points; DatasetUnavailable when a recorded
-    reference changed.
+    SigmaSpecError when a kNN sigma has no training points or a ddrs sigma no model;
+    DatasetUnavailable when a recorded reference changed.
     """
     params = parse_sigma_spec(spec)
-    if params["kind"] == "constant":
-        return build_sigma(spec)
+    if params["kind"] in ("constant", "ddrs"):
+        return build_sigma(spec, model=model)
     if reference is None:
         train = dataset.train_x
         if len(train) == 0:

@@ -79,7 +79,7 @@ def test_changed_checkpoint_is_refused_before_the_run_is_touched(setup) -> None:
 
 @pytest.mark.parametrize("change, error, match", [
     ({"indices": [0, 400]}, InvalidArgument, "outside the test split"),
-    ({"sigma_spec": "knn:0.25,0.4,5000"}, SigmaSpecError, "exceeds the 1437 training points"),
+    ({"sigma_spec": "knn:0.25,0.4,5000"}, SigmaSpecError, "exceeds the 1436 other training points"),
     ({"sigma_spec": "knn:0.25,100,20"}, SigmaSpecError, "outside"),
     ({"n0": 500}, InvalidArgument, "n0 must be in"),
     ({"options": {"turbo": True}}, InvalidArgument, "unknown engine options"),
@@ -154,3 +154,36 @@ def test_keep_cpu_buffers_on_glibc() -> None:
         keep_cpu_buffers()
         return
     assert keep_cpu_buffers() is True
+
+
+def test_a_ddrs_run_stores_the_naive_radius_and_a_sound_radius_of_zero(setup) -> None:
+    """Data-dependent sigma (no semi-elasticity): the run certifies end to end on the shipped digits CNN,
+    records r as NULL, stores sigma(x) from the grid, the naive radius sigma(x) Phi^-1(p_A) and a sound
+    radius of 0; its audit result is a run option the engine accepts."""
+    from scipy import special
+
+    from smoothviz.ddrs import DataDependentSigma
+
+    store, config, _ = setup
+    root = Path(__file__).resolve().parents[1]
+    spec = "ddrs:0.12,0.5,3,n=32,alpha=0.01,seed=0"
+    run_id = store.create_run(**{**config, "checkpoint": str(root / "assets" / "digits-cnn-constant-0.25.pt"),
+                                 "sigma_spec": spec, "sigma_params": {}, "r": None, "indices": list(range(6)),
+                                 "options": {"sigma_audit": {"audited_r": 3.5, "declared_r": None}}})
+    assert store.run(run_id)["r"] is None
+    prepared = certify.prepare_run(store.run(run_id))
+    assert isinstance(prepared.sigma_fn, DataDependentSigma) and prepared.sigma_fn.r is None
+    assert certify.run_certification(store, run_id, prepared=prepared) == "done"
+    df = store.results(run_id)
+    certified = df["predict"] != certify.ABSTAIN
+    assert certified.sum() >= 4  # a trained model on clean digits
+    assert (df["radius"] == 0).all()
+    expected = df["sigma"] * special.ndtri(df["p_a_lower"])
+    assert (df.loc[certified, "naive_radius"] - expected[certified]).abs().max() < 1e-9
+    assert (df.loc[certified, "naive_radius"] > 0).all() and (df.loc[~certified, "naive_radius"] == 0).all()
+    grid = set(prepared.sigma_fn.sigmas)
+    assert all(any(abs(s - g) < 1e-6 for g in grid) for s in df["sigma"])
+    info = store.run(run_id)
+    assert info["r"] is None and info["sigma_params"]["kind"] == "ddrs"
+    with pytest.raises(InvalidArgument, match="without semi-elasticity"):
+        certify.prepare_run({**store.run(run_id), "sequential": {"mode": "radius"}})
