@@ -14,6 +14,11 @@ rows: ``sequential_runs`` (the run's stopping rule and confidence sequence, as J
 the upper bound on p_A, the stopping reason, the checkpoints read), each row committed in the
 transaction of its ``results`` row and deleted with it (foreign keys with ON DELETE CASCADE).
 
+A run executed by several processes at once (torchrun ranks, ``smoothviz.distributed``) records
+their number in the side table ``run_ranks``, created on first use like the sequential tables;
+a run without a row there last ran in one process, and executing it again in one process
+removes its row.
+
 pandas is imported only by the functions that return data frames, so the command line can open a
 store without loading it.
 """
@@ -140,6 +145,14 @@ CREATE TABLE IF NOT EXISTS sequential_results (
     PRIMARY KEY (run_id, idx),
     FOREIGN KEY (run_id, idx) REFERENCES results(run_id, idx) ON DELETE CASCADE
 );
+"""
+
+# The side table of runs executed on several processes (see the module docstring).
+_RANKS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS run_ranks (
+    run_id INTEGER PRIMARY KEY REFERENCES runs(id) ON DELETE CASCADE,
+    world_size INTEGER NOT NULL
+)
 """
 
 _RUN_COLUMNS = (
@@ -536,20 +549,23 @@ class Store:
         d["seconds"] = seconds or 0.0
         settings = self._settings_text(key)
         d["sequential"] = None if settings is None else json.loads(settings)
+        d["world_size"] = self._world_size(key, d["kind"], d["started"], self._world_sizes())
         return d
 
     def runs(self) -> pd.DataFrame:
         """One row per run with done/total counts and effective status, newest first.
 
-        ``mode`` is "fixed-n" or a sequential run's mode ("radius", "fixed-radius"). n0, n, seed and batch_size are object columns of ints and None (pandas would turn a
-        column with a missing value into floats); an imported run has None there.
+        ``mode`` is "fixed-n" or a sequential run's mode ("radius", "fixed-radius");
+        ``world_size`` the processes its last execution spanned (None before it ran, and for an
+        imported run). n0, n, seed and batch_size are object columns of ints and None (pandas would
+        turn a column with a missing value into floats); an imported run has None there.
         """
         import pandas as pd
 
         rows = self._query(
             "SELECT r.id, r.name, r.kind, r.dataset, r.split, r.checkpoint, r.sigma_spec, r.r, r.n0,"
             " r.n, r.alpha, r.device, r.seed, r.batch_size, r.status, r.message, r.pid, r.host,"
-            " r.total, r.created, r.updated,"
+            " r.total, r.created, r.updated, r.started,"
             " (SELECT COUNT(*) FROM results s WHERE s.run_id = r.id),"
             " (SELECT COALESCE(SUM(seconds), 0) FROM results s WHERE s.run_id = r.id)"
             " FROM runs r ORDER BY r.id DESC"
@@ -557,18 +573,20 @@ class Store:
         cols = [
             "id", "name", "kind", "dataset", "split", "checkpoint", "sigma_spec", "r", "n0", "n",
             "alpha", "device", "seed", "batch_size", "status", "message", "pid", "host", "total",
-            "created", "updated", "done", "seconds",
+            "created", "updated", "started", "done", "seconds",
         ]
         order = [
             "id", "name", "kind", "dataset", "split", "status", "done", "total", "sigma_spec", "r",
             "n0", "n", "alpha", "device", "seed", "batch_size", "checkpoint", "seconds", "created",
-            "updated", "message", "mode",
+            "updated", "message", "mode", "world_size",
         ]
         modes = {run_id: json.loads(text).get("mode", "sequential") for run_id, text in self._all_settings()}
+        sizes = self._world_sizes()
         records = []
         for row in rows:
             d = dict(zip(cols, row))
             d["mode"] = modes.get(d["id"], "fixed-n")
+            d["world_size"] = self._world_size(d["id"], d["kind"], d["started"], sizes)
             d["status"] = _effective_status(d["status"], d["pid"], d["host"])
             for k in _INTEGER_COLUMNS:
                 d[k] = _opt_int(d[k])
@@ -577,7 +595,7 @@ class Store:
         if not records:
             return pd.DataFrame(columns=order)
         return pd.DataFrame({
-            k: pd.Series([d[k] for d in records], dtype=object if k in _INTEGER_COLUMNS else None)
+            k: pd.Series([d[k] for d in records], dtype=object if k in (*_INTEGER_COLUMNS, "world_size") else None)
             for k in order
         })
 
@@ -595,7 +613,8 @@ class Store:
         raise StoreError(f"no run with id or name {quote(text)} in {self.path}")
 
     def set_status(self, run_id: int, status: str, message: str = "") -> None:
-        """Set the run's status; "running" also records this process (pid, host) and the start."""
+        """Set the run's status; "running" also records this process (pid, host) and the start,
+        and an execution by this one process (``set_world_size`` records more)."""
         if status not in STATUSES:
             raise InvalidArgument(f"status {status!r}: expected one of {', '.join(STATUSES)}")
         now = time.time()
@@ -606,6 +625,8 @@ class Store:
                     " finished=NULL, cancel=0 WHERE id=?",
                     (status, message, os.getpid(), socket.gethostname(), now, now, int(run_id)),
                 )
+                if self._has_table("run_ranks"):
+                    c.execute("DELETE FROM run_ranks WHERE run_id=?", (int(run_id),))
             else:
                 finished = now if status in ("done", "cancelled", "failed", "interrupted") else None
                 cur = c.execute(
@@ -614,6 +635,17 @@ class Store:
                 )
             if cur.rowcount == 0:
                 raise StoreError(f"run {run_id} not found in {self.path}")
+
+    def set_world_size(self, run_id: int, size: int) -> None:
+        """Record that the run's current execution spans ``size`` processes (torchrun ranks)."""
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= ID_MAX:
+            raise InvalidArgument(f"world size {size!r} must be an integer >= 1")
+        key = _run_key(run_id)
+        with self._write() as c:
+            if key is None or c.execute("SELECT 1 FROM runs WHERE id=?", (key,)).fetchone() is None:
+                raise StoreError(f"run {quote(str(run_id))} not found in {self.path}")
+            c.execute(_RANKS_SCHEMA)
+            c.execute("INSERT OR REPLACE INTO run_ranks (run_id, world_size) VALUES (?, ?)", (key, size))
 
     def set_sigma_params(self, run_id: int, params: dict) -> None:
         """Record the sigma function's resolved parameters (e.g. the kNN offset m computed from data)."""
@@ -792,10 +824,27 @@ class Store:
         """SQLite's own integrity check ("ok" when the file is sound)."""
         return str(self._query("PRAGMA integrity_check")[0][0])
 
-    # ---------------------------------------------------------------- sequential side tables
+    # ---------------------------------------------------------------- side tables
+    def _has_table(self, name: str) -> bool:
+        """Whether a side table exists (they are created when first needed)."""
+        return bool(self._query("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)))
+
+    def _world_sizes(self) -> dict[int, int]:
+        """Run id -> processes, for the runs whose last execution spanned several."""
+        if not self._has_table("run_ranks"):
+            return {}
+        return {int(r): int(w) for r, w in self._query("SELECT run_id, world_size FROM run_ranks")}
+
+    @staticmethod
+    def _world_size(run_id: int, kind: str, started: float | None, sizes: Mapping[int, int]) -> int | None:
+        """Processes of the run's last execution: its recorded number, else 1 once it has run."""
+        if kind != "certify" or started is None:
+            return None
+        return sizes.get(int(run_id), 1)
+
     def _has_sequential(self) -> bool:
         """Whether the side tables exist (a store that never held a sequential run has none)."""
-        return bool(self._query("SELECT 1 FROM sqlite_master WHERE type='table' AND name='sequential_runs'"))
+        return self._has_table("sequential_runs")
 
     def _settings_text(self, run_id: int | None) -> str | None:
         """The run's sequential settings as stored (JSON), None for a fixed-n run."""
