@@ -1,4 +1,9 @@
-"""``smoothviz table``: certified accuracy of stored runs at chosen radii (text or JSON)."""
+"""``smoothviz table``: certified accuracy of stored runs at chosen radii (text or JSON).
+
+Beside the accuracies: the mean samples per point (selection + estimation: n0 + n for a fixed-n
+run, what each point used for a sequential one) and the run's mode, so a sequential run's
+savings read next to its accuracy.
+"""
 
 from __future__ import annotations
 
@@ -41,9 +46,13 @@ def run_report(store: Store, ref: str, radii: list[float], use: str, curve: bool
     df = store.results(run_id)
     column = "naive_radius" if use == "naive" else "radius"
     frame = analysis.accuracy_curve(df, use=column) if curve else analysis.accuracy_table(df, radii, use=column)
+    used = store.sample_counts(run_id)
     return {
         "run": run_id, "name": run["name"], "dataset": run["dataset"], "sigma": run["sigma_spec"],
         "n": run["n"], "alpha": run["alpha"], "status": run["status"], "points": len(df),
+        "mode": "fixed-n" if run["sequential"] is None else run["sequential"]["mode"],
+        "sequential": run["sequential"],
+        "samples_per_point": _finite(sum(used) / len(used)) if used else None,
         "total": run["total"], "use": column,
         "table": [{"radius": float(r), "certified_accuracy": _finite(a)} for r, a in frame.itertuples(index=False)],
         "average_certified_radius": _finite(analysis.average_certified_radius(df, use=column)),
@@ -74,12 +83,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     name_w = max(4, *(len(str(r["name"])) for r in reports))
     head = f"{'run':>4}  {'name':<{name_w}}  " + "  ".join(f"{'r=' + format(r, 'g'):>7}" for r in radii)
-    print(head + f"  {'ACR':>6}  {'abstain':>7}  {'points':>9}  {'ceiling':>7}")
+    print(head + f"  {'ACR':>6}  {'abstain':>7}  {'samples/pt':>10}  {'points':>9}  {'ceiling':>7}")
     for rep in reports:
         cells = "  ".join(f"{_fmt(row['certified_accuracy']):>7}" for row in rep["table"])
         print(f"{rep['run']:>4}  {rep['name']:<{name_w}}  {cells}  {_fmt(rep['average_certified_radius']):>6}  "
-              f"{_fmt(rep['abstention_rate'], '.1%'):>7}  {str(rep['points']) + '/' + str(rep['total']):>9}  "
-              f"{_fmt(rep['ceiling']):>7}")
+              f"{_fmt(rep['abstention_rate'], '.1%'):>7}  {_fmt(rep['samples_per_point'], ',.0f'):>10}  "
+              f"{str(rep['points']) + '/' + str(rep['total']):>9}  {_fmt(rep['ceiling']):>7}")
     if args.use == "naive":
         print("(naive radius sigma(x)*Phi^-1(p_A): not a certificate when sigma depends on the input)")
     return 0
