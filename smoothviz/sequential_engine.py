@@ -215,7 +215,10 @@ class _Tracker:
     ``done``: points decided; ``fraction``: decided points plus, for each point in flight, its
     estimation samples over the budget (never decreases); ``rate`` and ``eta``: decided points
     per second and the time left at that rate; ``samples``: every sample drawn so far
-    (selection and estimation); ``in_flight``: points in the pool.
+    (selection and estimation); ``in_flight``: points in the pool; ``pool``: their partial
+    state after the last round, as lists (``idx``, ``samples``: estimation samples so far,
+    ``lower`` and ``upper``: the bounds on p_A so far, valid at this moment like any reading of
+    the sequence), for a page that draws points while they are being decided.
     """
 
     def __init__(self, total: int, n_max: int, progress: ProgressFn | None, cancel: CancelFn | None) -> None:
@@ -224,7 +227,7 @@ class _Tracker:
         self.done = 0
         self.samples = 0
         self.partial = 0.0
-        self.in_flight = 0
+        self.pool: dict[str, list] = {"idx": [], "samples": [], "lower": [], "upper": []}
         self.t0 = time.perf_counter()
 
     def on_batch(self, rows: int) -> None:
@@ -233,10 +236,11 @@ class _Tracker:
             raise Cancelled("cancelled")
         self.report()
 
-    def round_done(self, decided: int, in_flight_t: np.ndarray) -> None:
+    def round_done(self, decided: int, idx: Sequence[int], state: sq.State) -> None:
         self.done += decided
-        self.in_flight = int(in_flight_t.size)
-        self.partial = float(np.sum(in_flight_t)) / self.n_max
+        self.partial = float(np.sum(state.t)) / self.n_max
+        self.pool = {"idx": list(idx), "samples": state.t.tolist(), "lower": state.lower.tolist(),
+                     "upper": state.upper.tolist()}
         self.report()
 
     def report(self) -> None:
@@ -247,7 +251,8 @@ class _Tracker:
         eta = (self.total - self.done) / rate if rate else None
         fraction = min(1.0, (self.done + self.partial) / self.total) if self.total else 1.0
         self.progress({"done": self.done, "total": self.total, "rate": rate, "eta": eta, "fraction": fraction,
-                       "samples": self.samples, "elapsed": elapsed, "in_flight": self.in_flight})
+                       "samples": self.samples, "elapsed": elapsed, "in_flight": len(self.pool["idx"]),
+                       "pool": self.pool})
 
 
 def _radii(rule: sq.RadiusRule | sq.FixedRadiusRule, state: sq.State) -> tuple[np.ndarray, np.ndarray]:
@@ -349,7 +354,7 @@ def iter_certify_sequential(
     at_start = np.flatnonzero(initial.decided)
     if at_start.size:
         yield from results(_take(initial, at_start), at_start, np.zeros((at_start.size, num_classes), np.int64))
-        tracker.round_done(int(at_start.size), np.zeros(0))
+        tracker.round_done(int(at_start.size), [], _take(initial, np.zeros(0, dtype=np.int64)))
     waiting = collections.deque(int(p) for p in np.flatnonzero(~initial.decided))
     active = np.zeros(0, dtype=np.int64)
     state = _take(initial, active)
@@ -394,5 +399,5 @@ def iter_certify_sequential(
             yield from results(_take(state, out), active[out], counts[out])
             keep = np.flatnonzero(~decided)
             active, state, counts = active[keep], _take(state, keep), counts[keep]
-        tracker.round_done(int(decided.sum()), state.t)
+        tracker.round_done(int(decided.sum()), [idx[p] for p in active], state)
 

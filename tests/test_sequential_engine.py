@@ -247,6 +247,10 @@ def test_a_cancelled_run_resumes_to_the_clean_result(tmp_path: Path, monkeypatch
     fractions = [s["fraction"] for s in seen]
     assert fractions == sorted(fractions) and all(0 <= f <= 1 for f in fractions)
     assert seen[-1]["samples"] > 0 and {"done", "total", "rate", "eta", "in_flight"} <= set(seen[-1])
+    pools = [s["pool"] for s in seen if s["pool"]["idx"]]
+    assert pools and all(set(p["idx"]) <= set(config["indices"]) for p in pools)
+    assert all(0 <= lo <= up <= 1 and 0 < t < 2500 for p in pools
+               for lo, up, t in zip(p["lower"], p["upper"], p["samples"]))
     # what each row says about its samples adds up
     assert (got["samples"] == [sum(c) for c in got["counts"]]).all()
     assert (got["votes_a"] == [c[a] for c, a in zip(got["counts"], got["class_a"])]).all()
