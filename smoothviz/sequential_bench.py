@@ -9,10 +9,12 @@ samples per point (selection + estimation), wall time, and how full the forward 
 and against the fixed run: the sample and wall-time ratios, the accuracy difference in
 percentage points and the relative ACR difference.
 
-``oracle_ratio`` bounds what any method can save in radius mode: a method that knew each point's
-p_A (taken as the fixed run's estimate) and used the fixed-t Clopper-Pearson bound at a t chosen
-per point in advance (tighter than any anytime-valid bound) needs at least that many samples on
-average to keep the ACR at a given fraction of the fixed run's.
+Two oracle figures say what no method can beat by much: a method that knew each point's p_A
+(taken as the fixed run's estimate) and used the fixed-t Clopper-Pearson bound at a t chosen per
+point in advance (tighter than any anytime-valid bound, which must hold at every t at once).
+``oracle_ratio``: in radius mode, the sample ratio at which it keeps the ACR at a fraction of
+the fixed run's; ``oracle_fixed_radius_ratio``: the sample ratio at which it decides "certified
+at R?" for every point as the expected counts would (capped at n).
 """
 
 from __future__ import annotations
@@ -115,6 +117,21 @@ def oracle_ratio(fixed: list, n: int, alpha: float, sigma: float, fraction: floa
     return n / best
 
 
+def oracle_fixed_radius_ratio(fixed: list, n0: int, n: int, alpha: float, sigma: float, radius: float) -> float:
+    """(n0 + n) over the mean samples an oracle needs to decide "certified at ``radius``?" for every
+    point: the smallest t where the Clopper-Pearson bounds of k = p t (two-sided, alpha each) leave
+    Phi(radius / sigma) on one side, n where none does (see the module docstring)."""
+    grid = np.unique(np.r_[np.geomspace(16, n, 200).astype(np.int64), n])
+    target = float(sq.certify_threshold(radius, sigma))
+    p = np.array([max(r.counts) / n for r in fixed])
+    k = np.floor(np.outer(p, grid))
+    low = np.asarray(bounds.clopper_pearson_lower(k, grid[None, :], alpha), dtype=float)
+    up = np.asarray(1.0 - bounds.clopper_pearson_lower(grid[None, :] - k, grid[None, :], alpha), dtype=float)
+    decided = (low >= target) | (up < target)
+    first = np.where(decided.any(axis=1), grid[np.argmax(decided, axis=1)], n)
+    return (n0 + n) / (n0 + float(first.mean()))
+
+
 def compare(case: Case, n0: int, n: int, alpha: float, seed: int, radii: Sequence[float],
             methods: Sequence[str], tolerances: Sequence[float], device: str | None = None,
             batch_size: int | str | None = None, progress: ProgressFn | None = None) -> dict:
@@ -173,6 +190,8 @@ def compare(case: Case, n0: int, n: int, alpha: float, seed: int, radii: Sequenc
         m["acr_relative_difference"] = m["acr"] / base["acr"] - 1 if base["acr"] else None
         out["runs"][name] = {"rule": settings.to_dict(), **m}
     out["oracle_ratio_at_98_percent_acr"] = oracle_ratio(fixed, n, alpha, sigma, 0.98)
+    out["oracle_fixed_radius_ratio"] = {f"{rad:g}": oracle_fixed_radius_ratio(fixed, n0, n, alpha, sigma, rad)
+                                        for rad in radii}
     return out
 
 

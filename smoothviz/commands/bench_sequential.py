@@ -120,6 +120,8 @@ def format_table(result: dict) -> str:
                          f"{run['seconds']:>9.1f}{faster}{fill}")
         lines.append(f"  oracle bound, radius mode: ACR at 98% of the fixed run needs >= 1/"
                      f"{model['oracle_ratio_at_98_percent_acr']:.2f} of its samples")
+        oracle = ", ".join(f"R={r}: {v:.1f}x" for r, v in model["oracle_fixed_radius_ratio"].items())
+        lines.append(f"  oracle bound, fixed radius (fewer samples than the fixed run at most): {oracle}")
         lines.append("")
     return "\n".join(lines).rstrip()
 
