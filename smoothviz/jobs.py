@@ -117,8 +117,11 @@ class JobManager:
             return job
 
     def start_certify(self, run_id: int, db: str | Path, device: str | None = None,
-                      cwd: str | Path | None = None) -> Job:
+                      cwd: str | Path | None = None, processes: int = 1) -> Job:
         """Execute (or resume) run ``run_id`` of the store at ``db`` with ``smoothviz certify --run``.
+
+        ``processes`` > 1 spreads the run over that many ranks of this machine (torchrun, one per
+        GPU; ``smoothviz.launch``): rank 0 writes the store, so progress and cancel work as for one.
 
         A job of this run that is still executing it is returned as it is; one whose run has
         already recorded its end (cancelled, say) is let exit first. The run is marked ``pending``
@@ -147,10 +150,11 @@ class JobManager:
                 store.set_status(int(run_id), "pending", "starting")
         finally:
             store.close()
-        args = ["certify", "--run", str(int(run_id)), "--db", str(db)]
-        if device:
-            args += ["--device", device]
-        return self.start("certify", args, job_id=job_id, run_id=int(run_id), db=db, cwd=cwd)
+        from smoothviz.launch import certify_job_args
+
+        args = certify_job_args(run_id, db, processes, device)
+        return self.start("certify", args, job_id=job_id, run_id=int(run_id), db=db, cwd=cwd,
+                          extra={"processes": int(processes)})
 
     def _reap(self, job_id: str, proc: subprocess.Popen) -> None:
         rc = proc.wait()

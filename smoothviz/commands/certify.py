@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from smoothviz import cost
+from smoothviz import cost, launch
 from smoothviz.commands._args import add_db_argument, open_probability, positive, positive_int
 from smoothviz.device import DEVICE_CHOICES_HELP
 from smoothviz.errors import CheckpointError, InvalidArgument
@@ -203,16 +203,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_point_arguments(parser)
     parser.add_argument("--n0", type=sample_count, default=DEFAULT_N0,
                         help=f"selection samples per point (default {DEFAULT_N0})")
-    parser.add_argument("--n", type=sample_count, default=DEFAULT_N,
-                        help=f"estimation samples per point, at most {cost.N_MAX:,} (default {DEFAULT_N:,})")
+    parser.add_argument("--n", "--num-samples", dest="n", type=sample_count, default=DEFAULT_N,
+                        help=f"estimation samples per point, at most {cost.N_MAX:,} (default {DEFAULT_N:,}); "
+                             "spell it --num-samples under torchrun, which reads --n as its own --nnodes")
     parser.add_argument("--name", default=None, help="run name (default: checkpoint, sigma and n)")
     add_db_argument(parser)
-    parser.add_argument("--run", default=None, metavar="RUN",
-                        help="execute or resume this run of the store (id or name); other settings are ignored")
+    parser.add_argument("--run", "--run-id", dest="run", default=None, metavar="RUN",
+                        help="execute or resume this run of the store (id or name); other settings are ignored; "
+                             "spell it --run-id under torchrun")
     parser.add_argument("--new", action="store_true",
                         help="always create a new run, even when an identical one could be resumed")
     parser.add_argument("--radii", default="0,0.25,0.5,0.75,1.0",
                         help="radii of the summary table (default 0,0.25,0.5,0.75,1.0)")
+    launch.add_arguments(parser)
 
 
 @dataclass(frozen=True)
@@ -464,6 +467,18 @@ def _run_trusted(args: argparse.Namespace, run: dict) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    if launch.requested(args) or args.rendezvous is not None:
+        return launch.launch(NAME, args, add_arguments)
+    if launch.distributed_world() is not None:
+        from smoothviz.commands import _torchrun
+
+        return _torchrun.certify(args, _certify)
+    return _certify(args, None)
+
+
+def _certify(args: argparse.Namespace, execute=None) -> int:
+    """The verb in this process; ``execute`` (torchrun: the run spread over every rank) stands in
+    for ``certify.run_certification``."""
     from smoothviz.certify import run_certification
     from smoothviz.device import keep_cpu_buffers
     from smoothviz.progress import ProgressBar
@@ -483,11 +498,12 @@ def run(args: argparse.Namespace) -> int:
 
         t0 = time.perf_counter()
         try:
-            status = run_certification(store, run_id, progress=progress, prepared=prepared)
+            status = (execute or run_certification)(store, run_id, progress=progress, prepared=prepared)
         finally:
             if bar is not None:
                 bar.close()
-            if last.get("elapsed", 0.0) >= cost.MIN_RECORD_SECONDS and last.get("samples"):
+            # a rate measured over several ranks is not this device's
+            if execute is None and last.get("elapsed", 0.0) >= cost.MIN_RECORD_SECONDS and last.get("samples"):
                 cost.record_rate(key, last["samples"] / last["elapsed"], f"certify run {run_id}",
                                  cost.rates_file(store.path))
         print_summary(store, run_id, radii, time.perf_counter() - t0)

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from smoothviz import cost
+from smoothviz import cost, launch
 from smoothviz.commands.certify import (
     DEFAULT_N,
     add_point_arguments,
@@ -28,14 +28,39 @@ HELP = "Predict with the smoothed classifier (PREDICT of Cohen et al.: abstain a
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_point_arguments(parser)
-    parser.add_argument("--n", type=sample_count, default=DEFAULT_N,
-                        help=f"samples per point, at most {cost.N_MAX:,} (default {DEFAULT_N:,})")
+    parser.add_argument("--n", "--num-samples", dest="n", type=sample_count, default=DEFAULT_N,
+                        help=f"samples per point, at most {cost.N_MAX:,} (default {DEFAULT_N:,}); spell it "
+                             "--num-samples under torchrun, which reads --n as its own --nnodes")
     parser.add_argument("--out", type=Path, default=None,
                         help="write the reference code's predict log (idx label predict correct time)")
+    launch.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from smoothviz.certify import predict_points, prepare_run
+    if launch.requested(args) or args.rendezvous is not None:
+        return launch.launch(NAME, args, add_arguments)
+    if launch.distributed_world() is not None:
+        from smoothviz.commands import _torchrun
+
+        return _torchrun.predict(args, _predict)
+    return _predict(args, predict_here)
+
+
+def predict_here(prepared, run: dict, progress) -> list:
+    """PREDICT of every point of a prepared run in this process (``run``: its n, alpha and seed)."""
+    from smoothviz.certify import predict_points
+
+    xs, ys, sigmas = prepared.inputs(prepared.indices)
+    ds, engine = prepared.dataset, prepared.engine
+    return predict_points(engine.classify, xs, ys, prepared.indices, prepared.sigma_fn, run["n"], run["alpha"],
+                          ds.num_classes, engine.batch_size, prepared.device, run["seed"], progress=progress,
+                          sigmas=sigmas)
+
+
+def _predict(args: argparse.Namespace, predict) -> int:
+    """The verb in this process; ``predict(prepared, run, progress)`` computes the results
+    (``predict_here``, or under torchrun the points spread over every rank)."""
+    from smoothviz.certify import prepare_run
     from smoothviz.device import keep_cpu_buffers
     from smoothviz.knn_reference import remember_statistics
     from smoothviz.outputs import write_output
@@ -47,9 +72,10 @@ def run(args: argparse.Namespace) -> int:
     points = resolve_points(args)
     spec, checkpoint, indices = points.sigma_spec, points.checkpoint, points.indices
     options = {**speed_options(args), **points.description}
-    prepared = prepare_run(dict(dataset=points.dataset, split=args.split, checkpoint=checkpoint, sigma_spec=spec,
-                                indices=indices, options=options, device=args.device, batch_size=args.batch_size,
-                                n=args.n, alpha=args.alpha), trust_code=points.trust_code)
+    run = dict(dataset=points.dataset, split=args.split, checkpoint=checkpoint, sigma_spec=spec, indices=indices,
+               options=options, device=args.device, batch_size=args.batch_size, n=args.n, alpha=args.alpha,
+               seed=args.seed)
+    prepared = prepare_run(run, trust_code=points.trust_code)
     ds, engine = prepared.dataset, prepared.engine
     _key, rate = cost.engine_rate(file_sha256(checkpoint) or "", engine, ds.input_shape, ds.num_classes,
                                   prepared.device, options, cost.rates_file())
@@ -57,14 +83,10 @@ def run(args: argparse.Namespace) -> int:
     cost.refuse_long(estimate, "this prediction", args.allow_long, "--n or --points")
     remember_statistics(prepared.sigma_fn)
     print_warnings(estimate, prepared.sigma_warning)
-    xs, ys, sigmas = prepared.inputs(indices)
     bar = None if args.quiet else ProgressBar("points")
     t0 = time.perf_counter()
     try:
-        results = predict_points(
-            engine.classify, xs, ys, indices, prepared.sigma_fn, args.n, args.alpha, ds.num_classes,
-            engine.batch_size, prepared.device, args.seed, progress=bar, sigmas=sigmas,
-        )
+        results = predict(prepared, run, bar)
     finally:
         if bar is not None:
             bar.close()

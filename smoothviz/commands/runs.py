@@ -8,7 +8,7 @@ import json
 from smoothviz.commands._args import add_db_argument
 
 NAME = "runs"
-HELP = "List the runs in the results store (id, name, dataset, sigma, n0, n, status, points done)."
+HELP = "List the runs in the results store (id, name, dataset, sigma, n0, n, status, points done, ranks)."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     for col in ("n0", "n"):
         table[col] = [_cell(v) for v in table[col]]
     table["alpha"] = [_cell(v, "g") for v in table["alpha"]]
-    cols = ["id", "name", "kind", "dataset", "sigma_spec", "n0", "n", "alpha", "status", "points", "created"]
+    table["ranks"] = [_cell(v) for v in table["world_size"]]  # processes of the last execution
+    cols = ["id", "name", "kind", "dataset", "sigma_spec", "n0", "n", "alpha", "status", "points", "ranks", "created"]
     print(table[cols].fillna("-").to_string(index=False))
     return 0
