@@ -169,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
     cost.refuse_long(total, "this benchmark's fixed-n runs", args.allow_long, "--n or --points")
     log = None if args.quiet else (lambda msg: print(f"bench-sequential: {msg}", file=sys.stderr, flush=True))
     if log:
-        log(f"fixed-n runs alone: {cost.duration_text(seconds)} ({total.text}); the sequential runs add less")
+        log(f"fixed-n runs alone: {cost.duration_text(seconds)} ({total.text}); each radius-mode run may "
+            "take as long again (tolerance 0 uses the whole budget), the fixed-radius runs much less")
     before = sb.machine()
     result = {"command": _command_line(), "started": datetime.now().isoformat(timespec="seconds"),
               "n0": args.n0, "n": args.n, "alpha": args.alpha, "seed": seed, "radii": radii,
