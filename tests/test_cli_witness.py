@@ -130,7 +130,7 @@ def test_audit_sigma_flags_a_halved_r(capsys: pytest.CaptureFixture[str], one_th
 
 def test_help_names_every_argument(capsys: pytest.CaptureFixture[str]) -> None:
     for verb, args in (("witness", ["--dim", "--sigma0", "--pa", "--sigma1", "--distance", "--r", "--verify",
-                                    "--alpha", "--seed"]),
+                                    "--alpha", "--seed", "--run", "--db", "--examples"]),
                        ("audit-sigma", ["--dataset", "--sigma", "--declared-r", "--model", "--points"])):
         with pytest.raises(SystemExit) as exc:
             main([verb, "--help"])
@@ -141,3 +141,81 @@ def test_help_names_every_argument(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["witness", "--help"])
     assert "NOT a guarantee" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def run_store(tmp_path_factory):
+    """A store with the shipped example runs, a 30-point cut of the digits kNN run and a ddrs run."""
+    import torch
+
+    from smoothviz import certify
+    from smoothviz.examples import load_examples
+    from smoothviz.store import Store
+
+    db = tmp_path_factory.mktemp("cliwd") / "s.db"
+    store = Store(db)
+    ids = load_examples(store)
+    knn = next(i for i in ids if store.run(i)["sigma_spec"].startswith("knn") and store.run(i)["dataset"] == "digits")
+    run = store.run(knn)
+    rows = store.results(knn).head(30)
+    cut = store.create_run("digits knn head", "digits", "test", run["checkpoint"], run["sigma_spec"],
+                           run["sigma_params"], run["r"], run["n0"], run["n"], run["alpha"], "cpu",
+                           rows["idx"].tolist(), 0, 256)
+    for row in rows.to_dict("records"):
+        store.add_result(cut, row)
+    store.set_status(cut, "done")
+    ddrs = store.create_run("digits ddrs", "digits", "test", str(ROOT / "assets" / "digits-cnn-constant-0.25.pt"),
+                            "ddrs:0.12,0.5,3,n=32", {}, None, 20, 500, 0.01, "cpu", list(range(6)), 0, 256)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        certify.run_certification(store, ddrs)
+    finally:
+        torch.set_num_threads(before)
+    constant = next(i for i in ids if store.run(i)["sigma_spec"].startswith("constant"))
+    store.close()
+    return db, {"knn": cut, "ddrs": ddrs, "constant": constant}
+
+
+def test_witness_run_counts_refuted_certificates(run_store, capsys: pytest.CaptureFixture[str], one_thread) -> None:
+    db, ids = run_store
+    assert main(["witness", "--run", str(ids["knn"]), "--db", str(db), "--verify", "10000", "--examples", "3"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["run"] == ids["knn"] and out["dim"] == 64 and out["declared_r"] == 0.4
+    assert out["certificate"] == "sound and naive" and out["points"] == 30
+    assert 0 < out["refuted_and_verified"] <= out["refuted_by_data_pair"] <= out["naive_exceeds_sound"] \
+        <= out["examined"] <= 30
+    assert out["verify_n"] == 10000 and 0 < len(out["examples"]) <= 3
+    for e in out["examples"]:
+        assert e["sound_radius"] < e["distance"] < e["naive_radius"] and e["worst_case_probability"] < 0.5
+        assert e["worst_case_probability"] == pytest.approx(float(bounds.worst_case_probability(
+            e["sigma0"], e["sigma1"], e["distance"], e["p_a"], 64)), abs=1e-12)
+    assert any(e.get("verify", {}).get("confirmed") for e in out["examples"])
+    assert main(["witness", "--run", str(ids["constant"]), "--db", str(db), "--examples", "0"]) == 0
+    flat = json.loads(capsys.readouterr().out)
+    assert flat["naive_exceeds_sound"] == 0 and flat["refuted_by_data_pair"] == 0 and flat["examples"] == []
+
+
+def test_witness_run_on_a_ddrs_run_is_naive_only(run_store, capsys: pytest.CaptureFixture[str], one_thread) -> None:
+    db, ids = run_store
+    assert main(["witness", "--run", "digits ddrs", "--db", str(db)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["certificate"] == "naive only (no guarantee)" and out["declared_r"] is None
+    assert out["naive_exceeds_sound"] == out["examined"] > 0  # sound radius 0: every naive radius exceeds it
+    assert any("not differentiable" in note for note in out["notes"])
+
+
+RUN_ERRORS = [
+    (["witness", "--run", "1", "--dim", "3"], "--dim"),
+    (["witness", "--sigma0", "0.25"], "--dim"),
+    (["witness", "--run", "987654"], "987654"),
+]
+
+
+@pytest.mark.parametrize("argv,word", RUN_ERRORS)
+def test_run_mode_errors_are_one_line(run_store, argv: list[str], word: str,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    db, _ = run_store
+    assert main([*argv, "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert word in err and err.startswith("smoothviz witness: error:") and len(err.strip().splitlines()) == 1
