@@ -197,7 +197,7 @@ def test_witness_run_counts_refuted_certificates(run_store, capsys: pytest.Captu
 
 
 def test_witness_run_on_a_ddrs_run_is_naive_only(run_store, capsys: pytest.CaptureFixture[str], one_thread) -> None:
-    db, ids = run_store
+    db, _ = run_store
     assert main(["witness", "--run", "digits ddrs", "--db", str(db)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["certificate"] == "naive only (no guarantee)" and out["declared_r"] is None
