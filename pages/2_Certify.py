@@ -1,4 +1,10 @@
-"""Certify: pick data, checkpoint and sigma function; the run executes as a background job.
+"""Certify: pick data, model and sigma function; the run executes as a background job.
+
+The model is a smoothviz checkpoint from the checkpoint folders, or a model file (a checkpoint of
+the reference code of Cohen et al., SmoothAdv or MACER, or torchvision:NAME with a weights file),
+typed as a path or uploaded, loaded weights-only; the data a registered dataset or the user's
+files (imagefolder:PATH, npz:FILE). The page runs no code from any file: TorchScript and export
+archives and the user's own model code are certified with the command line.
 
 Every value the page reads from the link (or a checkpoint's σ) is checked against the ranges the
 library accepts before it reaches a widget: a value outside them is named in one error line, the
@@ -19,8 +25,9 @@ import torch
 
 from pages._ui import (
     ACTIVE, ERROR_ICON, PAGES, ROOT, WARNING_ICON, db_path, display_path, engine_batch_size, entered_page,
-    executing_runs, get_store, job_manager, list_checkpoints, load_dataset, load_sigma, one_line, run_label,
-    set_query, setup_page, short_spec, show_error, shown, stop_on_error, unusable_checkpoints,
+    executing_runs, foreign_batch_size, foreign_model, foreign_rate, get_store, job_manager, list_checkpoints,
+    load_dataset, load_reference, load_sigma, one_line, run_label, save_upload, set_query, setup_page, short_spec,
+    show_error, shown, stop_on_error, unusable_checkpoints,
 )
 from smoothviz import analysis, cost, data, plots
 from smoothviz.errors import SmoothvizError
@@ -34,6 +41,8 @@ from smoothviz.store import check_run_name
 
 setup_page("Certify", ":material/verified:")
 INT_MAX = 2**53 - 1  # the largest integer a browser's number field holds exactly
+DATA_MODES = ("a registered dataset", "your files")
+MODEL_MODES = ("a smoothviz checkpoint", "a model file")
 FALLBACK_SPEC = "constant:0.25"
 LINK_ERRORS = "_certify_link_errors"  # key -> [message, the value shown instead (None until drawn)]
 
@@ -149,9 +158,38 @@ def sigma_errors(params: dict, n_train: int) -> list[str]:
 
 # ---------------------------------------------------------------- jobs
 @st.cache_data(max_entries=16, show_spinner="Computing σ(x) on the chosen points…")
-def sigma_on_points(dataset: str, spec: str, indices: tuple[int, ...]) -> np.ndarray:
-    sigma_fn = load_sigma(dataset, spec)
+def sigma_on_points(dataset: str, spec: str, indices: tuple[int, ...], reference: str | None = None) -> np.ndarray:
+    sigma_fn = load_sigma(dataset, spec, reference)
     return sigma_fn(load_dataset(dataset).test_x[list(indices)]).detach().cpu().numpy().astype(float)
+
+
+@st.cache_data(max_entries=16, show_spinner="Checking the model against the data…")
+def model_misfit(model: str, weights: str | None, stamp: float, dataset: str) -> str | None:
+    """Why a foreign model does not fit the data (shape, classes, value range, a probe batch), or None."""
+    from smoothviz.model_sources import check_fits
+
+    loaded = foreign_model(model, weights)
+    try:
+        check_fits(loaded.module, loaded.info, load_dataset(dataset), loaded.info.source)
+    except SmoothvizError as exc:
+        return one_line(str(exc))
+    return None
+
+
+def take_upload() -> None:
+    """Uploader callback: keep the uploaded file under uploads/ and put its path in the model field."""
+    upload = st.session_state.get("model_upload")
+    if upload is not None:
+        try:
+            st.session_state["model_path"] = str(save_upload(upload.name, upload.getvalue()))
+        except SmoothvizError as exc:
+            st.session_state["_certify_upload_error"] = one_line(str(exc))
+
+
+def absolute(text: str) -> str:
+    """A typed path as an absolute path (relative ones are taken from the repository)."""
+    path = Path(text.strip()).expanduser()
+    return str(path if path.is_absolute() else ROOT / path)
 
 
 @st.cache_data(max_entries=32, ttl=600, show_spinner="Measuring the sampling rate…")
@@ -270,8 +308,10 @@ def run_panel(run_id: int) -> None:
                  icon=ERROR_ICON)
         return
     st.subheader(f"Run {run_label(run)}")
-    st.caption(f"{run['dataset']} · {run['sigma_spec']} · n0 = {run['n0']}, n = {run['n']}, "
-               f"α = {run['alpha']} · checkpoint `{display_path(Path(run['checkpoint'])) if run['checkpoint'] else '—'}`")
+    described = (run.get("options") or {}).get("model") or {}
+    st.caption(f"{one_line(run['dataset'])} · {run['sigma_spec']} · n0 = {run['n0']}, n = {run['n']}, "
+               f"α = {run['alpha']} · checkpoint `{display_path(Path(run['checkpoint'])) if run['checkpoint'] else '—'}`"
+               + (f" · {described['description']}" if described.get("description") else ""))
     failed_start = st.session_state.pop("_certify_start_error", None)
     if failed_start:
         st.error(failed_start, icon=ERROR_ICON)
@@ -312,7 +352,7 @@ def run_panel(run_id: int) -> None:
 st.title("Certify test points")
 # Entering the page (from another page, a link or a reload) applies the link; later reruns keep
 # what the widgets hold.
-entering = entered_page() or "dataset" not in st.session_state
+entering = entered_page() or "data_mode" not in st.session_state
 if entering:
     st.session_state[LINK_ERRORS] = {}
 current_run = None
@@ -338,35 +378,124 @@ names = data.dataset_names()
 if entering:
     st.session_state["dataset"] = link_choice("dataset", names) or data.DEFAULT_DATASET
 c1, c2 = st.columns(2)
-dataset = c1.selectbox("Dataset", names, key="dataset")
-if dataset in data.DATASET_INFO:
-    c1.caption(data.DATASET_INFO[dataset].description)
-with stop_on_error():
-    ds = load_dataset(dataset)
-n_train, n_test = int(ds.train_x.shape[0]), int(ds.test_x.shape[0])
+data_mode = c1.radio("Data", DATA_MODES, key="data_mode", horizontal=True)
+model_mode = c2.radio("Model", MODEL_MODES, key="model_mode", horizontal=True)
+reference_text = ""
+if data_mode == DATA_MODES[0]:
+    dataset = c1.selectbox("Dataset", names, key="dataset")
+    if dataset in data.DATASET_INFO:
+        c1.caption(data.DATASET_INFO[dataset].description)
+else:
+    source_text = c1.text_input(
+        "Your data (imagefolder:PATH or npz:FILE)", key="data_source",
+        help="imagefolder:PATH — class folders of images (torchvision ImageFolder layout, e.g. an ImageNet "
+             "validation set); npz:FILE — arrays x (channels first, values in [0, 1]) and y. Resize and centre "
+             "crop follow the model's preprocessing unless written as imagefolder(resize=256,crop=224):PATH. "
+             "Images are decoded only when a point is used.").strip()
+    reference_text = c1.text_input(
+        "kNN reference points (for a knn σ; imagefolder:PATH or npz:FILE)", key="sigma_reference",
+        help="The training points the kNN σ(x) measures distances to, decoded like the data; their statistic m "
+             "is cached by their content.").strip()
 
-ckpts = list_checkpoints(dataset)
-if not ckpts:
-    set_query(dataset=dataset)
-    st.warning(f"No usable checkpoint trained on **{dataset}** under assets/ or runs/checkpoints/. Train one on "
-               f"the Train page or with `python -m smoothviz train --dataset {dataset} ...`.", icon=WARNING_ICON)
-    for path, why in unusable_checkpoints():
-        st.caption(f"`{display_path(Path(path))}` cannot be used: {one_line(why)}")
-    st.stop()
-metas = {display_path(p): m for p, m in ckpts}
-if entering or "ckpt" not in st.session_state or st.session_state["ckpt"] not in metas:
-    st.session_state["ckpt"] = (link_choice("ckpt", list(metas)) if entering else None) or next(iter(metas))
-ckpt = c2.selectbox("Checkpoint", list(metas), key="ckpt")
-meta = metas[ckpt]
-acc = meta.get("clean_accuracy")
-c2.caption(f"arch {meta.get('arch')} · trained with σ = `{meta.get('sigma')}`"
-           + (f" · clean accuracy {acc:.3f}" if isinstance(acc, (int, float)) else ""))
-unusable = unusable_checkpoints()
-if unusable:
-    with c2.expander(f"{plural(len(unusable), 'checkpoint')} in the checkpoint folders cannot be used",
-                     icon=WARNING_ICON):
-        for path, why in unusable:
-            st.markdown(f"- `{display_path(Path(path))}`: {one_line(why)}")
+meta: dict = {}
+record = None  # what a run records of a foreign model (options["model"])
+if model_mode == MODEL_MODES[0]:
+    if data_mode != DATA_MODES[0]:
+        st.warning("A smoothviz checkpoint certifies the dataset it was trained on; choose **a model file** for "
+                   "your own data.", icon=WARNING_ICON)
+        st.stop()
+    with stop_on_error():
+        ds = load_dataset(dataset)
+    ckpts = list_checkpoints(dataset)
+    if not ckpts:
+        set_query(dataset=dataset)
+        st.warning(f"No usable checkpoint trained on **{dataset}** under assets/ or runs/checkpoints/. Train one on "
+                   f"the Train page or with `python -m smoothviz train --dataset {dataset} ...`, or choose "
+                   "**a model file**.", icon=WARNING_ICON)
+        for path, why in unusable_checkpoints():
+            st.caption(f"`{display_path(Path(path))}` cannot be used: {one_line(why)}")
+        st.stop()
+    metas = {display_path(p): m for p, m in ckpts}
+    if entering or "ckpt" not in st.session_state or st.session_state["ckpt"] not in metas:
+        st.session_state["ckpt"] = (link_choice("ckpt", list(metas)) if entering else None) or next(iter(metas))
+    ckpt = c2.selectbox("Checkpoint", list(metas), key="ckpt")
+    meta = metas[ckpt]
+    checkpoint = ckpt
+    acc = meta.get("clean_accuracy")
+    c2.caption(f"arch {meta.get('arch')} · trained with σ = `{meta.get('sigma')}`"
+               + (f" · clean accuracy {acc:.3f}" if isinstance(acc, (int, float)) else ""))
+    unusable = unusable_checkpoints()
+    if unusable:
+        with c2.expander(f"{plural(len(unusable), 'checkpoint')} in the checkpoint folders cannot be used",
+                         icon=WARNING_ICON):
+            for path, why in unusable:
+                st.markdown(f"- `{display_path(Path(path))}`: {one_line(why)}")
+else:
+    c2.file_uploader("Upload a model file", key="model_upload", on_change=take_upload,
+                     help="Kept under uploads/ next to the results store, named by its content.")
+    upload_error = st.session_state.pop("_certify_upload_error", None)
+    if upload_error:
+        c2.error(upload_error, icon=ERROR_ICON)
+    model_text = c2.text_input(
+        "Model file, or torchvision:NAME", key="model_path",
+        help="A checkpoint of the reference code of Cohen et al. 2019, SmoothAdv or MACER (its architecture is "
+             "rebuilt, its normalisation implied), or torchvision:NAME with a weights file. Loaded weights-only: "
+             "nothing in the file runs. TorchScript/export archives and your own model code run code, so they are "
+             "certified with the command line (--trust-archive, --model-code).").strip()
+    weights_text = c2.text_input("Weights file (state dict, for torchvision:NAME)", key="model_weights").strip() \
+        if model_text.startswith("torchvision:") else ""
+    trained_sigma = c2.number_input("σ the model was trained with (optional; the default σ)", value=None,
+                                    step=0.05, format="%.6g", key="model_sigma")
+    if not model_text:
+        st.info("Give a model file (or upload one), or torchvision:NAME with its weights.", icon=":material/info:")
+        st.stop()
+    model_path = model_text if model_text.startswith("torchvision:") else absolute(model_text)
+    weights_path = absolute(weights_text) if weights_text else None
+    if trained_sigma is not None and not (math.isfinite(trained_sigma) and SIGMA_MIN <= trained_sigma <= SIGMA_MAX):
+        st.error(f"trained σ = {trained_sigma:g} is outside [{SIGMA_MIN:g}, {SIGMA_MAX:g}]", icon=ERROR_ICON)
+        st.stop()
+    with stop_on_error():
+        loaded = foreign_model(model_path, weights_path, trained_sigma)
+    info = loaded.info
+    c2.caption(f"{info.source} · takes {list(info.input_shape)}, {info.num_classes} classes · "
+               f"normalisation: {info.normalisation}")
+    if data_mode == DATA_MODES[0]:
+        dataset = st.session_state["dataset"]
+    else:
+        if not source_text:
+            st.info("Name your data as imagefolder:PATH or npz:FILE.", icon=":material/info:")
+            st.stop()
+        with stop_on_error():
+            from smoothviz.data_sources import parse_source
+
+            channels = info.input_shape[0] if len(info.input_shape) == 3 else None
+            dataset = parse_source(source_text).with_defaults(info.preprocess, channels).name
+    with stop_on_error():
+        ds = load_dataset(dataset)
+    misfit = model_misfit(model_path, weights_path, Path(model_path).stat().st_mtime
+                          if Path(model_path).exists() else 0.0, dataset)
+    if misfit:
+        st.error(misfit, icon=ERROR_ICON)
+        st.stop()
+    from smoothviz.model_sources import ModelRequest, run_checkpoint, run_record
+
+    request = ModelRequest(model=model_path, weights=weights_path, trained_sigma=trained_sigma)
+    record = run_record(request, info, dataset)
+    checkpoint = run_checkpoint(request)
+    ckpt = display_path(Path(checkpoint))
+    meta = {"sigma": None if info.trained_sigma is None else f"constant:{info.trained_sigma!r}", "arch": info.arch}
+    if data_mode != DATA_MODES[0]:
+        c1.caption(f"`{one_line(dataset)}` · {plural(len(ds.test_y), 'point')} · {len(ds.class_names)} classes · "
+                   f"inputs {list(ds.input_shape)}")
+reference_record = None
+if reference_text:
+    with stop_on_error():
+        reference = load_reference(reference_text, dataset)
+    reference_record = {"source": reference.name, "sha256": reference.sha256}
+    n_train = int(reference.x.shape[0])
+else:
+    n_train = int(ds.train_x.shape[0])
+n_test = int(ds.test_x.shape[0])
 
 # σ widgets are keyed by checkpoint, so choosing another checkpoint starts from its metadata; the
 # link's spec (when the page is entered) comes first. A refused spec falls back visibly.
@@ -462,7 +591,8 @@ check_number(errors, "seed", seed, 0, cost.SEED_MAX)
 check_number(errors, "points", points, 1, n_test)
 if n0 is not None and n is not None and n0 > n:
     errors.append(f"n0 = {n0} must not exceed n = {n} (n0 samples only pick the class; n estimate its probability).")
-engine_batch = engine_batch_size(ckpt, device)
+engine_batch = engine_batch_size(ckpt, device) if record is None else foreign_batch_size(model_path, weights_path,
+                                                                                         device)
 bk = f"batch@{ckpt}|{device}"
 if entering or bk not in st.session_state:
     st.session_state[bk] = int(engine_batch)
@@ -508,12 +638,14 @@ if link_errors and st.button("Use the values shown", key="accept_shown",
     st.rerun()
 for e in errors:
     st.error(e, icon=ERROR_ICON)
-set_query(dataset=dataset, ckpt=ckpt, sigma=spec, n0=n0, n=n, alpha=alpha, seed=seed, points=points,
+# A model file and the user's files stay out of the link: a link never makes the page read a path.
+set_query(dataset=dataset if data_mode == DATA_MODES[0] else None, ckpt=ckpt if record is None else None,
+          sigma=spec, n0=n0, n=n, alpha=alpha, seed=seed, points=points,
           device=device, indices=index_text or None)
 
 if indices and not errors:
     try:
-        sig_values = sigma_on_points(dataset, spec, tuple(indices))
+        sig_values = sigma_on_points(dataset, spec, tuple(indices), reference_text or None)
     except SmoothvizError as exc:
         show_error(exc)
         errors.append(str(exc))
@@ -533,7 +665,8 @@ if indices and not errors:
 
 if indices and not errors:
     try:
-        rate = sampling_rate(ckpt, device, int(batch_size))
+        rate = sampling_rate(ckpt, device, int(batch_size)) if record is None else \
+            foreign_rate(model_path, weights_path, device, int(batch_size))
     except SmoothvizError as exc:
         show_error(exc)
         errors.append(str(exc))
@@ -560,6 +693,10 @@ config = None if blocked else {
     "sigma_params": params, "r": r_semi, "n0": int(n0), "n": int(n), "alpha": float(alpha), "device": device,
     "indices": indices, "seed": int(seed), "batch_size": int(batch_size),
 }
+if config is not None and record is not None:
+    config.update(checkpoint=checkpoint, options={"model": record})
+if config is not None and reference_record is not None:
+    config["options"] = {**config.get("options", {}), "sigma_reference": reference_record}
 token = st.session_state.setdefault("_certify_token", uuid.uuid4().hex)
 st.button("Run certification", type="primary", disabled=blocked, key="run_button",
           on_click=start_run, args=(token, config))

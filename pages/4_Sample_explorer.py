@@ -1,7 +1,13 @@
-"""Sample explorer: one test point under randomized smoothing with sigma(x)."""
+"""Sample explorer: one test point under randomized smoothing with sigma(x).
+
+The model is a smoothviz checkpoint, or a model file (reference-code, SmoothAdv or MACER
+checkpoint, torchvision:NAME with weights; loaded weights-only) on a registered dataset or the
+user's files (imagefolder:PATH, npz:FILE), with optional kNN reference points.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,14 +15,18 @@ import streamlit as st
 
 from pages._ui import (
     ERROR_ICON,
+    ROOT,
     WARNING_ICON,
     checkpoint_label,
     display_path,
     entered_page,
+    foreign_model,
     list_checkpoints,
     load_dataset,
     load_model,
+    load_reference,
     load_sigma,
+    one_line,
     set_query,
     setup_page,
     shown,
@@ -36,6 +46,7 @@ st.caption(
 )
 
 IMAGE_DATASETS = [name for name, info in DATASET_INFO.items() if len(info.input_shape) > 1]
+MODEL_MODES = ("a smoothviz checkpoint", "a model file")
 N_CHOICES = (1000, 2000, 5000, 10000)
 MAX_NEIGHBOUR_IMAGES = 40  # a kNN σ may use hundreds of neighbours; the grid shows the nearest ones
 MAX_SPEC_CHARS = 200  # far longer than any sigma spec; a longer text is refused before it is parsed
@@ -61,71 +72,54 @@ def spec_problem(spec: str) -> str | None:
 
 
 @st.cache_data(max_entries=8, show_spinner="σ(x) over the test set…")
-def test_sigmas(dataset: str, spec: str):
+def test_sigmas(dataset: str, spec: str, reference: str | None = None):
     """sigma(x) on a fixed subset of test points, to place one point's sigma among the others."""
     from smoothviz.explorer import sample_test_sigmas
 
-    return sample_test_sigmas(load_sigma(dataset, spec), load_dataset(dataset))
+    return sample_test_sigmas(load_sigma(dataset, spec, reference), load_dataset(dataset))
 
 
 @st.cache_data(max_entries=64, show_spinner="Sampling noisy copies and certifying…")
-def explore(dataset: str, ckpt: str, mtime: float, spec: str, idx: int, n0: int, n: int, alpha: float, seed: int):
-    """The explorer's data for one point, cached by identifiers (``mtime`` invalidates a retrained checkpoint)."""
+def explore(dataset: str, source: tuple, spec: str, idx: int, n0: int, n: int, alpha: float, seed: int,
+            reference: str | None = None):
+    """The explorer's data for one point, cached by identifiers. ``source``: ("checkpoint", path,
+    mtime) or ("file", model, weights, mtime); ``mtime`` invalidates a changed file. With
+    ``reference``, the kNN neighbours are the reference points."""
     from smoothviz.explorer import explore_point
 
-    model, _ = load_model(ckpt, dataset=dataset)
-    return explore_point(
-        model, load_dataset(dataset), idx, load_sigma(dataset, spec), n0=n0, n=n, alpha=alpha, seed=seed
-    )
+    if source[0] == "checkpoint":
+        model, _ = load_model(source[1], dataset=dataset)
+    else:
+        model = foreign_model(source[1], source[2]).module
+    ds = load_dataset(dataset)
+    if reference:
+        points = load_reference(reference, dataset)
+        ds = replace(ds, train_x=points.x, train_y=points.y)
+    return explore_point(model, ds, idx, load_sigma(dataset, spec, reference), n0=n0, n=n, alpha=alpha, seed=seed)
 
 
-# ---------------------------------------------------------------- dataset
-# The link seeds the widgets whenever the page is entered (a shared link, or one from another page);
-# on the page's own reruns the widgets lead. A link value that cannot be used is replaced by the
-# default (or clamped) with a note, never silently.
-entering = entered_page()
-if entering or "ex_dataset" not in st.session_state:
-    q_dataset = st.query_params.get("dataset", DEFAULT_DATASET)
-    if q_dataset in DATASET_INFO and q_dataset not in IMAGE_DATASETS:
-        st.info(f"**{q_dataset}** has 2-D inputs: explore it in the 2-D playground instead.",
-                icon=":material/info:")
-        st.page_link("pages/5_2D_playground.py", label="Open the 2-D playground", icon=":material/scatter_plot:",
-                     query_params={"dataset": q_dataset})
-    elif q_dataset not in IMAGE_DATASETS:
-        note(f"The link's dataset={shown(q_dataset)} is not a dataset of images; showing {DEFAULT_DATASET}.")
-    st.session_state.ex_dataset = q_dataset if q_dataset in IMAGE_DATASETS else DEFAULT_DATASET
+@st.cache_data(max_entries=16, show_spinner="Checking the model against the data…")
+def model_misfit(model: str, weights: str | None, mtime: float, dataset: str) -> str | None:
+    """Why a model file does not fit the data (shape, classes, value range, a probe batch), or None."""
+    from smoothviz.model_sources import check_fits
 
-with st.sidebar:
-    st.header("Point")
-    dataset_name = st.selectbox(
-        "Dataset",
-        IMAGE_DATASETS,
-        key="ex_dataset",
-        format_func=lambda d: f"{d} — {DATASET_INFO[d].description}",
-    )
-
-with stop_on_error():
-    ds = load_dataset(dataset_name)
-
-# ---------------------------------------------------------------- checkpoint
-ckpts = list_checkpoints(dataset_name)
-if not ckpts:
-    set_query(dataset=dataset_name)
-    st.warning(
-        f"No checkpoint trained on **{dataset_name}** in assets/ or runs/checkpoints/. "
-        "Train one on the Train page, then come back.",
-        icon=WARNING_ICON,
-    )
-    st.page_link("pages/6_Train.py", label="Go to the Train page", icon=":material/model_training:")
-    st.stop()
-paths = [p for p, _ in ckpts]
-metas = dict(ckpts)
-labels = {p: display_path(Path(p)) for p in paths}
+    loaded = foreign_model(model, weights)
+    try:
+        check_fits(loaded.module, loaded.info, load_dataset(dataset), loaded.info.source)
+    except SmoothvizError as exc:
+        return one_line(str(exc))
+    return None
 
 
-def _on_checkpoint_change() -> None:
-    """A new checkpoint brings its own training sigma as the default sigma function."""
-    st.session_state.ex_sigma = str(metas[st.session_state.ex_ckpt].get("sigma") or "constant:0.25")
+def absolute(text: str) -> str:
+    """A typed path as an absolute path (relative ones are taken from the repository)."""
+    path = Path(text.strip()).expanduser()
+    return str(path if path.is_absolute() else ROOT / path)
+
+
+def mtime(path: str) -> float:
+    """A file's modification time (0 for torchvision:NAME and missing files), to key caches."""
+    return Path(path).stat().st_mtime if Path(path).exists() else 0.0
 
 
 def _random_index(size: int) -> None:
@@ -133,45 +127,151 @@ def _random_index(size: int) -> None:
     st.session_state.ex_idx = int(np.random.default_rng().integers(size))
 
 
-num_test = len(ds.test_y)
-if entering or st.session_state.get("ex_ckpt") not in paths:
-    by_label = {v: k for k, v in labels.items()}
-    q_ckpt = st.query_params.get("ckpt") if entering else None
-    if q_ckpt is not None and q_ckpt not in by_label:
-        note(f"The link's ckpt={shown(q_ckpt)} is not one of the checkpoints for {dataset_name}; "
-             f"showing {labels[paths[0]]}.")
-    st.session_state.ex_ckpt = by_label.get(q_ckpt, paths[0])
-    st.session_state.ex_sigma = str(
-        (str(st.query_params.get("sigma") or "").strip() if entering else None)
-        or metas[st.session_state.ex_ckpt].get("sigma")
-        or "constant:0.25"
-    )
-if entering or "ex_idx" not in st.session_state:
-    q_idx = st.query_params.get("idx")
-    try:
-        st.session_state.ex_idx = int(q_idx) if q_idx is not None else 0
-    except ValueError:
-        note(f"The link's idx={shown(q_idx)} is not a test index; showing test point 0.")
+# ---------------------------------------------------------------- model and data
+entering = entered_page()
+with st.sidebar:
+    st.header("Point")
+    model_mode = st.radio("Model", MODEL_MODES, key="ex_model_mode", horizontal=True)
+reference_text = ""
+if model_mode == MODEL_MODES[1]:
+    with st.sidebar:
+        model_text = st.text_input(
+            "Model file, or torchvision:NAME", key="ex_model_path",
+            help="A checkpoint of the reference code of Cohen et al. 2019, SmoothAdv or MACER, or torchvision:NAME "
+                 "with a weights file; loaded weights-only, nothing in it runs.").strip()
+        weights_text = st.text_input("Weights file (for torchvision:NAME)", key="ex_model_weights").strip() \
+            if model_text.startswith("torchvision:") else ""
+        data_text = st.text_input(
+            "Data: a dataset name, imagefolder:PATH or npz:FILE", key="ex_data_source",
+            help="Default: the dataset the model was trained on, when smoothviz has it.").strip()
+        reference_text = st.text_input("kNN reference points (imagefolder:PATH or npz:FILE)",
+                                       key="ex_sigma_reference").strip()
+    if not model_text:
+        st.info("Give a model file (reference-code, SmoothAdv or MACER checkpoint), or torchvision:NAME with its "
+                "weights, in the sidebar.", icon=":material/info:")
+        st.stop()
+    model_path = model_text if model_text.startswith("torchvision:") else absolute(model_text)
+    weights_path = absolute(weights_text) if weights_text else None
+    with stop_on_error():
+        info = foreign_model(model_path, weights_path).info
+    st.caption(f"Model: {info.source} · takes {list(info.input_shape)}, {info.num_classes} classes · "
+               f"normalisation: {info.normalisation}")
+    if len(info.input_shape) != 3:
+        st.warning("This model takes inputs that are not images; the explorer shows images.", icon=WARNING_ICON)
+        st.stop()
+    with stop_on_error():
+        from smoothviz.data import canonical_name
+        from smoothviz.data_sources import is_source, parse_source
+
+        text = data_text or info.dataset or ""
+        if not text:
+            raise SmoothvizError(f"{info.source} does not say which data it takes; name it in the sidebar")
+        dataset_name = parse_source(text).with_defaults(info.preprocess, info.input_shape[0]).name \
+            if is_source(text) else canonical_name(text)
+        ds = load_dataset(dataset_name)
+    misfit = model_misfit(model_path, weights_path, mtime(model_path), dataset_name)
+    if misfit:
+        st.error(misfit, icon=ERROR_ICON)
+        st.stop()
+    source = ("file", model_path, weights_path, mtime(model_path))
+    if st.session_state.get("_ex_model_key") != (model_path, dataset_name):  # a new model or data: fresh defaults
+        st.session_state["_ex_model_key"] = (model_path, dataset_name)
+        st.session_state.ex_sigma = f"constant:{info.trained_sigma!r}" if info.trained_sigma else "constant:0.25"
         st.session_state.ex_idx = 0
+    num_test = len(ds.test_y)
+    link_ckpt = None
+    if entering or "ex_n" not in st.session_state:
+        st.session_state.ex_n = 2000
+else:
+    # The link seeds the widgets whenever the page is entered (a shared link, or one from another page);
+    # on the page's own reruns the widgets lead. A link value that cannot be used is replaced by the
+    # default (or clamped) with a note, never silently.
+    if entering or "ex_dataset" not in st.session_state:
+        q_dataset = st.query_params.get("dataset", DEFAULT_DATASET)
+        if q_dataset in DATASET_INFO and q_dataset not in IMAGE_DATASETS:
+            st.info(f"**{q_dataset}** has 2-D inputs: explore it in the 2-D playground instead.",
+                    icon=":material/info:")
+            st.page_link("pages/5_2D_playground.py", label="Open the 2-D playground", icon=":material/scatter_plot:",
+                         query_params={"dataset": q_dataset})
+        elif q_dataset not in IMAGE_DATASETS:
+            note(f"The link's dataset={shown(q_dataset)} is not a dataset of images; showing {DEFAULT_DATASET}.")
+        st.session_state.ex_dataset = q_dataset if q_dataset in IMAGE_DATASETS else DEFAULT_DATASET
+
+    with st.sidebar:
+        dataset_name = st.selectbox(
+            "Dataset",
+            IMAGE_DATASETS,
+            key="ex_dataset",
+            format_func=lambda d: f"{d} — {DATASET_INFO[d].description}",
+        )
+
+    with stop_on_error():
+        ds = load_dataset(dataset_name)
+
+    # ---------------------------------------------------------------- checkpoint
+    ckpts = list_checkpoints(dataset_name)
+    if not ckpts:
+        set_query(dataset=dataset_name)
+        st.warning(
+            f"No checkpoint trained on **{dataset_name}** in assets/ or runs/checkpoints/. "
+            "Train one on the Train page, then come back.",
+            icon=WARNING_ICON,
+        )
+        st.page_link("pages/6_Train.py", label="Go to the Train page", icon=":material/model_training:")
+        st.stop()
+    paths = [p for p, _ in ckpts]
+    metas = dict(ckpts)
+    labels = {p: display_path(Path(p)) for p in paths}
+
+
+    def _on_checkpoint_change() -> None:
+        """A new checkpoint brings its own training sigma as the default sigma function."""
+        st.session_state.ex_sigma = str(metas[st.session_state.ex_ckpt].get("sigma") or "constant:0.25")
+
+    num_test = len(ds.test_y)
+    if entering or st.session_state.get("ex_ckpt") not in paths:
+        by_label = {v: k for k, v in labels.items()}
+        q_ckpt = st.query_params.get("ckpt") if entering else None
+        if q_ckpt is not None and q_ckpt not in by_label:
+            note(f"The link's ckpt={shown(q_ckpt)} is not one of the checkpoints for {dataset_name}; "
+                 f"showing {labels[paths[0]]}.")
+        st.session_state.ex_ckpt = by_label.get(q_ckpt, paths[0])
+        st.session_state.ex_sigma = str(
+            (str(st.query_params.get("sigma") or "").strip() if entering else None)
+            or metas[st.session_state.ex_ckpt].get("sigma")
+            or "constant:0.25"
+        )
+    if entering or "ex_idx" not in st.session_state:
+        q_idx = st.query_params.get("idx")
+        try:
+            st.session_state.ex_idx = int(q_idx) if q_idx is not None else 0
+        except ValueError:
+            note(f"The link's idx={shown(q_idx)} is not a test index; showing test point 0.")
+            st.session_state.ex_idx = 0
+    if entering or "ex_n" not in st.session_state:
+        q_n = st.query_params.get("n")
+        if q_n is not None and q_n not in {str(c) for c in N_CHOICES}:
+            note(f"The link's n={shown(q_n)} is not one of {', '.join(map(str, N_CHOICES))}; using 2000.")
+        st.session_state.ex_n = int(q_n) if q_n in {str(c) for c in N_CHOICES} else 2000
+
+    with st.sidebar:
+        ckpt = st.selectbox(
+            "Checkpoint",
+            paths,
+            key="ex_ckpt",
+            format_func=lambda p: checkpoint_label(labels[p], metas[p]),
+            on_change=_on_checkpoint_change,
+        )
+    source = ("checkpoint", ckpt, mtime(ckpt))
+    link_ckpt = labels[ckpt]
+
 if not 0 <= st.session_state.ex_idx < num_test:
     clamped = min(max(int(st.session_state.ex_idx), 0), num_test - 1)
     note(f"Test index {st.session_state.ex_idx} is outside [0, {num_test - 1}] ({dataset_name} has "
          f"{plots.plural(num_test, 'test point')}); showing {clamped}.")
     st.session_state.ex_idx = clamped
-if entering or "ex_n" not in st.session_state:
-    q_n = st.query_params.get("n")
-    if q_n is not None and q_n not in {str(c) for c in N_CHOICES}:
-        note(f"The link's n={shown(q_n)} is not one of {', '.join(map(str, N_CHOICES))}; using 2000.")
-    st.session_state.ex_n = int(q_n) if q_n in {str(c) for c in N_CHOICES} else 2000
 
 with st.sidebar:
-    ckpt = st.selectbox(
-        "Checkpoint",
-        paths,
-        key="ex_ckpt",
-        format_func=lambda p: checkpoint_label(labels[p], metas[p]),
-        on_change=_on_checkpoint_change,
-    )
     spec = st.text_input(
         "σ function",
         key="ex_sigma",
@@ -201,16 +301,18 @@ for problem in problems:
 if problems:
     st.stop()
 with stop_on_error():
-    load_sigma(dataset_name, spec)  # a spec that parses can still not fit the data (k above the training size)
+    # a spec that parses can still not fit the data (k above the training size, no training points)
+    load_sigma(dataset_name, spec, reference_text or None)
 
-set_query(dataset=dataset_name, ckpt=labels[ckpt], sigma=spec, idx=int(idx), n=int(n))
+# A model file and the user's files stay out of the link: a link never makes the page read a path.
+set_query(dataset=dataset_name if link_ckpt else None, ckpt=link_ckpt, sigma=spec, idx=int(idx), n=int(n))
 
 with stop_on_error():
-    res = explore(
-        dataset_name, ckpt, Path(ckpt).stat().st_mtime, spec, int(idx), int(n0), int(n), float(alpha), int(seed)
-    )
+    res = explore(dataset_name, source, spec, int(idx), int(n0), int(n), float(alpha), int(seed),
+                  reference_text or None)
 
 names = ds.class_names
+neighbour_names = load_reference(reference_text, dataset_name).class_names if reference_text else names
 
 # ---------------------------------------------------------------- summary
 cols = st.columns(6)
@@ -253,7 +355,7 @@ with left:
         key="ex_image",
     )
     if res.neighbours is not None:
-        context = test_sigmas(dataset_name, spec)
+        context = test_sigmas(dataset_name, spec, reference_text or None)
         fig = plots.sigma_histogram_figure(context, nbins=25)
         fig.add_vline(x=res.sigma, line_dash="dash", line_width=2, annotation_text=f"#{res.idx}")
         fig.update_layout(title=f"σ(x) over {plots.plural(len(context), 'test point')}", height=300,
@@ -266,7 +368,7 @@ with right:
         st.plotly_chart(
             plots_explore.image_grid(
                 nb.images[:shown_nb],
-                titles=[f"{names[int(y)]}<br>d = {d:.2f}" for d, y in zip(nb.distances[:shown_nb], nb.labels)],
+                titles=[f"{neighbour_names[int(y)]}<br>d = {d:.2f}" for d, y in zip(nb.distances[:shown_nb], nb.labels)],
                 cols=min(10, shown_nb),
                 title=f"The k = {len(nb.indices)} nearest training images (mean L2 distance {nb.distances.mean():.3f})"
                 + ("" if shown_nb == len(nb.indices) else f"; the {shown_nb} nearest shown"),

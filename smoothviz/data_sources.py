@@ -546,11 +546,14 @@ def clear_cache() -> None:
 
 @dataclass(frozen=True)
 class ReferenceSet:
-    """Training points for a kNN sigma(x): every point decoded, and the hash of their content."""
+    """Training points for a kNN sigma(x): every point decoded, their labels and class names (to
+    show neighbours), and the hash of their content."""
 
     name: str
     x: torch.Tensor
     sha256: str
+    y: torch.Tensor
+    class_names: list[str]
 
 
 def _file_chunks(path: str) -> Iterator[bytes]:
@@ -579,7 +582,7 @@ def load_reference(text: str, like: Dataset | None = None) -> ReferenceSet:
         dataset = load_source(spec.name)
         for chunk in _file_chunks(spec.path):
             digest.update(chunk)
-        x = materialize(dataset.test_x)
+        x, y, names = materialize(dataset.test_x), dataset.test_y, dataset.class_names
     else:
         root = Path(spec.path)
         if not root.is_dir():
@@ -596,7 +599,8 @@ def load_reference(text: str, like: Dataset | None = None) -> ReferenceSet:
             raise DatasetUnavailable(f"imagefolder {root}: images decode to {len(shapes)} different shapes; "
                                      f"give a crop: imagefolder(crop=N):{root}")
         x = torch.stack(points)
+        y, names = torch.tensor([label for _, label in samples], dtype=torch.int64), classes
     if like is not None and tuple(x.shape[1:]) != tuple(like.input_shape):
         raise DatasetUnavailable(f"sigma reference {spec.name}: points of shape {list(x.shape[1:])}, but the data "
                                  f"{like.name} has shape {list(like.input_shape)}")
-    return ReferenceSet(spec.name, x, digest.hexdigest())
+    return ReferenceSet(spec.name, x, digest.hexdigest(), y, list(names))

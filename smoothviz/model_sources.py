@@ -571,14 +571,20 @@ def _open_torchvision(name: str, request: ModelRequest, device: torch.device) ->
 # ----------------------------------------------------------------------------- archives
 
 
-def archive_kind(data: bytes) -> str | None:
-    """``torchscript`` or ``export`` when ``data`` is such an archive (read from its file list
-    alone, nothing loaded), else None."""
-    if not data.startswith(b"PK"):
-        return None
+def archive_kind(data: bytes | Path) -> str | None:
+    """``torchscript`` or ``export`` when ``data`` (bytes, or a file) is such an archive, read
+    from its list of members alone (nothing loaded); else None."""
     try:
-        names = zipfile.ZipFile(io.BytesIO(data)).namelist()
-    except zipfile.BadZipFile:
+        if isinstance(data, Path):
+            with data.open("rb") as fh:
+                if fh.read(2) != b"PK":
+                    return None
+            names = zipfile.ZipFile(data).namelist()
+        elif data.startswith(b"PK"):
+            names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+        else:
+            return None
+    except (zipfile.BadZipFile, OSError):
         return None
     if any("/code/__torch__/" in n or n.endswith("/constants.pkl") for n in names):
         return "torchscript"

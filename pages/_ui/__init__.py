@@ -140,11 +140,107 @@ def load_dataset(name: str):
 
 
 @st.cache_resource(max_entries=8, show_spinner="Preparing σ(x)…")
-def load_sigma(dataset: str, spec: str):
-    """The sigma function ``spec`` on ``dataset``'s training set, built once for all pages (kNN statistics)."""
-    from smoothviz.sigma import build_sigma
+def load_sigma(dataset: str, spec: str, reference: str | None = None):
+    """The sigma function ``spec`` on ``dataset``'s training set, or for a kNN σ on the reference
+    points ``reference`` (``imagefolder:PATH``/``npz:FILE``), built once for all pages."""
+    from smoothviz.knn_reference import build_run_sigma
 
-    return build_sigma(spec, load_dataset(dataset).train_x)
+    return build_run_sigma(spec, load_dataset(dataset), reference)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Reading the reference points…")
+def load_reference(text: str, dataset: str):
+    """The kNN reference points ``text`` decoded like ``dataset`` (``data_sources.ReferenceSet``)."""
+    from smoothviz.data_sources import load_reference as read
+
+    return read(text, like=load_dataset(dataset))
+
+
+# ---------------------------------------------------------------- models other than smoothviz checkpoints
+def uploads_dir() -> Path:
+    """Where uploaded model files are kept: ``uploads/`` next to the results store."""
+    return db_path().parent / "uploads"
+
+
+def save_upload(name: str, content: bytes) -> Path:
+    """An uploaded model file, kept under ``uploads_dir()`` and named after its SHA-256 (a run
+    that records the path finds the same bytes; uploading them again writes nothing)."""
+    import hashlib
+    import re
+
+    from smoothviz.outputs import write_output
+
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name)[-80:] or "model"
+    path = uploads_dir() / f"{hashlib.sha256(content).hexdigest()[:16]}-{safe}"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_output(path, lambda fh: fh.write(content), mode="wb", what="upload")
+    return path
+
+
+def _stamp(*paths: str | None) -> tuple:
+    """(path, modification time) of each file, so a cached model is rebuilt when a file changes."""
+    out = []
+    for text in paths:
+        if text and not text.startswith("torchvision:"):
+            p = Path(text)
+            out.append((text, p.stat().st_mtime if p.exists() else 0.0))
+    return tuple(out)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
+def _foreign_model(model: str, weights: str | None, trained_sigma: float | None, stamp: tuple, device: str):
+    from smoothviz.model_sources import ModelRequest, open_model
+
+    return open_model(ModelRequest(model=model, weights=weights, trained_sigma=trained_sigma), device)
+
+
+def foreign_model(model: str, weights: str | None = None, trained_sigma: float | None = None, device: str = "cpu"):
+    """A reference-code, MACER or torchvision model (``model_sources.LoadedModel``), loaded weights-only
+    and cached. The dashboard runs no code: a TorchScript or torch.export archive is refused here
+    (loading one can execute code it contains), with the command line named for it."""
+    from smoothviz.errors import CheckpointError
+    from smoothviz.model_sources import archive_kind
+
+    path = Path(model)
+    if path.is_file() and archive_kind(path) is not None:
+        raise CheckpointError(f"{display_path(path)} is a {archive_kind(path)} archive: loading one can run code it "
+                              "contains, which the dashboard never does; certify it with the command line "
+                              "(python -m smoothviz certify --model FILE --trust-archive)")
+    return _foreign_model(model, weights, trained_sigma, _stamp(model, weights), device)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _foreign_batch_size(model: str, weights: str | None, stamp: tuple, device: str) -> int:
+    from smoothviz import speed
+    from smoothviz.device import resolve_device
+
+    loaded = _foreign_model(model, weights, None, stamp, "cpu")
+    return speed.default_batch_size(resolve_device(device), loaded.module, tuple(loaded.info.input_shape))
+
+
+def foreign_batch_size(model: str, weights: str | None, device: str) -> int:
+    """The engine's default batch size for a foreign model on ``device`` (measured once, cached)."""
+    return _foreign_batch_size(model, weights, _stamp(model, weights), device)
+
+
+@st.cache_data(max_entries=32, ttl=600, show_spinner="Measuring the sampling rate…")
+def _foreign_rate(model: str, weights: str | None, stamp: tuple, device: str, batch_size: int, rates: str):
+    from smoothviz import cost
+    from smoothviz.certify import engine_classifier
+    from smoothviz.device import resolve_device
+
+    dev = resolve_device(device)
+    module, info = _foreign_model(model, weights, None, stamp, str(dev))
+    engine = engine_classifier(module, {}, dev, batch_size, tuple(info.input_shape))
+    return cost.engine_rate(info.sha256 or "", engine, info.input_shape, info.num_classes, dev, {}, rates)[1]
+
+
+def foreign_rate(model: str, weights: str | None, device: str, batch_size: int):
+    """Noisy samples per second of a foreign model (recorded for its SHA-256, else measured; cached)."""
+    from smoothviz import cost
+
+    return _foreign_rate(model, weights, _stamp(model, weights), device, batch_size, str(cost.rates_file(db_path())))
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading checkpoint…")
