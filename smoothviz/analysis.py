@@ -163,6 +163,21 @@ def summary(results_df: pd.DataFrame, radii: Sequence[float] = DEFAULT_RADII, us
     }
 
 
+NAIVE_ONLY = "naive only (no guarantee)"
+
+
+def naive_only(run: dict) -> bool:
+    """Whether a run's sigma has no semi-elasticity (r recorded as NULL: data-dependent sigma), so
+    that its only certificate is the naive one and its sound radius is 0."""
+    r = run.get("r")
+    return bool(run.get("sigma_spec")) and (r is None or (isinstance(r, float) and np.isnan(r)))
+
+
+def input_dependent(run: dict) -> bool:
+    """Whether the run's naive radius can differ from its sound one (r > 0, or naive only)."""
+    return naive_only(run) or (run.get("r") or 0) > 0
+
+
 def naive_column(radius: float) -> str:
     """The Compare table's column of the naive radius's claim at ``radius`` (not a certificate)."""
     return f"R={radius:g} naive (no guarantee)"
@@ -176,15 +191,17 @@ def compare_table(
     """One row per run: the run, then certified accuracy at each radius, then ACR and the run's settings.
 
     ``entries`` are (label, run record, per-point results). For a run with an input-dependent sigma
-    (r > 0) the naive radius sigma(x)*Phi^-1(p_A), which is no guarantee there, gets its own column
-    beside each sound one; for constant sigma the two coincide and the naive column stays empty.
+    (r > 0, or no r at all) the naive radius sigma(x)*Phi^-1(p_A), which is no guarantee there, gets
+    its own column beside each sound one; for constant sigma the two coincide and the naive column
+    stays empty. ``certificate`` says "sound" or NAIVE_ONLY (no r: the sound radius is 0);
+    ``audited r`` is the semi-elasticity an audit recorded for the run (smoothviz.audit), if any.
     ``spec_label`` shortens the sigma spec for the table (the full spec is the run's ``sigma_spec``).
     """
-    dependent = any((run.get("r") or 0) > 0 for _, run, _ in entries)
+    dependent = any(input_dependent(run) for _, run, _ in entries)
     rows = []
     for label, run, results in entries:
         s = summary(results, radii)
-        is_dependent = (run.get("r") or 0) > 0
+        is_dependent = input_dependent(run)
         naive = accuracy_table(results, radii, use="naive_radius") if is_dependent else None
         row: dict = {"run": label}
         for i, r in enumerate(radii):
@@ -194,7 +211,9 @@ def compare_table(
         spec = run.get("sigma_spec")
         row.update({
             "ACR": s["average_certified_radius"], "accuracy": s["accuracy"], "abstention": s["abstention_rate"],
-            "points": s["points"], "σ": spec_label(spec) if spec_label else spec, "r": run.get("r"),
+            "points": s["points"], "σ": spec_label(spec) if spec_label else spec,
+            "certificate": NAIVE_ONLY if naive_only(run) else "sound", "r": None if naive_only(run) else run.get("r"),
+            "audited r": ((run.get("options") or {}).get("sigma_audit") or {}).get("audited_r"),
             "n": run.get("n"), "n0": run.get("n0"), "alpha": run.get("alpha"), "dataset": run.get("dataset"),
             "status": run.get("status"),
         })

@@ -24,7 +24,7 @@ hundred float32 ulps of sigma) before dividing, and pairs are never shorter than
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -32,7 +32,7 @@ from torch import Tensor
 
 from smoothviz.errors import InvalidArgument
 
-__all__ = ["AuditPair", "SigmaAudit", "audit_sigma"]
+__all__ = ["AuditPair", "SigmaAudit", "audit_record", "audit_sigma", "audit_warning"]
 
 SigmaCallable = Callable[[Tensor], Tensor]
 DEFAULT_ALLOWANCE = 2.0**-16
@@ -273,3 +273,41 @@ def audit_sigma(
     flagged = declared is None or value > float(declared)
     return SigmaAudit(value, best.pair, None if declared is None else float(declared), bool(flagged),
                       dict(best.by_method), ev.count, notes)
+
+
+def audit_record(result: SigmaAudit, **context: object) -> dict:
+    """The audit as JSON-ready numbers (what ``audit-sigma`` prints and records in a run's options);
+    ``context`` adds keys such as the seed and the number of points searched."""
+    pair = result.pair
+    return {
+        "audited_r": result.semi_elasticity, "audited_r_is_a_lower_bound": True, "declared_r": result.declared_r,
+        "flagged": result.flagged,
+        "pair": None if pair is None else {"distance": pair.distance, "sigma_x": pair.sigma_x,
+                                           "sigma_y": pair.sigma_y, "method": pair.method},
+        "by_method": dict(result.by_method), "evaluations": result.evaluations, "notes": list(result.notes),
+        **context,
+    }
+
+
+def audit_warning(run: Mapping) -> str | None:
+    """A warning sentence when the audit recorded for a run (``options["sigma_audit"]``) exceeds the r its
+    certificates assume, else None.
+
+    The audit is a lower bound on the true semi-elasticity, so exceeding r proves the certificates
+    computed for r are not guaranteed. A run without r (naive only) reports Cohen's radius
+    sigma(x) Phi^-1(p_A), which assumes a constant sigma (r = 0): any audit above 0 contradicts it.
+    """
+    audit = (run.get("options") or {}).get("sigma_audit")
+    if not isinstance(audit, Mapping):
+        return None
+    value = audit.get("audited_r")
+    r = run.get("r")
+    naive_only = r is None or (isinstance(r, float) and math.isnan(r))
+    assumed = 0.0 if naive_only else float(r)
+    if not isinstance(value, (int, float)) or not value > assumed:
+        return None
+    if naive_only:
+        return (f"the audited semi-elasticity {value:.4g} of its sigma shows sigma(x) changing between nearby "
+                "inputs, while its naive radius is Cohen's formula for a constant sigma (r = 0): no guarantee")
+    return (f"the audited semi-elasticity {value:.4g} of its sigma exceeds the r = {float(r):g} its sound "
+            "certificates assume (a pair of inputs shows it): those certificates are not guaranteed")

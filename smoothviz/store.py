@@ -164,6 +164,15 @@ _RUN_COLUMNS = (
 
 
 _INTEGER_COLUMNS = ("n0", "n", "seed", "batch_size")  # nullable integers: int or None, never float
+# Run options recorded after a run was created that say something about it (the audit of its
+# sigma's semi-elasticity, smoothviz.audit) without changing what it computes: find_run ignores
+# them, so a rerun of the certify command still resumes the run.
+ANNOTATION_KEYS = ("sigma_audit",)
+
+
+def _identity(options: Mapping[str, Any] | None) -> str:
+    """A run's options without its annotations, as canonical JSON (what identifies the run)."""
+    return _json({k: v for k, v in (options or {}).items() if k not in ANNOTATION_KEYS})
 
 
 def file_sha256(path: str | Path) -> str | None:
@@ -510,18 +519,20 @@ class Store:
         if checkpoint is not None and checkpoint_sha256 is None:
             checkpoint_sha256 = file_sha256(checkpoint)
         rows = self._query(
-            "SELECT id, device FROM runs WHERE kind='certify' AND name=? AND dataset=? AND split=?"
+            "SELECT id, device, options FROM runs WHERE kind='certify' AND name=? AND dataset=? AND split=?"
             " AND checkpoint IS ? AND checkpoint_sha256 IS ? AND sigma_spec IS ? AND n0 IS ?"
-            " AND n IS ? AND alpha IS ? AND indices=? AND seed IS ? AND options=? ORDER BY id DESC",
+            " AND n IS ? AND alpha IS ? AND indices=? AND seed IS ? ORDER BY id DESC",
             (
                 name, dataset, split, None if checkpoint is None else str(checkpoint),
                 checkpoint_sha256, sigma_spec, n0, n, None if alpha is None else float(alpha),
-                _json([int(i) for i in indices]), seed, _json(options or {}),
+                _json([int(i) for i in indices]), seed,
             ),
         )
         want = (device or "").split(":")[0]
-        for run_id, dev in rows:
-            if (dev or "").split(":")[0] == want and self._settings_text(int(run_id)) == settings:
+        identity = _identity(options)
+        for run_id, dev, recorded in rows:
+            if (dev or "").split(":")[0] == want and _identity(json.loads(recorded)) == identity \
+                    and self._settings_text(int(run_id)) == settings:
                 return int(run_id)
         return None
 
@@ -651,6 +662,22 @@ class Store:
         """Record the sigma function's resolved parameters (e.g. the kNN offset m computed from data)."""
         with self._write() as c:
             c.execute("UPDATE runs SET sigma_params=? WHERE id=?", (_json(params), int(run_id)))
+
+    def annotate_run(self, run_id: int, key: str, value: Any) -> None:
+        """Record ``value`` (JSON-able) under ``options[key]`` for one of ANNOTATION_KEYS; None removes it."""
+        if key not in ANNOTATION_KEYS:
+            raise InvalidArgument(f"run annotation {key!r}: expected one of {', '.join(ANNOTATION_KEYS)}")
+        keyed = _run_key(run_id)
+        with self._write() as c:
+            row = None if keyed is None else c.execute("SELECT options FROM runs WHERE id=?", (keyed,)).fetchone()
+            if row is None:
+                raise StoreError(f"run {quote(str(run_id))} not found in {self.path}")
+            options = json.loads(row[0])
+            if value is None:
+                options.pop(key, None)
+            else:
+                options[key] = value
+            c.execute("UPDATE runs SET options=? WHERE id=?", (_json(options), keyed))
 
     def request_cancel(self, run_id: int) -> None:
         """Ask the process executing the run to stop after its current chunk."""
@@ -1056,9 +1083,10 @@ def read_cohen_log(source: LogSource, *, source_name: str | None = None,
     return pd.DataFrame(log.rows, columns=["idx", "label", "predict", "radius", "correct", "seconds"])
 
 
-def import_sigma(sigma: str | float | None) -> tuple[str | None, dict, float | None, float]:
+def import_sigma(sigma: str | float | None) -> tuple[str | None, dict, float | None, float | None]:
     """(spec, params, per-point sigma or None, r) for the sigma of an imported log: a number or a
-    spec (``constant:0.25``, ``knn:...``), checked as ``smoothviz.sigma.parse_sigma_spec`` does."""
+    spec (``constant:0.25``, ``knn:...``, ``ddrs:...`` whose r is None), checked as
+    ``smoothviz.sigma.parse_sigma_spec`` does."""
     if sigma is None or (isinstance(sigma, str) and not sigma.strip()):
         return None, {}, None, 0.0
     from smoothviz.sigma import parse_sigma_spec
@@ -1075,7 +1103,9 @@ def import_sigma(sigma: str | float | None) -> tuple[str | None, dict, float | N
     if params["kind"] == "constant":
         value = float(params["sigma"])
         return f"constant:{value:g}", params, value, 0.0
-    return text, params, None, float(params.get("r") or 0.0)
+    from smoothviz.sigma import semi_elasticity
+
+    return text, params, None, semi_elasticity(params)
 
 
 def import_cohen_log(

@@ -107,3 +107,22 @@ def test_compare_table_puts_radii_first_and_naive_claims_beside_them() -> None:
     only_constant = analysis.compare_table([("#2 const", const_run, FRAME)], radii=(0, 0.25))
     assert not any("naive" in c for c in only_constant.columns)
     assert only_constant.loc[0, "σ"] == "constant:0.25"
+
+
+def test_a_naive_only_run_gets_naive_columns_its_label_and_its_audit() -> None:
+    """A ddrs run (r NULL) stores sound radius 0: its table row says so and shows the naive claims beside."""
+    ddrs_run = {"r": None, "sigma_spec": "ddrs:0.12,0.5,10,n=256,alpha=0.001,seed=0", "n": 1000, "n0": 100,
+                "alpha": 0.001, "dataset": "digits", "status": "done",
+                "options": {"sigma_audit": {"audited_r": 35.0, "declared_r": None}}}
+    knn_run = {"r": 0.4, "sigma_spec": "knn:0.25,0.4,20", "n": 1000, "n0": 100, "alpha": 0.001,
+               "dataset": "digits", "status": "done", "options": {"sigma_audit": {"audited_r": 0.35}}}
+    zero = FRAME.assign(radius=0.0)
+    assert analysis.naive_only(ddrs_run) and not analysis.naive_only(knn_run)
+    assert analysis.naive_only({**ddrs_run, "r": float("nan")})  # a runs() row holds NaN for NULL
+    assert not analysis.naive_only({"r": None, "sigma_spec": None})  # an imported log without sigma
+    table = analysis.compare_table([("#3 ddrs", ddrs_run, zero), ("#2 knn", knn_run, FRAME)], radii=(0, 0.25))
+    ddrs, knn = table.iloc[0], table.iloc[1]
+    assert ddrs["certificate"] == analysis.NAIVE_ONLY and pd.isna(ddrs["r"]) and ddrs["audited r"] == 35.0
+    assert ddrs["R=0.25"] == 0.0 and ddrs[analysis.naive_column(0.25)] == pytest.approx(3 / 6)
+    assert ddrs["R=0"] == pytest.approx(4 / 6)  # a prediction at x0 still counts at radius 0
+    assert knn["certificate"] == "sound" and knn["r"] == 0.4 and knn["audited r"] == 0.35

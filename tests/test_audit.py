@@ -105,3 +105,20 @@ def test_bad_inputs_raise(digits) -> None:
         audit_sigma(lambda x: -torch.ones(x.shape[0]), digits.test_x[:8])
     with pytest.raises(InvalidArgument, match="distinct"):
         audit_sigma(Constant(0.25), torch.zeros((5, 3)))
+
+
+def test_audit_record_and_the_warning_for_a_run(digits, knn, one_thread) -> None:
+    from smoothviz.audit import audit_record, audit_warning
+
+    result = audit_sigma(knn, digits.test_x[:64], train=digits.train_x, seed=1, declared_r=R / 2, **FAST)
+    record = audit_record(result, points=64, seed=1)
+    assert record["audited_r"] == result.semi_elasticity and record["flagged"] is True
+    assert record["points"] == 64 and record["pair"]["distance"] == result.pair.distance
+    run = {"r": R / 2, "options": {"sigma_audit": record}}
+    warning = audit_warning(run)
+    assert warning is not None and f"{record['audited_r']:.4g}" in warning and "r = 0.2" in warning
+    assert audit_warning({"r": R, "options": {"sigma_audit": record}}) is None  # below the proven r
+    naive = audit_warning({"r": None, "options": {"sigma_audit": record}})  # naive only: Cohen's formula, r = 0
+    assert naive is not None and "constant sigma (r = 0)" in naive
+    assert audit_warning({"r": None, "options": {"sigma_audit": {**record, "audited_r": 0.0}}}) is None
+    assert audit_warning({"r": R / 2, "options": {}}) is None

@@ -219,3 +219,71 @@ def test_run_mode_errors_are_one_line(run_store, argv: list[str], word: str,
     assert main([*argv, "--db", str(db)]) == 2
     err = capsys.readouterr().err
     assert word in err and err.startswith("smoothviz witness: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_audit_sigma_run_records_and_table_warns(run_store, capsys: pytest.CaptureFixture[str], one_thread) -> None:
+    """The audit of a run is stored with it; a run whose recorded r is below the audit gets a warning in
+    ``table`` (text and JSON); a run whose r holds gets none; a naive-only run is labelled as such."""
+    from smoothviz.store import Store
+
+    db, ids = run_store
+    with Store(db) as store:
+        run = store.run(ids["knn"])
+        rows = store.results(ids["knn"])
+        # the same kNN sigma (r = 0.4), recorded as if its r were 0.2: certificates computed for too small an r
+        low = store.create_run("digits knn r too small", "digits", "test", run["checkpoint"], run["sigma_spec"],
+                               run["sigma_params"], 0.2, run["n0"], run["n"], run["alpha"], "cpu",
+                               rows["idx"].tolist(), 0, 256)
+        for row in rows.to_dict("records"):
+            store.add_result(low, row)
+    assert main(["audit-sigma", "--run", str(low), "--db", str(db), "--points", "30"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["run"] == low and out["recorded"] is True and out["declared_r"] == 0.2
+    assert 0.2 < out["audited_r"] <= 0.4 and out["flagged"] is True and "exceeds the r = 0.2" in out["warning"]
+    assert main(["audit-sigma", "--run", str(ids["knn"]), "--db", str(db), "--points", "30"]) == 0
+    fine = json.loads(capsys.readouterr().out)
+    assert fine["declared_r"] == 0.4 and fine["audited_r"] <= 0.4 and fine["warning"] is None
+    with Store(db) as store:
+        assert store.run(low)["options"]["sigma_audit"]["audited_r"] == out["audited_r"]
+    assert main(["table", str(low), str(ids["knn"]), "--db", str(db), "--json"]) == 0
+    reports = json.loads(capsys.readouterr().out)
+    assert "exceeds the r = 0.2" in reports[0]["warning"] and reports[1]["warning"] is None
+    assert reports[0]["sigma_audit"]["audited_r"] == out["audited_r"]
+    assert main(["table", str(low), str(ids["knn"]), str(ids["ddrs"]), "--db", str(db)]) == 0
+    text = capsys.readouterr().out
+    assert f"warning: run {low}: the audited semi-elasticity" in text
+    assert f"warning: run {ids['knn']}" not in text
+    assert f"run {ids['ddrs']}: naive only (no guarantee)" in text
+
+
+def test_audit_sigma_run_refuses_spec_arguments(run_store, capsys: pytest.CaptureFixture[str]) -> None:
+    db, ids = run_store
+    assert main(["audit-sigma", "--run", str(ids["knn"]), "--db", str(db), "--sigma", "constant:0.25"]) == 2
+    err = capsys.readouterr().err
+    assert "--sigma" in err and len(err.strip().splitlines()) == 1
+    assert main(["audit-sigma", "--dataset", "digits"]) == 2
+    assert "--sigma is required" in capsys.readouterr().err
+
+
+def test_certify_with_a_ddrs_sigma_records_no_r(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                one_thread) -> None:
+    """``certify --sigma ddrs:...`` end to end: the run's r is NULL, every sound radius 0, the naive radius
+    sigma(x) Phi^-1(p_A) stored, and the summary says the certificate is naive only."""
+    from scipy import special
+
+    from smoothviz.store import Store
+
+    db = tmp_path / "s.db"
+    assert main(["certify", "--dataset", "digits", "--model", str(ROOT / "assets" / "digits-cnn-constant-0.25.pt"),
+                 "--sigma", "ddrs:0.12,0.5,3,n=32", "--points", "6", "--n0", "20", "--n", "500", "--db", str(db),
+                 "--quiet"]) == 0
+    assert "naive only (no guarantee)" in capsys.readouterr().out
+    with Store(db) as store:
+        run = store.run(1)
+        df = store.results(1)
+    assert run["r"] is None and run["sigma_spec"] == "ddrs:0.12,0.5,3,n=32,alpha=0.001,seed=0"
+    assert len(df) == 6 and (df["radius"] == 0).all()
+    certified = df["predict"] >= 0
+    assert certified.any()
+    naive = df["sigma"] * special.ndtri(df["p_a_lower"])
+    assert (df.loc[certified, "naive_radius"] - naive[certified]).abs().max() < 1e-9

@@ -494,3 +494,31 @@ def test_find_run_tells_sequential_settings_apart(store: Store) -> None:
     assert store.find_run(**CONFIG, sequential={**SEQUENTIAL, "radius": 0.5}) is None
     with pytest.raises(InvalidArgument, match="sequential settings"):
         store.create_run(**CONFIG, sequential={})
+
+
+def test_an_annotation_is_recorded_and_does_not_change_the_run_identity(store: Store) -> None:
+    run_id = store.create_run(**{**CONFIG, "options": {"channels_last": True}})
+    audit = {"audited_r": 0.52, "declared_r": 0.4, "flagged": True}
+    store.annotate_run(run_id, "sigma_audit", audit)
+    assert store.run(run_id)["options"] == {"channels_last": True, "sigma_audit": audit}
+    # the certify command asks with the options it builds, which hold no annotation: still this run
+    assert store.find_run(**{**CONFIG, "options": {"channels_last": True}}) == run_id
+    assert store.find_run(**CONFIG) is None  # a real option still tells runs apart
+    store.annotate_run(run_id, "sigma_audit", None)
+    assert store.run(run_id)["options"] == {"channels_last": True}
+    with pytest.raises(InvalidArgument, match="run annotation 'autocast'"):
+        store.annotate_run(run_id, "autocast", "bf16")
+    with pytest.raises(StoreError, match="not found"):
+        store.annotate_run(run_id + 100, "sigma_audit", audit)
+
+
+def test_an_imported_ddrs_log_records_no_semi_elasticity(store: Store, tmp_path: Path) -> None:
+    log = tmp_path / "ddrs.tsv"
+    log.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\t1\t0.5\t1\t1.0\n")
+    run_id = import_cohen_log(store, log, name="ddrs log", dataset="digits", sigma="ddrs:0.12,0.5,10")
+    info = store.run(run_id)
+    assert info["r"] is None and info["sigma_params"]["kind"] == "ddrs"
+    knn = tmp_path / "knn.tsv"
+    knn.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\t1\t0.4\t1\t1.0\n")
+    assert store.run(import_cohen_log(store, knn, name="knn log", dataset="digits", sigma="knn:0.25,0.4,20"))["r"] \
+        == 0.4

@@ -147,7 +147,9 @@ def add_point_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: the model's dataset)")
     add_model_arguments(parser)
     parser.add_argument("--sigma", default=None,
-                        help="sigma function constant:S | knn:SIGMA_B,R,K[,m=M][,min=A][,max=B] "
+                        help="sigma function constant:S | knn:SIGMA_B,R,K[,m=M][,min=A][,max=B] | "
+                             "ddrs:SIGMA_MIN,SIGMA_MAX,G[,n=N][,alpha=A][,seed=S] (data-dependent: sigma(x) "
+                             "optimised per input for the model; naive certificate only, no guarantee) "
                              "(default: the one the model was trained with)")
     parser.add_argument("--sigma-reference", default=None, metavar="SOURCE",
                         help="training points of a knn sigma: imagefolder:PATH or npz:FILE (default: the dataset's "
@@ -358,7 +360,7 @@ def print_summary(store, run_id: int, radii: list[float], seconds: float | None 
         return
     sound = analysis.accuracy_table(df, radii)
     naive = analysis.accuracy_table(df, radii, use="naive_radius")
-    varies = bool(run.get("r")) and not np.allclose(df["radius"], df["naive_radius"])
+    varies = analysis.input_dependent(run) and not np.allclose(df["radius"], df["naive_radius"])
     header = f"{'radius':>8}  {'certified accuracy':>18}" + (f"  {'naive (no guarantee)':>20}" if varies else "")
     print(header, file=stream)
     for (r, acc), nacc in zip(sound.itertuples(index=False), naive["certified_accuracy"]):
@@ -367,6 +369,9 @@ def print_summary(store, run_id: int, radii: list[float], seconds: float | None 
     ceiling = analysis.run_ceiling(run)
     print(f"ACR {analysis.average_certified_radius(df):.3f}, abstention {analysis.abstention_rate(df):.1%}, "
           f"mean {df['seconds'].mean():.3g} s/point, ceiling {ceiling:.3f}", file=stream)
+    if analysis.naive_only(run):
+        print(f"{analysis.NAIVE_ONLY}: {run['sigma_spec']} has no semi-elasticity, so the sound radius is 0 "
+              "beyond the prediction at each point", file=stream)
 
 
 def _rate(prepared, options: dict, cache: Path) -> tuple[str, cost.Rate]:
@@ -387,7 +392,7 @@ def _new_run(args: argparse.Namespace) -> tuple:
     from smoothviz.certify import prepare_run
     from smoothviz.device import resolve_device
     from smoothviz.knn_reference import remember_statistics
-    from smoothviz.sigma import parse_sigma_spec
+    from smoothviz.sigma import parse_sigma_spec, semi_elasticity
     from smoothviz.store import Store, default_db
 
     if args.n0 > args.n:
@@ -416,7 +421,7 @@ def _new_run(args: argparse.Namespace) -> tuple:
         remember_statistics(prepared.sigma_fn)
         if run_id is None:
             params = parse_sigma_spec(spec)
-            run_id = store.create_run(**config, sigma_params=params, r=float(params.get("r") or 0.0),
+            run_id = store.create_run(**config, sigma_params=params, r=semi_elasticity(params),
                                       batch_size=args.batch_size)
             print(f"run {run_id} created in {store.path}", file=sys.stderr)
         else:

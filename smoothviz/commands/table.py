@@ -40,6 +40,7 @@ def _finite(x: float | None) -> float | None:
 def run_report(store: Store, ref: str, radii: list[float], use: str, curve: bool) -> dict:
     """The numbers ``table`` prints for one run."""
     from smoothviz import analysis
+    from smoothviz.audit import audit_warning
 
     run_id = store.resolve_run(ref)
     run = store.run(run_id)
@@ -58,6 +59,9 @@ def run_report(store: Store, ref: str, radii: list[float], use: str, curve: bool
         "average_certified_radius": _finite(analysis.average_certified_radius(df, use=column)),
         "abstention_rate": _finite(analysis.abstention_rate(df)),
         "ceiling": _finite(analysis.run_ceiling(run)),
+        "certificate": analysis.NAIVE_ONLY if analysis.naive_only(run) else "sound",
+        "sigma_audit": (run.get("options") or {}).get("sigma_audit"),
+        "warning": audit_warning(run),
     }
 
 
@@ -80,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{'radius':>10}  certified accuracy")
             for row in rep["table"]:
                 print(f"{row['radius']:>10.4f}  {_fmt(row['certified_accuracy'])}")
+        _notes(reports, args.use)
         return 0
     name_w = max(4, *(len(str(r["name"])) for r in reports))
     head = f"{'run':>4}  {'name':<{name_w}}  " + "  ".join(f"{'r=' + format(r, 'g'):>7}" for r in radii)
@@ -91,4 +96,15 @@ def run(args: argparse.Namespace) -> int:
               f"{str(rep['points']) + '/' + str(rep['total']):>9}  {_fmt(rep['ceiling']):>7}")
     if args.use == "naive":
         print("(naive radius sigma(x)*Phi^-1(p_A): not a certificate when sigma depends on the input)")
+    _notes(reports, args.use)
     return 0
+
+
+def _notes(reports: list[dict], use: str) -> None:
+    """One line per run whose certificates need a word: naive only, or an audit above the run's r."""
+    for rep in reports:
+        if rep["certificate"] != "sound" and use != "naive":
+            print(f"run {rep['run']}: {rep['certificate']}: its sigma has no semi-elasticity, so its sound radius is 0 "
+                  "(--use naive shows the naive radii, which are no guarantee)")
+        if rep["warning"]:
+            print(f"warning: run {rep['run']}: {rep['warning']}")
