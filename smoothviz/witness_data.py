@@ -75,6 +75,7 @@ __all__ = [
     "DataWitness",
     "RunData",
     "SearchSettings",
+    "default_settings",
     "load_run_data",
     "search_run",
     "search_stored_run",
@@ -97,7 +98,9 @@ class SearchSettings:
     ``neighbours``: training points whose segments are walked; ``steps``: distances per segment
     and steps per ascent path; ``data_points``: nearest other points of the split kept;
     ``ascent``: walk the +-grad ln sigma paths where sigma is differentiable; ``shortlist``:
-    refuting pairs kept per point for verification; ``batch_size``: inputs per sigma evaluation.
+    refuting pairs kept per point for verification; ``batch_size``: inputs per sigma evaluation;
+    ``max_points``: search at most this many of the points whose naive radius exceeds the sound
+    one, evenly spread over them (None: all).
     """
 
     neighbours: int = 8
@@ -106,8 +109,12 @@ class SearchSettings:
     ascent: bool = True
     shortlist: int = 4
     batch_size: int = 1024
+    max_points: int | None = None
 
     def __post_init__(self) -> None:
+        if self.max_points is not None and (isinstance(self.max_points, bool) or int(self.max_points) != self.max_points
+                                            or self.max_points < 1):
+            raise InvalidArgument(f"max_points = {self.max_points} must be an integer >= 1 (or None for all)")
         for name in ("neighbours", "steps", "data_points", "shortlist", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or int(value) != value or value < (1 if name in ("steps", "shortlist",
@@ -174,8 +181,9 @@ class DataSearch:
     """What ``search_run`` found over a run's points.
 
     ``points``: rows of the run; ``examined``: certified rows (a prediction, p_A > 1/2);
-    ``exceeding``: indices whose naive radius exceeds the sound one (the only ones the search
-    examines further); ``shortlists``: per refuted index, its refuting pairs, lowest worst case
+    ``exceeding``: indices whose naive radius exceeds the sound one (the only ones that can be
+    refuted); ``searched``: those the search looked at (all unless SearchSettings.max_points);
+    ``shortlists``: per refuted index, its refuting pairs, lowest worst case
     first; ``candidates``: pairs evaluated per source; ``refuted_by_source``: points with a
     refuting pair from that source; ``verify_n``: the sample count of ``verify_search`` (None
     before it ran).
@@ -186,6 +194,7 @@ class DataSearch:
     points: int
     examined: int
     exceeding: list[int]
+    searched: list[int]
     shortlists: dict[int, list[DataWitness]]
     candidates: dict[str, int]
     refuted_by_source: dict[str, int]
@@ -326,9 +335,13 @@ def search_run(
     with np.errstate(invalid="ignore"):
         exceeds = certified & np.isfinite(sigma) & np.isfinite(naive) & (naive > np.nan_to_num(sound) * (1 + 1e-9))
     rows = np.flatnonzero(exceeds)
+    exceeding = [int(i) for i in idx[rows]]
+    if settings.max_points is not None and len(rows) > settings.max_points:
+        rows = rows[np.unique(np.round(np.linspace(0, len(rows) - 1, int(settings.max_points))).astype(np.int64))]
+        notes.append(f"searched {len(rows)} of the {len(exceeding)} points whose naive radius exceeds the sound one")
     candidates = dict.fromkeys(SOURCES, 0)
-    empty = DataSearch(n_dim, declared_r, len(idx), examined, [int(i) for i in idx[rows]], {}, candidates,
-                       dict.fromkeys(SOURCES, 0), notes)
+    empty = DataSearch(n_dim, declared_r, len(idx), examined, exceeding, [int(i) for i in idx[rows]], {},
+                       candidates, dict.fromkeys(SOURCES, 0), notes)
     if not len(rows):
         return empty
     x0 = inputs[torch.as_tensor(idx[rows])].to(torch.float32)
@@ -424,8 +437,8 @@ def search_run(
     if inside_sound:
         notes.append(f"{inside_sound} refuting pairs lie inside the sound radius: the declared r "
                      f"({declared_r}) does not hold for this sigma")
-    return DataSearch(n_dim, declared_r, len(idx), examined, [int(i) for i in idx[rows]], shortlists, candidates,
-                      by_source, notes)
+    return DataSearch(n_dim, declared_r, len(idx), examined, exceeding, [int(i) for i in idx[rows]], shortlists,
+                      candidates, by_source, notes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -540,7 +553,8 @@ def summary(search: DataSearch, examples: int = 5) -> dict:
     """The search as JSON-ready numbers: points, examined, naive > sound, refuted (and verified), examples."""
     out: dict = {
         "dim": search.dim, "declared_r": search.declared_r, "points": search.points, "examined": search.examined,
-        "naive_exceeds_sound": len(search.exceeding), "refuted_by_data_pair": search.refuted,
+        "naive_exceeds_sound": len(search.exceeding), "searched": len(search.searched),
+        "refuted_by_data_pair": search.refuted,
         "refuted_by_source": search.refuted_by_source, "candidates": search.candidates,
     }
     if search.verify_n is not None:
@@ -627,8 +641,18 @@ def load_run_data(store: Store, ref: str | int, device: torch.device | str = "cp
     return RunData(run, results, dataset, inputs, train, sigma_fn)
 
 
+def default_settings(sigma_fn: Any) -> SearchSettings:
+    """The search's defaults for a sigma function: a data-dependent sigma (smoothviz.ddrs) costs n * G forward
+    passes of the model per input, so it gets a few candidates on at most 40 points."""
+    from smoothviz.ddrs import DataDependentSigma
+
+    if isinstance(sigma_fn, DataDependentSigma):
+        return SearchSettings(neighbours=2, steps=6, data_points=16, ascent=False, max_points=40, batch_size=64)
+    return SearchSettings()
+
+
 def search_stored_run(data: RunData, settings: SearchSettings | None = None,
                       device: torch.device | str = "cpu") -> DataSearch:
-    """``search_run`` over a loaded run."""
+    """``search_run`` over a loaded run (``default_settings`` of its sigma unless ``settings``)."""
     return search_run(data.results, data.inputs, data.sigma_fn, dim=data.dataset.dim, train=data.train,
-                      declared_r=data.declared_r, settings=settings, device=device)
+                      declared_r=data.declared_r, settings=settings or default_settings(data.sigma_fn), device=device)

@@ -217,8 +217,19 @@ def test_runs_that_cannot_be_searched_are_refused(digits_run, tmp_path) -> None:
         witness_data.search_run({"idx": [0]}, torch.zeros(1, 3), ExpSigma())
 
 
+def test_max_points_spreads_the_search(digits_run, one_thread) -> None:
+    store, run_id = digits_run
+    data = witness_data.load_run_data(store, run_id)
+    search = witness_data.search_stored_run(data, witness_data.SearchSettings(neighbours=2, steps=4, max_points=5))
+    assert len(search.searched) == 5 and len(search.exceeding) >= 28
+    assert search.searched[0] == search.exceeding[0] and search.searched[-1] == search.exceeding[-1]
+    assert set(search.shortlists) <= set(search.searched) and "searched 5 of the" in search.notes[0]
+
+
 def test_settings_are_checked() -> None:
     with pytest.raises(InvalidArgument, match="steps"):
         witness_data.SearchSettings(steps=0)
     with pytest.raises(InvalidArgument, match="neighbours"):
         witness_data.SearchSettings(neighbours=-1)
+    with pytest.raises(InvalidArgument, match="max_points"):
+        witness_data.SearchSettings(max_points=0)

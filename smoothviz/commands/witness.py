@@ -76,6 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_db_argument(stored)
     stored.add_argument("--examples", type=examples_count, default=5,
                         help="refuted points printed with their pair (default 5)")
+    stored.add_argument("--points", type=positive_int, default=None,
+                        help="search at most this many of the points whose naive radius exceeds the sound one, "
+                             "evenly spread (default: all; 40 for a ddrs sigma, whose every evaluation samples "
+                             "the model n * G times)")
     parser.add_argument("--verify", type=positive_int, default=None, metavar="NSAMPLES",
                         help="sample f* NSAMPLES times at x0 (CERTIFY) and at x1 with the engine")
     parser.add_argument("--n0", type=positive_int, default=100, help="CERTIFY's selection samples at x0 (default 100)")
@@ -116,12 +120,17 @@ def _formula(args: argparse.Namespace, device) -> dict:
 
 
 def _stored_run(args: argparse.Namespace, device) -> dict:
+    from dataclasses import replace
+
     from smoothviz import witness_data
     from smoothviz.store import Store
 
     with Store(args.db, create=False) as store:
         data = witness_data.load_run_data(store, args.run, device)
-    search = witness_data.search_stored_run(data, device=device)
+    settings = witness_data.default_settings(data.sigma_fn)
+    if args.points is not None:
+        settings = replace(settings, max_points=args.points)
+    search = witness_data.search_stored_run(data, settings, device=device)
     if args.verify is not None:
         search = witness_data.verify_search(search, n=args.verify, alpha=args.alpha, seed=args.seed, n0=args.n0,
                                             batch_size=args.batch_size, device=device)
@@ -139,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
     given = [name for name in (*FORMULA_ARGUMENTS, "r") if getattr(args, name) is not None]
     if args.run is not None and given:
         raise InvalidArgument(f"--{given[0]}: --run takes the pairs from the run; leave out the formula arguments")
+    if args.run is None and args.points is not None:
+        raise InvalidArgument("--points: only --run searches points")
     if args.run is None:
         missing = [name for name in FORMULA_ARGUMENTS if getattr(args, name) is None]
         if missing:
