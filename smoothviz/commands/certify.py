@@ -27,6 +27,12 @@ from pathlib import Path
 
 from smoothviz import cost, launch
 from smoothviz.commands._args import add_db_argument, open_probability, positive, positive_int
+from smoothviz.commands._sequential_args import (
+    add_sequential_arguments,
+    check_sequential,
+    print_sequential_summary,
+    sequential_config,
+)
 from smoothviz.device import DEVICE_CHOICES_HELP
 from smoothviz.errors import CheckpointError, InvalidArgument
 
@@ -217,6 +223,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="always create a new run, even when an identical one could be resumed")
     parser.add_argument("--radii", default="0,0.25,0.5,0.75,1.0",
                         help="radii of the summary table (default 0,0.25,0.5,0.75,1.0)")
+    add_sequential_arguments(parser)
     launch.add_arguments(parser)
 
 
@@ -407,6 +414,7 @@ def _new_run(args: argparse.Namespace) -> tuple:
         n0=args.n0, n=args.n, alpha=args.alpha, device=device, indices=indices, seed=args.seed,
         options=options,
     )
+    config.update(sequential_config(args, config))
     prepared = prepare_run({**config, "batch_size": args.batch_size}, trust_code=points.trust_code)
     db = Path(args.db) if args.db is not None else default_db()
     key, rate = _rate(prepared, options, cost.rates_file(db))
@@ -472,6 +480,7 @@ def _run_trusted(args: argparse.Namespace, run: dict) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_sequential(args)
     if launch.requested(args) or args.rendezvous is not None:
         return launch.launch(NAME, args, add_arguments)
     if launch.distributed_world() is not None:
@@ -512,4 +521,5 @@ def _certify(args: argparse.Namespace, execute=None) -> int:
                 cost.record_rate(key, last["samples"] / last["elapsed"], f"certify run {run_id}",
                                  cost.rates_file(store.path))
         print_summary(store, run_id, radii, time.perf_counter() - t0)
+        print_sequential_summary(store, run_id)
     return 0 if status == "done" else 1
