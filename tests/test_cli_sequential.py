@@ -114,7 +114,7 @@ def test_bad_sequential_input_is_one_line_and_writes_nothing(tmp_path: Path, cap
     assert not db.exists() and list(tmp_path.iterdir()) == []
 
 
-def _sequential_run(db: Path) -> None:
+def _sequential_run(db: Path, execute: bool = True) -> None:
     from smoothviz import certify
     from smoothviz.sequential_engine import SequentialSettings
 
@@ -123,7 +123,21 @@ def _sequential_run(db: Path) -> None:
                            sigma_spec="constant:0.25", sigma_params={"kind": "constant", "sigma": 0.25}, r=0.0,
                            n0=50, n=2000, alpha=0.001, device="cpu", indices=[0, 48, 101], seed=0,
                            batch_size=128, sequential=SequentialSettings.create("radius").to_dict())
-        assert certify.run_certification(s, run) == "done"
+        if execute:
+            assert certify.run_certification(s, run) == "done"
+
+
+@needs_hook
+def test_a_recorded_sequential_run_executes_with_its_rule(tmp_path: Path, capsys) -> None:
+    """A run the dashboard created (pending in the store) runs by id with the rule it records."""
+    db = tmp_path / "r.db"
+    _sequential_run(db, execute=False)
+    code, out, err = cli(capsys, "certify", "--run", 1, "--db", db, "--quiet")
+    assert code == 0, err
+    assert "run 1 (seq): done, 3/3 points" in out and "samples:" in out
+    with Store(db) as s:
+        df = s.results(1)
+    assert (df["samples"] <= 2000).all() and set(df["stop_reason"]) <= {"budget", "abstain", "short"}
 
 
 def test_table_and_export_of_a_sequential_run(tmp_path: Path, capsys) -> None:
