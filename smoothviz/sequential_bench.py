@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from smoothviz import bounds, certify
-from smoothviz.errors import InvalidArgument
 from smoothviz import sequential as sq
+from smoothviz.errors import InvalidArgument
 from smoothviz.sequential_engine import SequentialSettings, iter_certify_sequential
 
 ProgressFn = Callable[[str], None]

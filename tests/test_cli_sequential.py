@@ -108,7 +108,7 @@ def test_certify_sequential_records_the_rule_and_resumes(tmp_path: Path, capsys)
 ])
 def test_bad_sequential_input_is_one_line_and_writes_nothing(tmp_path: Path, capsys, extra, fragment) -> None:
     db = tmp_path / "r.db"
-    code, out, err = cli(capsys, *COMMON, "--db", db, *extra)
+    code, _, err = cli(capsys, *COMMON, "--db", db, *extra)
     assert code == 2 and fragment in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not db.exists() and list(tmp_path.iterdir()) == []

@@ -71,7 +71,7 @@ def _schedule(n_max: int, first: int, growth: float) -> list[int]:
         if t >= noise.NOISE_BLOCK:
             t = noise.NOISE_BLOCK * math.ceil(t / noise.NOISE_BLOCK)
         if t >= n_max:
-            return out + [n_max]
+            return [*out, n_max]
         if not out or t > out[-1]:
             out.append(t)
         j += 1
@@ -250,10 +250,10 @@ def test_a_cancelled_run_resumes_to_the_clean_result(tmp_path: Path, monkeypatch
     pools = [s["pool"] for s in seen if s["pool"]["idx"]]
     assert pools and all(set(p["idx"]) <= set(config["indices"]) for p in pools)
     assert all(0 <= lo <= up <= 1 and 0 < t < 2500 for p in pools
-               for lo, up, t in zip(p["lower"], p["upper"], p["samples"]))
+               for lo, up, t in zip(p["lower"], p["upper"], p["samples"], strict=True))
     # what each row says about its samples adds up
     assert (got["samples"] == [sum(c) for c in got["counts"]]).all()
-    assert (got["votes_a"] == [c[a] for c, a in zip(got["counts"], got["class_a"])]).all()
+    assert (got["votes_a"] == [c[a] for c, a in zip(got["counts"], got["class_a"], strict=True)]).all()
     assert (got["selection"] == 100).all() and (got["samples"] <= 2500).all()
     assert ((got["predict"] == -1) == (got["p_a_lower"] <= 0.5)).all()
 

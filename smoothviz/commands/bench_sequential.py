@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     device = str(resolve_device(args.device))
     keep_cpu_buffers()
     cases, seconds, texts = [], 0.0, []
-    for name, points in zip(models, counts):
+    for name, points in zip(models, counts, strict=True):
         size = int(load_dataset(name).test_x.shape[0])
         case = sb.Case(name, SHIPPED[name], tuple(evenly_spaced(points, size)))
         spec = read_checkpoint(case.checkpoint)["meta"]["sigma"]
