@@ -1,4 +1,9 @@
-"""``smoothviz export``: write a run's per-point results as a reference-code log or CSV."""
+"""``smoothviz export``: write a run's per-point results as a reference-code log or CSV.
+
+The reference-code log has the same six columns for every run. The CSV has the store's result
+columns, and for a sequential run also how each point stopped (``store.SEQUENTIAL_COLUMNS``:
+samples used, c_A and its votes, upper bound, stop reason).
+"""
 
 from __future__ import annotations
 
