@@ -14,6 +14,7 @@ so it is imported here only inside the functions that need it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
@@ -37,6 +38,22 @@ _LIMIT_SLACK = 1e-6
 _BYTES_PER_ENTRY = 16
 _CPU_BUDGET = 256 * 2**20
 _MAX_TRAIN_CHUNK = 8192
+
+
+def _fixed_threads(device: torch.device):
+    """On a CPU, one torch thread while kNN statistics are computed; elsewhere nothing.
+
+    A BLAS matrix product (the distances) and torch's reductions round differently with
+    different numbers of threads, so sigma(x) would change in its last bits with the threads of
+    the process computing it: a run resumed by a process with other threads, or spread over
+    ranks that share a machine's cores, would not sample with the sigma of a clean run. One
+    thread makes the values a function of the data alone (on a given CPU and library).
+    """
+    if device.type != "cpu":
+        return contextlib.nullcontext()
+    from smoothviz.votes import one_torch_thread
+
+    return one_torch_thread()
 
 
 class SigmaFunction:
@@ -123,7 +140,8 @@ class KNN(SigmaFunction):
         self.device = torch.device(device) if device is not None else train_x.device
         flat = train_x.reshape(n_train, -1).to(self.device, torch.float32)
         # Centering the data before the matrix-product distance formula reduces cancellation.
-        self._center = flat.mean(dim=0, keepdim=True)
+        with _fixed_threads(self.device):
+            self._center = flat.mean(dim=0, keepdim=True)
         self._train = (flat - self._center).contiguous()
         self.sigma_b, self.r, self.k = float(sigma_b), float(r), int(k)
         self.sigma_min = None if sigma_min is None else float(sigma_min)
@@ -133,7 +151,9 @@ class KNN(SigmaFunction):
             raise SigmaSpecError(f"chunk_size must be >= 1, got {chunk_size}")
         self._train_distance: torch.Tensor | None = None
         if m is None:
-            m = float(self.training_mean_distance().double().mean())
+            distances = self.training_mean_distance()
+            with _fixed_threads(self.device):
+                m = float(distances.double().mean())
         elif not math.isfinite(m):
             raise SigmaSpecError(f"sigma spec {spec!r}: m must be finite")
         self.m = float(m)
@@ -158,6 +178,14 @@ class KNN(SigmaFunction):
         train_chunk = min(n, _MAX_TRAIN_CHUNK, self.chunk_size)
         point_chunk = max(1, self.chunk_size // train_chunk)
         result = torch.empty(flat.shape[0], dtype=torch.float32, device=self.device)
+        with _fixed_threads(self.device):
+            self._blocks(flat, exclude, point_chunk, train_chunk, result)
+        return result.to(out_device)
+
+    def _blocks(self, flat: torch.Tensor, exclude: torch.Tensor | None, point_chunk: int, train_chunk: int,
+                result: torch.Tensor) -> None:
+        """``mean_distance`` block by block into ``result``."""
+        n = self.num_train
         for p0 in range(0, flat.shape[0], point_chunk):
             xb = flat[p0: p0 + point_chunk]
             rows = torch.arange(xb.shape[0], device=self.device)
@@ -170,7 +198,6 @@ class KNN(SigmaFunction):
                     block[rows[hit], rel[hit]] = math.inf
                 best = torch.topk(torch.cat([best, block], dim=1), self.k, dim=1, largest=False).values
             result[p0: p0 + xb.shape[0]] = best.mean(dim=1)
-        return result.to(out_device)
 
     def training_mean_distance(self) -> torch.Tensor:
         """d_k of every training point with itself excluded (computed once, cached)."""
