@@ -351,8 +351,11 @@ def run_panel(run_id: int) -> None:
 # ---------------------------------------------------------------- the page
 st.title("Certify test points")
 # Entering the page (from another page, a link or a reload) applies the link; later reruns keep
-# what the widgets hold.
+# what the widgets hold. A run that stopped before drawing every widget (no model file given yet,
+# say) leaves Streamlit without their values: the next run seeds them again from the link, which
+# that run did not rewrite (``restore``).
 entering = entered_page() or "data_mode" not in st.session_state
+restore = entering or not st.session_state.pop("_certify_drawn", False)
 if entering:
     st.session_state[LINK_ERRORS] = {}
 current_run = None
@@ -375,7 +378,7 @@ if current_run is not None:
 
 st.subheader("New certification" if current_run is not None else "Configuration")
 names = data.dataset_names()
-if entering:
+if restore:
     st.session_state["dataset"] = link_choice("dataset", names) or data.DEFAULT_DATASET
 c1, c2 = st.columns(2)
 data_mode = c1.radio("Data", DATA_MODES, key="data_mode", horizontal=True)
@@ -416,8 +419,8 @@ if model_mode == MODEL_MODES[0]:
             st.caption(f"`{display_path(Path(path))}` cannot be used: {one_line(why)}")
         st.stop()
     metas = {display_path(p): m for p, m in ckpts}
-    if entering or "ckpt" not in st.session_state or st.session_state["ckpt"] not in metas:
-        st.session_state["ckpt"] = (link_choice("ckpt", list(metas)) if entering else None) or next(iter(metas))
+    if restore or "ckpt" not in st.session_state or st.session_state["ckpt"] not in metas:
+        st.session_state["ckpt"] = (link_choice("ckpt", list(metas)) if restore else None) or next(iter(metas))
     ckpt = c2.selectbox("Checkpoint", list(metas), key="ckpt")
     meta = metas[ckpt]
     checkpoint = ckpt
@@ -500,9 +503,10 @@ n_test = int(ds.test_x.shape[0])
 # σ widgets are keyed by checkpoint, so choosing another checkpoint starts from its metadata; the
 # link's spec (when the page is entered) comes first. A refused spec falls back visibly.
 sk = f"@{ckpt}"
-if entering or f"kind{sk}" not in st.session_state:
+if restore or f"kind{sk}" not in st.session_state:
     default = None
-    if entering and "sigma" in st.query_params:
+    # the link's σ belongs to the model it was written for: a new model starts from its own σ
+    if (entering or st.session_state.get("_certify_sk") == sk) and "sigma" in st.query_params:
         raw_spec = st.query_params.get("sigma")
         default, why = checked_spec(raw_spec, n_train)
         if default is None:
@@ -555,7 +559,7 @@ if spec:
 
 st.markdown("**Monte Carlo and points**")
 devices = ["auto", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-if entering:
+if restore:
     st.session_state.update({
         "n0": link_int("n0", 1, cost.N_MAX) or 100, "n": link_int("n", 1, cost.N_MAX) or 1000,
         "alpha": link_float("alpha", 0.0, 1.0, open_ends=True) or 0.001,
@@ -594,7 +598,7 @@ if n0 is not None and n is not None and n0 > n:
 engine_batch = engine_batch_size(ckpt, device) if record is None else foreign_batch_size(model_path, weights_path,
                                                                                          device)
 bk = f"batch@{ckpt}|{device}"
-if entering or bk not in st.session_state:
+if restore or bk not in st.session_state:
     st.session_state[bk] = int(engine_batch)
 batch_size = q4.number_input("batch size (noisy samples per forward pass)", step=256, key=bk,
                              help=f"never changes the counts; the engine's default here is {engine_batch}")
@@ -605,7 +609,7 @@ except SmoothvizError:
     trained_with = None
 stem = Path(ckpt).stem
 nk = f"name@{ckpt}|{spec}"
-if entering or nk not in st.session_state:
+if restore or nk not in st.session_state:
     st.session_state[nk] = stem if params == trained_with else f"{stem} {short_spec(spec)}"
 name = st.text_input("run name", key=nk)
 try:
@@ -642,6 +646,8 @@ for e in errors:
 set_query(dataset=dataset if data_mode == DATA_MODES[0] else None, ckpt=ckpt if record is None else None,
           sigma=spec, n0=n0, n=n, alpha=alpha, seed=seed, points=points,
           device=device, indices=index_text or None)
+st.session_state["_certify_drawn"] = True  # every widget drawn and the link rewritten: the next run keeps them
+st.session_state["_certify_sk"] = sk
 
 if indices and not errors:
     try:
