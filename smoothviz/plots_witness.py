@@ -53,8 +53,8 @@ def slice_geometry(w: Witness) -> SliceGeometry:
     """The slice's numbers from the witness's worst-case set (see the module docstring).
 
     In units of sigma0 the set is lin*y1 + quad*(||y||^2 - N) <= t; with quad = s/(2m) (d > 0) this is
-    ||y + s m e1||^2 <= m^2 + N + 2 s m t (a ball for s = +1, the outside for s = -1), with lin = 0
-    (d = 0) s (||y||^2 - N) <= t, and with quad = 0 the half-space y1 <= t.
+    ||y + s m e1||^2 <= m^2 + N + 2 s m t (a ball for s = +1, the outside for s = -1), and with quad = 0
+    the half-space y1 <= t. (A witness at d = 0 has sigma1 = sigma0, so a ball centred at x0 never occurs.)
     """
     region: WorstCaseSet = w.region
     s0, n = w.sigma0, w.dim
@@ -65,10 +65,6 @@ def slice_geometry(w: Witness) -> SliceGeometry:
         return SliceGeometry("half-space", centre=math.nan, radius=math.nan, boundary=s0 * region.threshold,
                              **common)
     s = 1.0 if region.quad > 0 else -1.0
-    if region.lin == 0.0:
-        rho2 = n + s * region.threshold
-        return SliceGeometry(region.kind, centre=0.0, radius=s0 * math.sqrt(max(rho2, 0.0)), boundary=math.nan,
-                             **common)
     m = region.centre_offset
     rho2 = m * m + n + 2.0 * s * m * region.threshold
     return SliceGeometry(region.kind, centre=-s * m * s0, radius=s0 * math.sqrt(max(rho2, 0.0)), boundary=math.nan,
@@ -139,14 +135,14 @@ def slice_figure(w: Witness, zoom: bool = False) -> go.Figure:
         points_text.append("c")
         colors.append(CENTRE_COLOR)
     fig.add_trace(go.Scatter(x=points_x, y=[0.0] * len(points_x), mode="markers+text", text=points_text,
-                             textposition="top center", marker={"color": colors, "size": 9}, name="x₀, x₁, c",
+                             textposition=["top left", "top right", "top center"][: len(points_x)], marker={"color": colors, "size": 9}, name="x₀, x₁, c",
                              showlegend=False))
     region = {"ball": f"A on the ball around c (radius {g.radius:.4g})",
               "complement": f"A outside the ball around c (radius {g.radius:.4g})",
               "half-space": f"A on the half-plane x ≤ {g.boundary:.4g}"}[g.kind]
     where = "" if g.kind == "half-space" or x_lo <= g.centre <= x_hi else f"; c at x = {g.centre:.4g}, outside the view"
-    title = (f"{'Zoom on the top of the shells, where the noise mass lies' if zoom else 'Slice through x₀, x₁ and c, to scale'}: "
-             f"{region}{where}")
+    title = (f"{'Zoom on the top of the shells, where the noise mass lies' if zoom else 'Slice through x₀, x₁ and c, to scale'}"
+             f"<br><sup>{region}{where}</sup>")
     fig = _layout(fig, title, "along x₁ − x₀ (pixel units)", "orthogonal direction (pixel units)")
     fig.update_xaxes(range=[x_lo, x_hi], constrain="domain")
     fig.update_yaxes(range=[y_lo, y_hi], scaleanchor="x", scaleratio=1, constrain="domain")
@@ -187,8 +183,8 @@ def breaking_figure(distance: np.ndarray, low: np.ndarray, high: np.ndarray, nai
     to 1/2 at the sound radius, while the naive radius claims up to its own value.
     """
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=distance, y=low, mode="lines", name="σ₁ = σ₀e^{−rd}", line={"color": X0_COLOR}))
-    fig.add_trace(go.Scatter(x=distance, y=high, mode="lines", name="σ₁ = σ₀e^{+rd}", line={"color": X1_COLOR}))
+    fig.add_trace(go.Scatter(x=distance, y=low, mode="lines", name="σ₁ = σ₀·exp(−r·d)", line={"color": X0_COLOR}))
+    fig.add_trace(go.Scatter(x=distance, y=high, mode="lines", name="σ₁ = σ₀·exp(+r·d)", line={"color": X1_COLOR}))
     fig.add_hline(y=0.5, line_dash="dash", line_color=NEUTRAL, annotation_text="1/2")
     fig.add_vline(x=sound, line_color="#2ca02c", annotation_text="sound radius", annotation_position="bottom right")
     fig.add_vline(x=naive, line_color="#7f7f7f", line_dash="dot", annotation_text="naive radius (no guarantee)",
