@@ -14,12 +14,14 @@ from pages._ui import (
     run_label, set_query, setup_page, short_spec, shown, stop_on_error,
 )
 from smoothviz import analysis, data, plots
+from smoothviz.audit import audit_warning
 from smoothviz.errors import SmoothvizError
 from smoothviz.store import export_csv, import_cohen_log
 
 setup_page("Compare runs", ":material/compare_arrows:")
 
 MAX_NOTED = 5  # unknown run ids named in a note; the rest are counted
+COUNTEREXAMPLES = "pages/7_Counterexamples.py"
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -209,6 +211,11 @@ if not data_by_label:
     import_section(expanded=False)
     st.stop()
 
+for label, (run, _) in data_by_label.items():  # an audit above the r the certificates assume disproves them
+    warning = audit_warning(run)
+    if warning:
+        st.warning(f"Run {label}: {warning}.", icon=WARNING_ICON)
+
 tabs = st.tabs(["Certified accuracy", "Radius distribution", "Sound vs naive", "Per class", "σ(x) vs radius",
                 "Table & downloads"])
 
@@ -228,15 +235,22 @@ with tabs[1]:
 
 with tabs[2]:
     dependent = {k: (res["naive_radius"].to_numpy(float), res["radius"].to_numpy(float))
-                 for k, (run, res) in data_by_label.items() if (run.get("r") or 0) > 0}
+                 for k, (run, res) in data_by_label.items() if analysis.input_dependent(run)}
     if dependent:
         st.plotly_chart(plots.sound_vs_naive_scatter(dependent), key="fig_sound_naive")
         curves_n = {}
         for k, (run, res) in data_by_label.items():
             if k in dependent:
-                curves_n[f"{k} (sound)"] = analysis.accuracy_curve(res)
+                sound = f"{k} ({analysis.NAIVE_ONLY}: sound radius 0)" if analysis.naive_only(run) else f"{k} (sound)"
+                curves_n[sound] = analysis.accuracy_curve(res)
                 curves_n[f"{k} (naive, not a guarantee)"] = analysis.accuracy_curve(res, use="naive_radius")
         st.plotly_chart(plots.waterfall_figure(curves_n), key="fig_sound_naive_curves")
+        runs_dependent = {k: run for k, (run, _) in data_by_label.items() if k in dependent}
+        picked = st.selectbox("Counterexamples for", list(runs_dependent), key="cx_compare_run",
+                              help="Real inputs near each certified point that refute its naive certificate, with "
+                                   "the worst-case base classifier that does it.")
+        st.page_link(COUNTEREXAMPLES, label=f"Counterexamples to the naive certificates of {picked}",
+                     icon=":material/gpp_bad:", query_params={"run": str(int(runs_dependent[picked]["id"]))})
     else:
         st.info("None of the chosen runs uses an input-dependent σ (r > 0); for constant σ the naive and "
                 "sound radii coincide.")

@@ -219,3 +219,25 @@ def test_real_data_mode_on_an_empty_store_offers_the_examples() -> None:
     at.radio(key="cx_mode").set_value("data").run()
     assert not at.exception
     assert any("Load the example runs" == b.label for b in at.button)
+
+
+# ---------------------------------------------------------------- cross-links
+def test_compare_links_the_chosen_run_and_warns_about_its_audit(examples, tmp_path) -> None:
+    knn = examples["digits-cnn-knn-0.25"]
+    constant = examples["digits-cnn-constant-0.25"]
+    store = Store(tmp_path / "runs" / "test.db")
+    run = store.run(knn)
+    low = store.create_run("knn with too small an r", "digits", "test", run["checkpoint"], run["sigma_spec"],
+                           run["sigma_params"], 0.2, run["n0"], run["n"], run["alpha"], "cpu", [0, 1, 2], 0, 256)
+    for row in store.results(knn).head(3).to_dict("records"):
+        store.add_result(low, row)
+    store.annotate_run(low, "sigma_audit", {"audited_r": 0.35, "declared_r": 0.2})
+    store.close()
+    at = support.open_page("pages/3_Compare_runs.py", runs=f"{constant},{knn},{low}")
+    assert not at.exception, [e.message for e in at.exception]
+    warned = [w for w in notes(at) if "the audited semi-elasticity 0.35 of its sigma exceeds the r = 0.2" in w]
+    assert len(warned) == 1 and f"#{low}" in warned[0]
+    assert at.selectbox(key="cx_compare_run").options == [f"#{knn} example: digits-cnn-knn-0.25",
+                                                         f"#{low} knn with too small an r"]
+    links = [link.proto for link in at.get("page_link") if link.proto.label.startswith("Counterexamples to the")]
+    assert len(links) == 1 and links[0].page == "Counterexamples" and links[0].query_string == f"run={knn}"
