@@ -11,7 +11,8 @@ from PIL import Image
 
 from apptest_support import open_page, plotly_figures, wait_for
 from apptest_support import fresh_app_state  # noqa: F401  (autouse: a temporary store, no shared caches)
-from smoothviz.model_sources import ReferenceCifarResNet, archive_metadata
+from smoothviz.model_sources import archive_metadata
+from smoothviz.reference_archs import ReferenceCifarResNet
 from smoothviz.store import Store
 
 pytestmark = pytest.mark.usefixtures("one_thread")

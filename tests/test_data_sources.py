@@ -12,7 +12,8 @@ import torchvision
 from PIL import Image
 from torchvision import transforms
 
-from smoothviz import data, data_sources as ds, knn_reference
+from smoothviz import data, knn_reference
+from smoothviz import data_sources as ds
 from smoothviz.errors import DatasetUnavailable, InvalidArgument, SigmaSpecError
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from e2e_support import assert_no_exception, shot, wait_idle
 from e2e_support import browser, page, server  # noqa: F401  (pytest fixtures)
-from smoothviz.model_sources import ReferenceCifarResNet
+from smoothviz.reference_archs import ReferenceCifarResNet
 
 pytestmark = pytest.mark.e2e
 

@@ -215,8 +215,8 @@ def test_engine_counts_equal_those_of_the_transcribed_model(ref110, one_thread):
     path, reference = ref110
     model, _ = ms.open_model(ms.ModelRequest(model=str(path)))
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
-    args = dict(x=x, labels=[0, 1], idx=[0, 1], sigma_fn=Constant(0.25), n0=8, n=40, alpha=0.001, num_classes=10,
-                batch_size=16, device="cpu", seed=11, r=0.0, dim=3072)
+    args = {"x": x, "labels": [0, 1], "idx": [0, 1], "sigma_fn": Constant(0.25), "n0": 8, "n": 40, "alpha": 0.001,
+            "num_classes": 10, "batch_size": 16, "device": "cpu", "seed": 11, "r": 0.0, "dim": 3072}
     ours = certify_points(model, **args)
     theirs = certify_points(reference, **args)
     assert [r.counts for r in ours] == [r.counts for r in theirs] and sum(ours[0].counts) == 40
@@ -433,7 +433,7 @@ def test_export_round_trip_gives_the_eager_counts(tmp_path, dynamic, one_thread)
     torch.export.save(program, str(path), extra_files=ms.archive_metadata((3, 12, 12), 5))
     with pytest.raises(CheckpointError, match="torch.export archive"):
         ms.open_model(ms.ModelRequest(model=str(path)))
-    model, info = ms.open_model(ms.ModelRequest(model=str(path), trust_archive=True))
+    model, _ = ms.open_model(ms.ModelRequest(model=str(path), trust_archive=True))
     assert model.fixed_batch == (None if dynamic else 4)  # a fixed batch runs in padded chunks of 4
     x = torch.rand(3, 3, 12, 12, generator=torch.Generator().manual_seed(1))
     assert _counts(model, x) == _counts(net, x)
