@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
@@ -363,14 +364,21 @@ _REPORTED = (1, 2, 130)
 
 
 def _report_failure(failures: Mapping[int, object], verb: str) -> int:
-    """Name the ranks that ended without a report of their own; rank 0's exit code (else 1)."""
-    unreported = sorted((rank, f) for rank, f in failures.items() if getattr(f, "exitcode", 1) not in _REPORTED)
-    for rank, failure in unreported:
-        code = int(getattr(failure, "exitcode", 1))
+    """Name the ranks that ended without a report of their own; rank 0's exit code (else 1).
+
+    torchrun stops the other ranks with SIGTERM once one has failed, so a rank ended by SIGTERM
+    is named only when no rank says why it all ended.
+    """
+    codes = {rank: int(getattr(f, "exitcode", 1)) for rank, f in failures.items()}
+    reported = any(code in _REPORTED for code in codes.values())
+    unreported = [r for r, code in sorted(codes.items()) if code not in _REPORTED and code != -signal.SIGTERM]
+    if not unreported and not reported:
+        unreported = sorted(codes)
+    for rank in unreported:
+        code, failure = codes[rank], failures[rank]
         how = f"was killed by {failure.signal_name()}" if code < 0 else f"exited with code {code}"
         role = " (the writer of the results store)" if rank == 0 else ""
         print(f"smoothviz {verb}: rank {rank}{role} {how}; the other ranks were stopped; rerun the same "
               "command to resume the missing points", file=sys.stderr)
-    zero = failures.get(0)
-    code = getattr(zero, "exitcode", None)
-    return code if isinstance(code, int) and code in _REPORTED else 1
+    code = codes.get(0)
+    return code if code in _REPORTED else 1
