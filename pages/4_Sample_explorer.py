@@ -160,14 +160,14 @@ if model_mode == MODEL_MODES[1]:
         st.warning("This model takes inputs that are not images; the explorer shows images.", icon=WARNING_ICON)
         st.stop()
     with stop_on_error():
-        from smoothviz.data import canonical_name
+        from smoothviz.data import resolve_name
         from smoothviz.data_sources import is_source, parse_source
 
         text = data_text or info.dataset or ""
         if not text:
             raise SmoothvizError(f"{info.source} does not say which data it takes; name it in the sidebar")
         dataset_name = parse_source(text).with_defaults(info.preprocess, info.input_shape[0]).name \
-            if is_source(text) else canonical_name(text)
+            if is_source(text) else resolve_name(text)
         ds = load_dataset(dataset_name)
     misfit = model_misfit(model_path, weights_path, mtime(model_path), dataset_name)
     if misfit:

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from smoothviz import bounds, cost, speed
-from smoothviz.data import Dataset, canonical_name, load_dataset
+from smoothviz.data import Dataset, load_dataset, resolve_name
 from smoothviz.device import resolve_device
 from smoothviz.errors import Cancelled, CheckpointError, InvalidArgument, SmoothvizError, StoreError
 from smoothviz.knn_reference import build_run_sigma
@@ -513,7 +513,7 @@ def prepare_run(
         raise InvalidArgument(f"--cuda-graphs needs a CUDA device, not {dev}")
     if run.get("n") is not None:
         _validate(run.get("n0"), int(run["n"]), run.get("alpha"), None)
-    name = canonical_name(run["dataset"])
+    name = resolve_name(run["dataset"])
     checkpoint = run["checkpoint"]
     if checkpoint is None:
         raise InvalidArgument("checkpoint: the run names no checkpoint")

@@ -7,8 +7,9 @@ The registry (``DATASET_INFO``) needs no torch, so argument definitions can list
 without loading it.
 
 Besides the registered names, a dataset may be a source string naming researchers' own files,
-``imagefolder:PATH`` or ``npz:FILE`` (``smoothviz.data_sources``): ``canonical_name`` and
+``imagefolder:PATH`` or ``npz:FILE`` (``smoothviz.data_sources``): ``resolve_name`` and
 ``load_dataset`` accept them, and their canonical form is the dataset name the store records.
+``canonical_name`` accepts registered names only, for the verbs that need one (train, import).
 """
 
 from __future__ import annotations
@@ -136,16 +137,25 @@ def dataset_names() -> list[str]:
 
 
 def canonical_name(name: str) -> str:
-    """Resolve aliases and canonicalise source strings; InvalidArgument for an unknown dataset."""
+    """Resolve aliases; InvalidArgument for a name that is not a registered dataset."""
+    name = _ALIASES.get(name, name)
+    if name not in DATASET_INFO:
+        raise InvalidArgument(f"unknown dataset {name!r}; choose from {', '.join(dataset_names())}")
+    return name
+
+
+def resolve_name(name: str) -> str:
+    """A registered dataset's canonical name, or a source string's canonical form
+    (``imagefolder:PATH``, ``npz:FILE``: absolute path, ordered options); InvalidArgument otherwise.
+    Needs no torch."""
     from smoothviz import data_sources
 
     if data_sources.is_source(name):
         return data_sources.canonical_source(name)
-    name = _ALIASES.get(name, name)
-    if name not in DATASET_INFO:
-        raise InvalidArgument(f"unknown dataset {name!r}; choose from {', '.join(dataset_names())}, "
-                              "or name files as imagefolder:PATH or npz:FILE")
-    return name
+    try:
+        return canonical_name(name)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{exc}, or name your files as imagefolder:PATH or npz:FILE") from None
 
 
 def default_root() -> Path:
@@ -161,7 +171,7 @@ def load_dataset(name: str, root: str | Path | None = None, download: bool = Tru
     DatasetUnavailable (one line naming the directory and files) when that is impossible. A
     source string (``imagefolder:PATH``, ``npz:FILE``) loads through ``data_sources.load_source``.
     """
-    name = canonical_name(name)
+    name = resolve_name(name)
     if name not in DATASET_INFO:
         from smoothviz.data_sources import load_source
 

@@ -246,6 +246,16 @@ def test_bad_input_is_one_line_and_writes_nothing(files, env, capsys, name, argv
     assert sorted(p.relative_to(env) for p in env.rglob("*")) == before  # no store, no cache, no file
 
 
+def test_verbs_that_need_a_registered_dataset_refuse_files_in_one_line(files, env, capsys):
+    log = env / "log.tsv"
+    log.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\t1\t0.5\t1\t1.0\n")
+    for argv in (["import", log, "--name", "x", "--sigma", 0.25, "--db", env / "r.db"],
+                 ["train", "--epochs", 1, "--out", env / "m.pt"]):
+        code, _, err = cli(capsys, *argv, "--dataset", f"npz:{files['npz']}")
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "unknown dataset 'npz:" in err, err
+    assert sorted(p.name for p in env.iterdir()) == ["log.tsv"]
+
+
 def test_help_names_the_code_running_options_and_imports_no_torch():
     code = ("import sys; from smoothviz.cli import main\n"
             "try:\n    main(['certify', '--help'])\nexcept SystemExit:\n    pass\n"

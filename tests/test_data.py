@@ -102,8 +102,8 @@ def test_source_names_resolve_without_torch(tmp_path):
     import sys
     from pathlib import Path
 
-    code = ("import sys; from smoothviz.data import canonical_name; "
-            f"print(canonical_name('npz:{tmp_path}/a/../b.npz')); print('torch' in sys.modules)")
+    code = ("import sys; from smoothviz.data import resolve_name; "
+            f"print(resolve_name('npz:{tmp_path}/a/../b.npz')); print('torch' in sys.modules)")
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
                          timeout=120, check=False).stdout.split()

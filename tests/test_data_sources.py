@@ -41,7 +41,9 @@ def test_source_strings_parse_and_canonicalise(tmp_path):
     spec = ds.parse_source(f"imagefolder(crop=224, resize=256):{tmp_path}/val/../val")
     assert spec.name == f"imagefolder(resize=256,crop=224):{tmp_path}/val"
     assert ds.canonical_source(f"npz:{tmp_path}/a.npz") == f"npz:{tmp_path}/a.npz"
-    assert data.canonical_name(f"imagefolder:{tmp_path}") == f"imagefolder:{tmp_path}"
+    assert data.resolve_name(f"imagefolder:{tmp_path}") == f"imagefolder:{tmp_path}"
+    with pytest.raises(InvalidArgument, match="unknown dataset"):  # train and import take registered names only
+        data.canonical_name(f"imagefolder:{tmp_path}")
     assert ds.is_source("npz:x.npz") and ds.is_source("imagefolder(crop=3):p") and not ds.is_source("cifar10")
 
 

@@ -261,7 +261,7 @@ def _model_request(args: argparse.Namespace):
 def _data_name(text: str, info) -> str:
     """The canonical dataset name for a foreign model: a source takes the model's preprocessing
     and channels where it names none."""
-    from smoothviz.data import DATASET_INFO, canonical_name
+    from smoothviz.data import DATASET_INFO, resolve_name
     from smoothviz.data_sources import is_source, parse_source
 
     if is_source(text):
@@ -270,12 +270,12 @@ def _data_name(text: str, info) -> str:
     if text not in DATASET_INFO and text == info.dataset:
         raise InvalidArgument(f"--dataset: {info.source} was trained on {text}, which smoothviz does not ship; give "
                               "your copy as --data imagefolder:PATH (ImageFolder layout) or npz:FILE")
-    return canonical_name(text)
+    return resolve_name(text)
 
 
 def _resolve_model(args: argparse.Namespace) -> tuple[str, str | None, str, dict, dict, bool]:
     """(dataset, default sigma spec, checkpoint, meta, description, trust_code) of the model arguments."""
-    from smoothviz.data import canonical_name, load_dataset
+    from smoothviz.data import load_dataset, resolve_name
     from smoothviz.model_sources import check_fits, is_smoothviz_checkpoint, open_model, run_checkpoint, run_record
     from smoothviz.models import read_checkpoint
 
@@ -290,7 +290,7 @@ def _resolve_model(args: argparse.Namespace) -> tuple[str, str | None, str, dict
             flag = "--" + given[0].replace("_", "-")
             raise InvalidArgument(f"{flag}: {args.model} is a smoothviz checkpoint, which records what it is")
         meta = read_checkpoint(args.model)["meta"]
-        dataset = canonical_name(args.dataset or meta["dataset"])
+        dataset = resolve_name(args.dataset or meta["dataset"])
         if meta["dataset"] != dataset:
             raise CheckpointError(f"{args.model} was trained on {meta['dataset']!r}, not on {dataset!r}")
         return dataset, meta.get("sigma"), str(args.model), meta, {}, False
