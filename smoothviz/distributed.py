@@ -129,7 +129,7 @@ class Ranks:
             torch.cuda.set_device(device)
         try:
             dist.init_process_group(backend, timeout=PROCESS_GROUP_TIMEOUT)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any rendezvous failure is one line for the user
             raise LaunchError(f"rank {world.rank} cannot join the other ranks at {world.master}: "
                               f"{one_line(exc)}") from None
         try:
@@ -477,7 +477,7 @@ class _Coordinator:
         while waiting:
             try:
                 src, message = self.ranks.recv()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a broken process group ends the run, whatever broke it
                 self.fail(RankFailed(f"rank 0 lost the other ranks: {one_line(exc)}"))
                 return
             if "error" in message or message.get("bye"):
@@ -493,12 +493,12 @@ class _Coordinator:
                     self.tally.samples(src, int(message.get("samples", 0)))
                 if message.get("want") and not self.stopping.is_set():
                     points = self.assignment.take(src, int(message["want"]))
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread by certify_on_ranks
                 self.fail(exc)
                 points = []
             try:
                 self.ranks.send(src, {"stop": self.stopping.is_set(), "points": points})
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - as for recv
                 self.fail(RankFailed(f"rank 0 lost rank {src}: {one_line(exc)}"))
                 return
 
@@ -624,9 +624,9 @@ def serve(ranks: Ranks, work: PointWork) -> None:
         raise InvalidArgument("serve runs on the ranks other than 0; rank 0 runs certify_on_ranks")
     try:
         _Worker(ranks, work).run()
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - every failure is handed to rank 0, then raised
         try:
             ranks.send(0, {"error": one_line(exc)})
-        except Exception:
+        except Exception:  # noqa: BLE001 - rank 0 is gone: the error itself is raised
             raise exc from None
         raise Reported(one_line(exc)) from None

@@ -348,7 +348,7 @@ def launch(verb: str, args: argparse.Namespace, add_arguments: Callable[[argpars
         print(f"smoothviz {verb}: stopped by {exc.sigval.name}; every rank was stopped (rerun the same command "
               "to resume)", file=sys.stderr)
         return 128 + int(exc.sigval)
-    except (Exception, SystemExit) as exc:  # rendezvous and start-up failures of torchrun's launcher
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - rendezvous and start-up failures of torchrun's launcher
         raise LaunchError(f"the ranks could not start{where}: {_first_line(exc)}") from None
     return 0
 

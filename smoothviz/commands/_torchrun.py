@@ -117,7 +117,7 @@ def _worker(ranks, device, device_error: str | None, make_work, trust_code: bool
     if error is None:
         try:
             prepared = distributed.prepare_rank(plan, device, trust_code)
-        except Exception as exc:  # reported by rank 0, in one line
+        except Exception as exc:  # noqa: BLE001 - any refusal is reported by rank 0, in one line
             error = distributed.one_line(exc)
     if ranks.agree(error) is not None:
         return 2
