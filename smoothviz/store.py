@@ -19,6 +19,13 @@ their number in the side table ``run_ranks``, created on first use like the sequ
 a run without a row there last ran in one process, and executing it again in one process
 removes its row.
 
+A sweep (``smoothviz.sweep``: a grid of certifications over sigma parameters, models, n and alpha
+on the same points, executed as one job) is one row of the side table ``sweeps`` (its identity,
+its configuration, status, process and cancel flag, like a run's) and one row of ``sweep_runs``
+per grid cell (the cell's parameters and its child run). Both are created with the first sweep,
+so older stores stay readable as they are. A child run is an ordinary certify run; deleting it
+leaves its cell without a run (``run_id`` NULL), which resuming the sweep creates again.
+
 pandas is imported only by the functions that return data frames, so the command line can open a
 store without loading it.
 """
@@ -154,6 +161,34 @@ CREATE TABLE IF NOT EXISTS run_ranks (
     world_size INTEGER NOT NULL
 )
 """
+
+# The side tables of sweeps (see the module docstring); created with the first sweep, never altered.
+_SWEEP_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sweeps (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    created REAL NOT NULL,
+    identity TEXT NOT NULL,
+    config TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    message TEXT NOT NULL DEFAULT '',
+    cancel INTEGER NOT NULL DEFAULT 0,
+    pid INTEGER,
+    host TEXT,
+    started REAL,
+    updated REAL,
+    finished REAL
+);
+CREATE TABLE IF NOT EXISTS sweep_runs (
+    sweep_id INTEGER NOT NULL REFERENCES sweeps(id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    cell TEXT NOT NULL,
+    run_id INTEGER UNIQUE REFERENCES runs(id) ON DELETE SET NULL,
+    PRIMARY KEY (sweep_id, position)
+)
+"""
+_SWEEP_COLUMNS = ("id", "name", "created", "identity", "config", "status", "message", "cancel", "pid", "host",
+                  "started", "updated", "finished")
 
 _RUN_COLUMNS = (
     "id", "name", "kind", "created", "dataset", "split", "checkpoint", "checkpoint_sha256",
@@ -467,6 +502,21 @@ class Store:
         ``sequential``: the settings of an anytime-valid run (``smoothviz.sequential_engine``'s
         ``SequentialSettings.to_dict()``), recorded in ``sequential_runs``; None for fixed n.
         """
+        fields, settings = self._new_run(
+            name, dataset, split, checkpoint, sigma_spec, sigma_params, r, n0, n, alpha, device, indices, seed,
+            batch_size, options, kind=kind, checkpoint_sha256=checkpoint_sha256, sequential=sequential)
+        with self._write() as c:
+            return self._add_run(c, fields, settings)
+
+    @staticmethod
+    def _new_run(
+        name: str, dataset: str, split: str, checkpoint: str | Path | None, sigma_spec: str | None,
+        sigma_params: dict | None, r: float | None, n0: int | None, n: int | None, alpha: float | None,
+        device: str | None, indices: Sequence[int], seed: int | None, batch_size: int | None,
+        options: dict | None = None, *, kind: str = "certify", checkpoint_sha256: str | None = None,
+        sequential: Mapping[str, Any] | None = None,
+    ) -> tuple[dict, str | None]:
+        """(runs row, sequential settings JSON) of a new run, checked (``create_run``'s arguments)."""
         indices = [int(i) for i in indices]
         if len(set(indices)) != len(indices):
             raise InvalidArgument("indices: contains duplicates")
@@ -474,22 +524,25 @@ class Store:
         if checkpoint is not None and checkpoint_sha256 is None:
             checkpoint_sha256 = file_sha256(checkpoint)
         now = time.time()
-        with self._write() as c:
-            run_id = self._insert_run(c, {
-                "name": name, "kind": kind, "created": now, "dataset": dataset, "split": split,
-                "checkpoint": None if checkpoint is None else str(checkpoint),
-                "checkpoint_sha256": checkpoint_sha256, "sigma_spec": sigma_spec,
-                "sigma_params": _json(sigma_params or {}), "r": None if r is None else float(r),
-                "n0": n0, "n": n, "alpha": None if alpha is None else float(alpha), "device": device,
-                "indices": _json(indices), "total": len(indices), "seed": seed, "batch_size": batch_size,
-                "options": _json(options or {}), "status": "pending", "updated": now,
-            })
-            if settings is not None:
-                for stmt in _SEQUENTIAL_SCHEMA.strip().split(";"):
-                    if stmt.strip():
-                        c.execute(stmt)
-                c.execute("INSERT INTO sequential_runs (run_id, settings) VALUES (?, ?)", (run_id, settings))
-            return run_id
+        return {
+            "name": name, "kind": kind, "created": now, "dataset": dataset, "split": split,
+            "checkpoint": None if checkpoint is None else str(checkpoint),
+            "checkpoint_sha256": checkpoint_sha256, "sigma_spec": sigma_spec,
+            "sigma_params": _json(sigma_params or {}), "r": None if r is None else float(r),
+            "n0": n0, "n": n, "alpha": None if alpha is None else float(alpha), "device": device,
+            "indices": _json(indices), "total": len(indices), "seed": seed, "batch_size": batch_size,
+            "options": _json(options or {}), "status": "pending", "updated": now,
+        }, settings
+
+    def _add_run(self, c: sqlite3.Connection, fields: Mapping[str, Any], settings: str | None) -> int:
+        """INSERT a run made by ``_new_run`` (and its sequential settings) inside an open transaction."""
+        run_id = self._insert_run(c, fields)
+        if settings is not None:
+            for stmt in _SEQUENTIAL_SCHEMA.strip().split(";"):
+                if stmt.strip():
+                    c.execute(stmt)
+            c.execute("INSERT INTO sequential_runs (run_id, settings) VALUES (?, ?)", (run_id, settings))
+        return run_id
 
     def find_run(
         self,
@@ -850,6 +903,140 @@ class Store:
     def integrity_check(self) -> str:
         """SQLite's own integrity check ("ok" when the file is sound)."""
         return str(self._query("PRAGMA integrity_check")[0][0])
+
+    # ---------------------------------------------------------------- sweeps
+    def create_sweep(self, name: str, identity: Mapping[str, Any], config: Mapping[str, Any],
+                     cells: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> int:
+        """Record a sweep (status pending) and its child runs in one transaction; returns its id.
+
+        ``identity``: what makes two sweeps the same (``find_sweep``); ``config``: what it records
+        to show and resume; ``cells``: per grid cell, in grid order, (its parameters, its run as
+        ``create_run``'s keyword arguments). All or nothing: a refused cell writes no sweep.
+        """
+        cleaned = check_run_name(name)
+        made = [(dict(cell), self._new_run(**run)) for cell, run in cells]
+        if not made:
+            raise InvalidArgument("sweep: no cell to record")
+        now = time.time()
+        with self._write() as c:
+            for stmt in _SWEEP_SCHEMA.strip().split(";"):
+                c.execute(stmt)
+            cur = c.execute("INSERT INTO sweeps (name, created, identity, config, status, updated)"
+                            " VALUES (?, ?, ?, ?, 'pending', ?)", (cleaned, now, _json(identity), _json(config), now))
+            sweep_id = int(cur.lastrowid)
+            for position, (cell, (fields, settings)) in enumerate(made):
+                run_id = self._add_run(c, fields, settings)
+                c.execute("INSERT INTO sweep_runs (sweep_id, position, cell, run_id) VALUES (?, ?, ?, ?)",
+                          (sweep_id, position, _json(cell), run_id))
+        return sweep_id
+
+    def replace_sweep_run(self, sweep_id: int, position: int, run: Mapping[str, Any]) -> int:
+        """Create the run of a cell whose run was deleted (``create_run``'s keyword arguments); its id.
+
+        StoreError when the cell does not exist or still has its run.
+        """
+        fields, settings = self._new_run(**run)
+        with self._write() as c:
+            row = None if not self._has_table("sweep_runs") else c.execute(
+                "SELECT run_id FROM sweep_runs WHERE sweep_id=? AND position=?", (int(sweep_id), int(position))
+            ).fetchone()
+            if row is None:
+                raise StoreError(f"sweep {sweep_id} has no cell {position} in {self.path}")
+            if row[0] is not None:
+                raise StoreError(f"cell {position} of sweep {sweep_id} still has its run {row[0]}")
+            run_id = self._add_run(c, fields, settings)
+            c.execute("UPDATE sweep_runs SET run_id=? WHERE sweep_id=? AND position=?",
+                      (run_id, int(sweep_id), int(position)))
+        return run_id
+
+    def find_sweep(self, identity: Mapping[str, Any]) -> int | None:
+        """The newest sweep recorded with exactly this identity (to resume it), else None."""
+        if not self._has_table("sweeps"):
+            return None
+        rows = self._query("SELECT id FROM sweeps WHERE identity=? ORDER BY id DESC LIMIT 1", (_json(identity),))
+        return int(rows[0][0]) if rows else None
+
+    def _sweep_key(self, sweep_id: object) -> int:
+        key = _run_key(sweep_id)
+        if key is None or not self._has_table("sweeps") or not self._query("SELECT 1 FROM sweeps WHERE id=?", (key,)):
+            raise StoreError(f"sweep {quote(str(sweep_id))} not found in {self.path}")
+        return key
+
+    def sweep(self, sweep_id: int) -> dict:
+        """The sweep's record (identity and config decoded, effective status) with ``cells``: per
+        grid cell in order, its ``position``, parameters (``cell``), ``run_id`` (None once deleted)
+        and that run's ``status``, ``done`` and ``total``; ``done``/``total`` sum the points of its
+        runs, ``runs_done`` counts its finished runs."""
+        key = self._sweep_key(sweep_id)
+        row = self._query(f"SELECT {', '.join(_SWEEP_COLUMNS)} FROM sweeps WHERE id=?", (key,))[0]
+        d = dict(zip(_SWEEP_COLUMNS, row))
+        d["identity"], d["config"] = json.loads(d["identity"]), json.loads(d["config"])
+        d["pid"] = _opt_int(d["pid"])
+        d["status"] = _effective_status(d["status"], d["pid"], d["host"])
+        d["cancel"] = bool(d["cancel"])
+        cells = []
+        for position, cell, run_id, status, pid, host, total, done in self._query(
+            "SELECT w.position, w.cell, w.run_id, r.status, r.pid, r.host, r.total,"
+            " (SELECT COUNT(*) FROM results s WHERE s.run_id = w.run_id)"
+            " FROM sweep_runs w LEFT JOIN runs r ON r.id = w.run_id WHERE w.sweep_id=? ORDER BY w.position", (key,)
+        ):
+            cells.append({"position": int(position), "cell": json.loads(cell),
+                          "run_id": None if run_id is None else int(run_id),
+                          "status": None if status is None else _effective_status(status, _opt_int(pid), host),
+                          "done": int(done or 0), "total": int(total or 0)})
+        d["cells"] = cells
+        d["done"] = sum(c["done"] for c in cells)
+        d["total"] = sum(c["total"] for c in cells)
+        d["runs_done"] = sum(c["status"] == "done" and c["done"] == c["total"] for c in cells)
+        return d
+
+    def sweeps(self) -> list[dict]:
+        """Every sweep's record (as ``sweep``), newest first; empty for a store without sweeps."""
+        if not self._has_table("sweeps"):
+            return []
+        return [self.sweep(int(r[0])) for r in self._query("SELECT id FROM sweeps ORDER BY id DESC")]
+
+    def sweep_of_run(self, run_id: int) -> int | None:
+        """The sweep a run belongs to, or None."""
+        if not self._has_table("sweep_runs"):
+            return None
+        rows = self._query("SELECT sweep_id FROM sweep_runs WHERE run_id=?", (int(run_id),))
+        return int(rows[0][0]) if rows else None
+
+    def set_sweep_status(self, sweep_id: int, status: str, message: str = "") -> None:
+        """Set the sweep's status; "running" also records this process (pid, host), the start, and
+        clears its cancel flag."""
+        if status not in STATUSES:
+            raise InvalidArgument(f"status {status!r}: expected one of {', '.join(STATUSES)}")
+        key = self._sweep_key(sweep_id)
+        now = time.time()
+        with self._write() as c:
+            if status == "running":
+                c.execute("UPDATE sweeps SET status=?, message=?, pid=?, host=?, started=?, updated=?, finished=NULL,"
+                          " cancel=0 WHERE id=?", (status, message, os.getpid(), socket.gethostname(), now, now, key))
+            else:
+                finished = now if status in ("done", "cancelled", "failed", "interrupted") else None
+                c.execute("UPDATE sweeps SET status=?, message=?, updated=?, finished=? WHERE id=?",
+                          (status, message, now, finished, key))
+
+    def request_sweep_cancel(self, sweep_id: int) -> None:
+        """Ask the process executing the sweep to stop: its current run stops after the batch in
+        flight (the runs' own cancel flag) and no further run starts."""
+        key = self._sweep_key(sweep_id)
+        with self._write() as c:
+            c.execute("UPDATE sweeps SET cancel=1 WHERE id=?", (key,))
+            c.execute("UPDATE runs SET cancel=1 WHERE status<>'done' AND id IN"
+                      " (SELECT run_id FROM sweep_runs WHERE sweep_id=?)", (key,))
+
+    def sweep_cancel_requested(self, sweep_id: int) -> bool:
+        """Whether cancellation was requested for the sweep."""
+        rows = self._query("SELECT cancel FROM sweeps WHERE id=?", (self._sweep_key(sweep_id),))
+        return bool(rows and rows[0][0])
+
+    def sweep_executing(self, sweep_id: int) -> bool:
+        """Whether a live process is executing the sweep (as ``executing`` for a run)."""
+        row = self._query("SELECT status, pid, host FROM sweeps WHERE id=?", (self._sweep_key(sweep_id),))[0]
+        return _executing(*row)
 
     # ---------------------------------------------------------------- side tables
     def _has_table(self, name: str) -> bool:
