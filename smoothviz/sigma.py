@@ -15,6 +15,7 @@ so it is imported here only inside the functions that need it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Sequence
 
@@ -111,6 +112,12 @@ class KNN(SigmaFunction):
     d_k(x) is the mean Euclidean distance from x to its k nearest training points, computed on the
     device in blocks of at most ``chunk_size`` distances. ``m`` defaults to the mean of d_k over
     the training set where each training point excludes itself.
+
+    A sweep over sigma_b and r needs d_k of the same points for every cell: ``remember_distances``
+    keeps them, and ``with_parameters`` makes the sigma function of another (sigma_b, r, m,
+    clipping) that shares the training points, their distances and the remembered ones, so the
+    distances of one (data, k) are computed once and every cell's sigma(x) is exactly the one a
+    separately built function gives.
     """
 
     def __init__(
@@ -150,6 +157,7 @@ class KNN(SigmaFunction):
         if self.chunk_size < 1:
             raise SigmaSpecError(f"chunk_size must be >= 1, got {chunk_size}")
         self._train_distance: torch.Tensor | None = None
+        self._remembered: tuple[torch.Tensor, torch.Tensor] | None = None
         if m is None:
             distances = self.training_mean_distance()
             with _fixed_threads(self.device):
@@ -171,7 +179,12 @@ class KNN(SigmaFunction):
         point); -1 skips nothing.
         """
         out_device = x.device
-        flat = x.reshape(x.shape[0], -1).to(self.device, torch.float32) - self._center
+        flat = x.reshape(x.shape[0], -1).to(self.device, torch.float32)
+        remembered = self._remembered
+        if exclude is None and remembered is not None and flat.shape == remembered[0].shape \
+                and torch.equal(flat, remembered[0]):
+            return remembered[1].to(out_device)
+        flat = flat - self._center
         if exclude is not None:
             exclude = exclude.to(self.device, torch.long)
         n = self.num_train
@@ -198,6 +211,44 @@ class KNN(SigmaFunction):
                     block[rows[hit], rel[hit]] = math.inf
                 best = torch.topk(torch.cat([best, block], dim=1), self.k, dim=1, largest=False).values
             result[p0: p0 + xb.shape[0]] = best.mean(dim=1)
+
+    def remember_distances(self, x: torch.Tensor) -> torch.Tensor:
+        """d_k of the rows of x, computed now and kept: from then on ``mean_distance`` (and so
+        sigma(x)) of exactly these inputs returns them without computing them again, in this
+        function and in every one ``with_parameters`` makes from it. Returns them."""
+        distances = self.mean_distance(x)
+        inputs = x.detach().reshape(x.shape[0], -1).to(self.device, torch.float32).clone()
+        self._remembered = (inputs, distances.detach().to(self.device))
+        return distances
+
+    def with_parameters(
+        self,
+        sigma_b: float,
+        r: float,
+        m: float | None = None,
+        sigma_min: float | None = None,
+        sigma_max: float | None = None,
+    ) -> KNN:
+        """The sigma function of these training points and k with another sigma_b, r, clipping and
+        m (default: this one's): it shares the training points, their distances and the remembered
+        distances (nothing is computed again), checked as the constructor checks its arguments."""
+        spec = f"knn:{sigma_b},{r},{self.k}"
+        _check_positive("sigma_b", sigma_b, spec)
+        _check_finite_nonneg("r", r, spec)
+        for name, value in (("min", sigma_min), ("max", sigma_max)):
+            if value is not None:
+                _check_positive(name, value, spec)
+        if sigma_min is not None and sigma_max is not None and sigma_min > sigma_max:
+            raise SigmaSpecError(f"sigma spec {spec!r}: min={sigma_min} exceeds max={sigma_max}")
+        if m is not None and not (isinstance(m, (int, float)) and math.isfinite(m)):
+            raise SigmaSpecError(f"sigma spec {spec!r}: m must be finite")
+        other = copy.copy(self)
+        other.sigma_b, other.r = float(sigma_b), float(r)
+        other.m = self.m if m is None else float(m)
+        other.sigma_min = None if sigma_min is None else float(sigma_min)
+        other.sigma_max = None if sigma_max is None else float(sigma_max)
+        other.spec = canonical_spec(other.params())
+        return other
 
     def training_mean_distance(self) -> torch.Tensor:
         """d_k of every training point with itself excluded (computed once, cached)."""

@@ -95,3 +95,39 @@ def test_a_store_from_before_sweeps_stays_readable_and_gains_the_tables_on_first
     with Store(db) as store:
         store.create_sweep("new", {"g": 1}, {}, [({"i": 0}, _run_fields("child"))])
         assert [s["name"] for s in store.sweeps()] == ["new"] and store.run(run_id)["name"] == "old"
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared kNN distances
+# ---------------------------------------------------------------------------------------------
+
+
+def test_shared_distances_give_exactly_the_sigma_of_separately_built_functions() -> None:
+    import torch
+
+    from smoothviz.data import load_dataset
+    from smoothviz.sigma import build_sigma
+
+    ds = load_dataset("digits")
+    points = ds.test_x[torch.tensor([0, 5, 17, 100, 359])]
+    base = build_sigma("knn:0.25,0.05,10", ds.train_x)
+    distances = base.remember_distances(points)
+    calls = []
+    original = base._blocks
+    base._blocks = lambda *a: calls.append(1) or original(*a)  # counts distance computations
+    for spec in ("knn:0.12,0.0,10", "knn:0.25,0.1,10", "knn:0.5,0.3,10,min=0.4,max=0.6", "knn:0.3,0.2,10,m=1.0"):
+        fresh = build_sigma(spec, ds.train_x)
+        p = fresh.params()
+        shared = base.with_parameters(p["sigma_b"], p["r"], p["m"] if "m=" in spec else None,
+                                      p["sigma_min"], p["sigma_max"])
+        assert shared.spec == fresh.spec
+        assert torch.equal(shared(points), fresh(points)), spec  # bit for bit
+        assert torch.equal(shared.mean_distance(points), distances)
+    assert calls == []  # every cell read the remembered distances
+    other = ds.test_x[torch.tensor([1, 2])]
+    assert torch.equal(base.with_parameters(0.25, 0.1)(other), build_sigma("knn:0.25,0.1,10", ds.train_x)(other))
+    assert calls == [1]  # other inputs are computed afresh
+    with pytest.raises(InvalidArgument, match="sigma_b"):
+        base.with_parameters(0.0, 0.1)
+    with pytest.raises(InvalidArgument, match="min"):
+        base.with_parameters(0.25, 0.1, sigma_min=0.5, sigma_max=0.4)
