@@ -52,7 +52,7 @@ from smoothviz.knn_reference import build_run_sigma
 from smoothviz.models import load_checkpoint
 from smoothviz.noise import derive_seed
 from smoothviz.sequential import FixedRadiusRule, RadiusRule
-from smoothviz.sigma import SigmaFunction, check_sigma_values, span_warning
+from smoothviz.sigma import SigmaFunction, canonical_spec, check_sigma_values, parse_sigma_spec, span_warning
 from smoothviz.store import Store, file_sha256
 from smoothviz.votes import Classifier, argmax_classifier, check_sigma, count_votes, sampling_threads
 
@@ -492,6 +492,7 @@ def prepare_run(
     device: str | None = None,
     batch_size: int | str | None = None,
     trust_code: bool = False,
+    sigma_fn: SigmaFunction | None = None,
 ) -> PreparedRun:
     """Load and check every part of a run description before it executes; writes nothing.
 
@@ -506,6 +507,9 @@ def prepare_run(
     ``options["model"]`` describes a foreign model (``model_sources.run_record``), loaded by
     ``model_sources.load_run_model``; one that runs code (user code, an archive) loads only with
     ``trust_code``. ``options["sigma_reference"]`` names the kNN sigma's reference points.
+    ``sigma_fn``: the run's sigma function built already (a sweep builds its runs' kNN sigmas
+    from shared distances, ``sigma.KNN.with_parameters``), on ``device``; refused unless its
+    parameters are the run's spec (an m the spec leaves out may be any).
     """
     dev = resolve_device(device or run.get("device") or "auto")
     options = dict(run.get("options") or {})
@@ -536,7 +540,10 @@ def prepare_run(
     bad = [i for i in indices if not 0 <= i < xs.shape[0]]
     if bad:
         raise InvalidArgument(f"indices {bad[:5]} are outside the {split} split (size {xs.shape[0]})")
-    sigma_fn = build_run_sigma(run["sigma_spec"], dataset, options.get("sigma_reference"), dev, model=model)
+    if sigma_fn is None:
+        sigma_fn = build_run_sigma(run["sigma_spec"], dataset, options.get("sigma_reference"), dev, model=model)
+    else:
+        check_given_sigma(sigma_fn, run["sigma_spec"])
     with torch.inference_mode():
         sigmas = sigma_fn(xs[torch.tensor(indices, dtype=torch.int64)].to(dev)).to(torch.float32).reshape(-1)
     check_sigma(sigmas, len(indices))
@@ -550,6 +557,17 @@ def prepare_run(
     engine = engine_classifier(model, options, dev, batch_size or run.get("batch_size"), dataset.input_shape)
     return PreparedRun(dataset, split, str(checkpoint), meta, model, sigma_fn, indices, sigmas, dev, engine,
                        span_warning(sigmas), rule, run.get("sequential"))
+
+
+def check_given_sigma(sigma_fn: SigmaFunction, spec: str) -> None:
+    """InvalidArgument unless ``sigma_fn`` is the sigma function ``spec`` describes (for a kNN
+    spec without m, any m: it is computed from the data)."""
+    wanted = parse_sigma_spec(spec)
+    have = sigma_fn.params()
+    if wanted.get("kind") == "knn" and wanted.get("m") is None:
+        have = {**have, "m": None}
+    if have.get("kind") != wanted.get("kind") or canonical_spec(have) != canonical_spec(wanted):
+        raise InvalidArgument(f"sigma: the function given is {sigma_fn.spec}, the run's is {spec}")
 
 
 # Certifies a run's missing points elsewhere (smoothviz.distributed): called as

@@ -131,3 +131,26 @@ def test_shared_distances_give_exactly_the_sigma_of_separately_built_functions()
         base.with_parameters(0.0, 0.1)
     with pytest.raises(InvalidArgument, match="min"):
         base.with_parameters(0.25, 0.1, sigma_min=0.5, sigma_max=0.4)
+
+
+def test_prepare_run_takes_a_sigma_function_only_for_its_own_spec(tmp_path: Path) -> None:
+    import torch
+
+    from smoothviz.certify import prepare_run
+    from smoothviz.data import load_dataset
+    from smoothviz.sigma import build_sigma
+
+    ds = load_dataset("digits")
+    run = {"dataset": "digits", "split": "test", "checkpoint": "assets/digits-cnn-constant-0.25.pt",
+           "sigma_spec": "knn:0.25,0.1,10", "indices": [0, 3, 9], "options": {}, "device": "cpu", "n0": 10,
+           "n": 50, "alpha": 0.001}
+    base = build_sigma("knn:0.12,0.0,10", ds.train_x)
+    base.remember_distances(ds.test_x[torch.tensor(run["indices"])])
+    given = base.with_parameters(0.25, 0.1)
+    prepared = prepare_run(run, sigma_fn=given)
+    assert prepared.sigma_fn is given
+    assert torch.equal(prepared.sigmas, prepare_run(run).sigmas)
+    with pytest.raises(InvalidArgument, match="the function given is knn:0.25,0.2,10"):
+        prepare_run(run, sigma_fn=base.with_parameters(0.25, 0.2))
+    with pytest.raises(InvalidArgument, match="the function given"):
+        prepare_run({**run, "sigma_spec": f"knn:0.25,0.1,10,m={given.m + 1}"}, sigma_fn=given)
