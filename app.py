@@ -75,6 +75,7 @@ descriptions = {
     "explorer": "one test point: its noise, votes, neighbours and radii",
     "playground": "2-D toy data: decision regions and certified circles",
     "train": "train a model with noise augmentation (background job)",
+    "counterexamples": "explicit classifiers that break naive input-dependent certificates, on formulas and real data",
 }
 cols = st.columns(3)
 i = 0

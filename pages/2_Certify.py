@@ -34,8 +34,10 @@ from smoothviz.errors import SmoothvizError
 from smoothviz.jobs import RUNNING, certify_job_id, live_progress
 from smoothviz.plots import plural
 from smoothviz.points import evenly_spaced, parse_indices
+from smoothviz.ddrs import MAX_NUM_SIGMAS, MAX_SAMPLES
 from smoothviz.sigma import (
-    M_MAX, R_MAX, SIGMA_MAX, SIGMA_MIN, canonical_spec, check_sigma_values, parse_sigma_spec, span_warning,
+    M_MAX, R_MAX, SIGMA_MAX, SIGMA_MIN, canonical_spec, check_sigma_values, parse_sigma_spec, semi_elasticity,
+    span_warning,
 )
 from smoothviz.store import check_run_name
 
@@ -136,6 +138,13 @@ def sigma_errors(params: dict, n_train: int) -> list[str]:
     sigma_range = (SIGMA_MIN, SIGMA_MAX)
     if params["kind"] == "constant":
         check_number(errors, "σ", params["sigma"], *sigma_range)
+    elif params["kind"] == "ddrs":
+        check_number(errors, "smallest σ", params["sigma_min"], *sigma_range)
+        check_number(errors, "largest σ", params["sigma_max"], *sigma_range)
+        check_number(errors, "G", params["num_sigmas"], 1, MAX_NUM_SIGMAS)
+        check_number(errors, "samples per σ", params["n"], 1, MAX_SAMPLES)
+        if not errors and params["sigma_min"] > params["sigma_max"]:
+            errors.append(f"smallest σ = {params['sigma_min']:g} exceeds largest σ = {params['sigma_max']:g}")
     else:
         check_number(errors, "σ_b", params["sigma_b"], *sigma_range)
         check_number(errors, "r", params["r"], 0.0, R_MAX)
@@ -518,23 +527,38 @@ if restore or f"kind{sk}" not in st.session_state:
             refuse("sigma", f"the checkpoint's σ spec {shown(meta.get('sigma'))} is refused: {why}; "
                             f"showing {FALLBACK_SPEC} instead")
     default = default or parse_sigma_spec(FALLBACK_SPEC)
-    first = default.get("sigma") or default.get("sigma_b")
+    first = default.get("sigma") or default.get("sigma_b") or 0.25  # a ddrs spec has neither: its grid is its own
     st.session_state.update({
         f"kind{sk}": default["kind"], f"sigma{sk}": float(first), f"sigma_b{sk}": float(first),
         f"r{sk}": float(default.get("r") or 0.0), f"k{sk}": int(default.get("k") or min(20, n_train)),
         f"mset{sk}": default.get("m") is not None, f"m{sk}": float(default.get("m") or 0.0),
         f"minset{sk}": default.get("sigma_min") is not None, f"smin{sk}": float(default.get("sigma_min") or 0.05),
         f"maxset{sk}": default.get("sigma_max") is not None, f"smax{sk}": float(default.get("sigma_max") or 1.0),
+        f"dmin{sk}": float(default.get("sigma_min") or 0.12) if default["kind"] == "ddrs" else 0.12,
+        f"dmax{sk}": float(default.get("sigma_max") or 0.5) if default["kind"] == "ddrs" else 0.5,
+        f"dg{sk}": int(default.get("num_sigmas") or 10), f"dn{sk}": int(default.get("n") or 256)
+        if default["kind"] == "ddrs" else 256,
     })
 
 st.markdown("**σ function**")
 s1, s2, s3, s4 = st.columns(4)
-kind = s1.radio("kind", ["constant", "knn"], key="kind" + sk, horizontal=True,
-                help="knn: σ(x) = σ_b·exp(r·(mean distance to the k nearest training points − m)).")
+kind = s1.radio("kind", ["constant", "knn", "ddrs"], key="kind" + sk, horizontal=True,
+                help="knn: σ(x) = σ_b·exp(r·(mean distance to the k nearest training points − m)). ddrs "
+                     "(data-dependent, Alfarra et al. 2022): σ(x) chosen per input from G values to maximise its "
+                     "naive radius; no semi-elasticity, so only the naive certificate exists (no guarantee).")
 fmt = "%.6g"
 if kind == "constant":
     sig = s2.number_input(f"σ (pixel units, {SIGMA_MIN:g} to {SIGMA_MAX:g})", step=0.01, format=fmt, key="sigma" + sk)
     params = {"kind": "constant", "sigma": sig}
+elif kind == "ddrs":
+    d_lo = s2.number_input(f"smallest σ ({SIGMA_MIN:g} to {SIGMA_MAX:g})", step=0.01, format=fmt, key="dmin" + sk)
+    d_hi = s3.number_input("largest σ", step=0.01, format=fmt, key="dmax" + sk)
+    g1, g2 = s4.columns(2)
+    d_g = g1.number_input(f"G (σ values, 1 to {MAX_NUM_SIGMAS})", step=1, key="dg" + sk)
+    d_n = g2.number_input("samples per σ", step=32, key="dn" + sk,
+                          help="noisy copies per grid value when σ(x) is chosen (the choice's own α is 0.001)")
+    params = {"kind": "ddrs", "sigma_min": d_lo, "sigma_max": d_hi, "num_sigmas": d_g, "n": d_n, "alpha": 0.001,
+              "seed": 0}
 else:
     sigma_b = s2.number_input(f"σ_b (base σ, {SIGMA_MIN:g} to {SIGMA_MAX:g})", step=0.01, format=fmt,
                               key="sigma_b" + sk)
@@ -551,8 +575,12 @@ else:
               "sigma_min": lo if lo_set else None, "sigma_max": hi if hi_set else None}
 errors = sigma_errors(params, n_train)
 spec = canonical_spec(params) if not errors else None
-r_semi = float(params.get("r") or 0.0)
-if spec:
+r_semi = semi_elasticity(params)
+if spec and r_semi is None:
+    st.caption(f"spec `{spec}` · no semi-elasticity: naive only (no guarantee). The run stores the naive radius "
+               "σ(x)Φ⁻¹(p_A) and a sound radius of 0; the Counterexamples page shows why the naive one is no "
+               "certificate.")
+elif spec:
     st.caption(f"spec `{spec}` · semi-elasticity r = {r_semi:g}"
                + (" (constant σ: Cohen's certificate)" if kind == "constant" else
                   " (sound input-dependent certificate; the naive radius is stored for comparison)"))
@@ -649,7 +677,11 @@ set_query(dataset=dataset if data_mode == DATA_MODES[0] else None, ckpt=ckpt if 
 st.session_state["_certify_drawn"] = True  # every widget drawn and the link rewritten: the next run keeps them
 st.session_state["_certify_sk"] = sk
 
-if indices and not errors:
+choice_samples = int(params["n"]) * int(params["num_sigmas"]) if kind == "ddrs" and not errors else 0
+if indices and not errors and kind == "ddrs":
+    st.caption(f"σ(x) of a ddrs σ is chosen when the run starts: {choice_samples:,} forward passes of the model per "
+               "point (G values × samples per σ), included in the estimate below.")
+elif indices and not errors:
     try:
         sig_values = sigma_on_points(dataset, spec, tuple(indices), reference_text or None)
     except SmoothvizError as exc:
@@ -677,7 +709,7 @@ if indices and not errors:
         show_error(exc)
         errors.append(str(exc))
     else:
-        estimate = cost.estimate_certify(len(indices), int(n0), int(n), rate)
+        estimate = cost.estimate_certify(len(indices), int(n0) + choice_samples, int(n), rate)
         st.caption(f"Estimated time: {estimate.text}")
         if estimate.needs_flag:
             st.error(f"This certification would take {cost.duration_text(estimate.seconds)}, more than a day; "

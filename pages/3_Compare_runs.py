@@ -21,7 +21,6 @@ from smoothviz.store import export_csv, import_cohen_log
 setup_page("Compare runs", ":material/compare_arrows:")
 
 MAX_NOTED = 5  # unknown run ids named in a note; the rest are counted
-COUNTEREXAMPLES = "pages/7_Counterexamples.py"
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -249,7 +248,7 @@ with tabs[2]:
         picked = st.selectbox("Counterexamples for", list(runs_dependent), key="cx_compare_run",
                               help="Real inputs near each certified point that refute its naive certificate, with "
                                    "the worst-case base classifier that does it.")
-        st.page_link(COUNTEREXAMPLES, label=f"Counterexamples to the naive certificates of {picked}",
+        st.page_link(PAGES["counterexamples"], label=f"Counterexamples to the naive certificates of {picked}",
                      icon=":material/gpp_bad:", query_params={"run": str(int(runs_dependent[picked]["id"]))})
     else:
         st.info("None of the chosen runs uses an input-dependent σ (r > 0); for constant σ the naive and "

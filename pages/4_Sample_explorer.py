@@ -15,12 +15,14 @@ import streamlit as st
 
 from pages._ui import (
     ERROR_ICON,
+    PAGES,
     ROOT,
     WARNING_ICON,
     checkpoint_label,
     display_path,
     entered_page,
     foreign_model,
+    get_store,
     list_checkpoints,
     load_dataset,
     load_model,
@@ -68,6 +70,22 @@ def spec_problem(spec: str) -> str | None:
         parse_sigma_spec(spec)
     except SmoothvizError as exc:
         return str(exc)
+    return None
+
+
+def stored_run(dataset: str, ckpt_label: str | None, spec: str, idx: int) -> int | None:
+    """The newest run of the store that certified this point with this checkpoint and σ function, if any."""
+    if ckpt_label is None:
+        return None
+    try:
+        store = get_store()
+        runs = store.runs()
+        for row in runs.itertuples():
+            if row.dataset == dataset and row.sigma_spec == spec and row.checkpoint and row.done > 0 \
+                    and display_path(Path(row.checkpoint)) == ckpt_label and idx in store.done_indices(int(row.id)):
+                return int(row.id)
+    except SmoothvizError:
+        return None
     return None
 
 
@@ -409,3 +427,13 @@ with c2:
         f"CERTIFY with n0 = {res.n0:,} selection and n = {res.n:,} estimation samples, α = {res.alpha:g}, "
         f"σ function `{res.sigma_spec}`."
     )
+    if not res.abstains and res.r > 0 and res.naive_radius > res.radius:
+        # the worst-case classifier for this point's sigma, p_A and r, halfway between the sound and naive radii
+        st.page_link(PAGES["counterexamples"], label="This point's witness: a classifier that breaks its naive "
+                     "certificate", icon=":material/gpp_bad:", query_params={
+                         "dim": str(res.dim), "sigma0": repr(res.sigma), "pa": repr(res.p_a_lower), "r": repr(res.r),
+                         "d": repr(0.5 * (res.radius + res.naive_radius))})
+        stored = stored_run(dataset_name, link_ckpt, res.sigma_spec, res.idx)
+        if stored is not None:
+            st.page_link(PAGES["counterexamples"], label=f"Real inputs that refute run #{stored}'s certificates",
+                         icon=":material/search:", query_params={"run": str(stored)})

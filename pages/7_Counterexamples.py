@@ -26,7 +26,6 @@ from smoothviz.sigma import R_MAX
 
 setup_page("Counterexamples", ":material/gpp_bad:")
 
-THIS_PAGE = "pages/7_Counterexamples.py"
 PRESETS = {
     "digits": ("digits (8×8)", 64),
     "mnist": ("MNIST / Fashion-MNIST (28×28)", 784),
@@ -431,7 +430,7 @@ with left:
         f"{chosen.sound_radius:.4f}). x₁, found by **{chosen.source}**, is {chosen.distance:.4f} away with "
         f"σ(x₁) = {chosen.sigma1:.4f}: the worst-case classifier votes A there with probability {chosen.worst:.4f}."
     )
-    st.page_link(THIS_PAGE, label="Open this pair in the formula view", icon=":material/functions:",
+    st.page_link(PAGES["counterexamples"], label="Open this pair in the formula view", icon=":material/functions:",
                  query_params={"dim": str(search.dim), "sigma0": repr(chosen.sigma0), "pa": repr(chosen.p_a),
                                "ratio": repr(min(max(chosen.sigma1 / chosen.sigma0, 0.5), 2.0)),
                                "d": repr(chosen.distance)})

@@ -241,3 +241,50 @@ def test_compare_links_the_chosen_run_and_warns_about_its_audit(examples, tmp_pa
                                                          f"#{low} knn with too small an r"]
     links = [link.proto for link in at.get("page_link") if link.proto.label.startswith("Counterexamples to the")]
     assert len(links) == 1 and links[0].page == "Counterexamples" and links[0].query_string == f"run={knn}"
+
+
+def test_certify_page_runs_a_ddrs_sigma_as_naive_only(tmp_path, monkeypatch) -> None:
+    """ddrs is a σ kind of the Certify page: the link's spec fills its widgets, the page says the certificate is
+    naive only, and the run it starts records r as NULL and sound radii of 0."""
+    import time
+
+    ckpt = support.save_digits_checkpoint(tmp_path / "ckpts", monkeypatch, "constant:0.25", 0.0)
+    at = support.open_page("pages/2_Certify.py", sigma="ddrs:0.12,0.5,3,n=32", points="4", n="200", n0="20")
+    assert not at.exception, [e.message for e in at.exception]
+    sk = f"@{ckpt}"
+    assert at.radio(key="kind" + sk).value == "ddrs"
+    assert (at.number_input(key="dmin" + sk).value, at.number_input(key="dmax" + sk).value) == (0.12, 0.5)
+    assert (at.number_input(key="dg" + sk).value, at.number_input(key="dn" + sk).value) == (3, 32)
+    assert any("naive only (no guarantee)" in c.value for c in at.caption)
+    assert any("96 forward passes of the model per point" in c.value for c in at.caption)
+    assert not errors(at) and not at.button(key="run_button").disabled
+    at.number_input(key="dmin" + sk).set_value(0.6).run()  # above the largest: refused in one line
+    assert errors(at) == ["smallest σ = 0.6 exceeds largest σ = 0.5"] and at.button(key="run_button").disabled
+    at.number_input(key="dmin" + sk).set_value(0.12).run()
+    at.button(key="run_button").click().run()
+    store = Store(tmp_path / "runs" / "test.db")
+    run_id = int(at.query_params["run"])
+    end = time.monotonic() + 120
+    while store.run(run_id)["status"] in ("pending", "running") and time.monotonic() < end:
+        time.sleep(0.5)
+    run = store.run(run_id)
+    assert run["status"] == "done" and run["r"] is None and run["sigma_spec"].startswith("ddrs:0.12,0.5,3,n=32")
+    assert (store.results(run_id)["radius"] == 0).all()
+    store.close()
+
+
+def test_the_explorer_links_this_points_witness_and_its_run(examples) -> None:
+    from urllib.parse import parse_qs
+
+    knn = examples["digits-cnn-knn-0.25"]
+    at = support.open_page("pages/4_Sample_explorer.py", ckpt="assets/digits-cnn-knn-0.25.pt", idx="5", n="2000")
+    assert not at.exception, [e.message for e in at.exception]
+    links = {link.proto.label: link.proto for link in at.get("page_link") if link.proto.page == "Counterexamples"}
+    witness_link = links["This point's witness: a classifier that breaks its naive certificate"]
+    query = {k: v[0] for k, v in parse_qs(witness_link.query_string).items()}
+    assert set(query) == {"dim", "sigma0", "pa", "r", "d"} and query["dim"] == "64" and float(query["r"]) == 0.4
+    assert links[f"Real inputs that refute run #{knn}'s certificates"].query_string == f"run={knn}"
+    page = open_page(**query)  # the explorer's numbers are applied as they are, in "the worst for r"
+    assert not notes(page) and page.radio(key="cx_choose").value == "worst"
+    assert page.number_input(key="cx_sigma0").value == float(query["sigma0"])
+    assert any(e.startswith("The naive certificate claims robustness") for e in errors(page))

@@ -27,6 +27,7 @@ PAGES = {
     "explorer": "pages/4_Sample_explorer.py",
     "playground": "pages/5_2D_playground.py",
     "train": "pages/6_Train.py",
+    "counterexamples": "pages/7_Counterexamples.py",
 }
 
 NAV = (
@@ -37,6 +38,7 @@ NAV = (
     ("explorer", "Sample explorer", ":material/image_search:"),
     ("playground", "2-D playground", ":material/scatter_plot:"),
     ("train", "Train", ":material/model_training:"),
+    ("counterexamples", "Counterexamples", ":material/gpp_bad:"),
 )
 
 
@@ -415,6 +417,8 @@ def short_spec(spec: str | None) -> str:
         return spec
     if p["kind"] == "constant":
         return f"σ={p['sigma']:.3g}"
+    if p["kind"] == "ddrs":
+        return f"ddrs σ∈[{p['sigma_min']:.3g},{p['sigma_max']:.3g}] G={p['num_sigmas']} (naive only)"
     text = f"knn σ_b={p['sigma_b']:.3g} r={p['r']:.3g} k={p['k']}"
     if p.get("sigma_min") is not None or p.get("sigma_max") is not None:
         text += f" clip[{p.get('sigma_min') or 0:.3g},{p.get('sigma_max') or float('inf'):.3g}]"
