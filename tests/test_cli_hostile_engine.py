@@ -105,8 +105,8 @@ BM = [*BO, "--model", "{good}"]
 
 CASES = [
     # certify: types, ranges, NaN/inf, huge
-    ("certify-n-type", [*CM, "--n", "abc"], "argument --n: 'abc' is not an integer"),
-    ("certify-n-zero", [*CM, "--n", "0"], "argument --n: 0 must be >= 1"),
+    ("certify-n-type", [*CM, "--n", "abc"], "argument --n/--num-samples: 'abc' is not an integer"),
+    ("certify-n-zero", [*CM, "--n", "0"], "argument --n/--num-samples: 0 must be >= 1"),
     ("certify-n-huge", [*CM, "--n", str(10**12)], "exceeds 1,000,000,000 samples per point"),
     ("certify-n-long", [*CM, "--n", str(10**9), "--n0", "100", "--points", "360"], "more than a day; add --allow-long"),
     ("certify-n0-above-n", [*CM, "--n0", "50"], "--n0 50 must not exceed --n 20"),
