@@ -15,6 +15,7 @@ are written beta: an interval has (nominal) coverage 1 - beta. Only numpy, scipy
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -23,7 +24,7 @@ import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 from scipy import special, stats
 
-from smoothviz.analysis import DEFAULT_RADII
+from smoothviz.analysis import DEFAULT_RADII, run_ceiling
 from smoothviz.errors import InvalidArgument
 
 __all__ = [
@@ -40,12 +41,15 @@ __all__ = [
     "grid_view",
     "high_probability_accuracy",
     "high_probability_bound",
+    "interval_table",
     "paired_counts",
     "paired_difference",
     "paired_difference_interval",
     "pareto_front",
     "pareto_mask",
     "per_class_intervals",
+    "versus_constant",
+    "waterfall_position",
 ]
 
 Array = NDArray[np.float64]
@@ -171,7 +175,7 @@ def _boot_sums(values: Array, n_boot: int, rng: np.random.Generator, strata: NDA
     for start in range(0, n_boot, block):
         b = min(block, n_boot - start)
         draws = np.empty((b, n), dtype=np.int64)
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
+        for lo, hi in itertools.pairwise(bounds):
             draws[:, lo:hi] = lo + rng.integers(0, hi - lo, size=(b, hi - lo))
         draws += n * np.arange(b)[:, None]
         sums.append(np.bincount(draws.ravel(), minlength=b * n).reshape(b, n) @ values)
@@ -311,6 +315,28 @@ def high_probability_accuracy(
         acc = cert.mean(axis=0)
         hp = high_probability_bound(acc, n, alpha, rho, method)
     return pd.DataFrame({"radius": grid, "points": n, "certified_accuracy": acc, "high_probability": hp})
+
+
+def interval_table(
+    results: pd.DataFrame,
+    radii: Sequence[float] = DEFAULT_RADII,
+    beta: float = 0.05,
+    method: str = "clopper-pearson",
+    hp: tuple[float, float] | None = None,
+    n_boot: int = 2000,
+    seed: Seed = 0,
+    use: str = "radius",
+) -> pd.DataFrame:
+    """The certified-accuracy table with its error bars: ``accuracy_intervals`` (columns radius,
+    points, certified, certified_accuracy, low, high) and, with ``hp`` = (alpha, rho), the
+    high-probability certified accuracy by the reference code's formula (``hp_reference``, not
+    a valid bound in general) and by the exact binomial tail (``hp_binomial``, valid at 1 - rho)."""
+    out = accuracy_intervals(results, radii, beta, method, n_boot, seed, use)
+    if hp is not None:
+        alpha, rho = hp
+        for name in ("reference", "binomial"):
+            out[f"hp_{name}"] = high_probability_accuracy(results, radii, alpha, rho, name, use)["high_probability"]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -676,6 +702,77 @@ def grid_view(
     frames = [pd.DataFrame(t, index=index, columns=cols) for t in tables]
     frames[2] = frames[2].astype("Int64")
     return GridView(*frames)
+
+
+def _cell_key(params: Mapping[str, Any]) -> tuple:
+    """What two cells must share to be compared: model, n and alpha."""
+    return params.get("model"), params.get("n"), params.get("alpha")
+
+
+def versus_constant(
+    sweep: Sequence[tuple[Mapping[str, Any], pd.DataFrame]],
+    radii: Sequence[float] = DEFAULT_RADII,
+    beta: float = 0.05,
+    method: str = "bonferroni",
+    use: str = "radius",
+) -> pd.DataFrame:
+    """Each input-dependent (kNN, r > 0) cell of a sweep against constant sigma = its sigma_b on the
+    same points (same model, n and alpha), by ``paired_difference`` at each radius.
+
+    ``sweep`` holds (params, results) with params as a sweep cell records them (``kind``,
+    ``sigma_b``/``sigma``, ``r``, ``model``, ``n``, ``alpha``, optionally ``label``). The baseline
+    is the constant cell with sigma = sigma_b, else the kNN cell with that sigma_b and r = 0
+    (exactly the constant sigma). One row per (cell, radius): sigma_b, r, k, radius, points,
+    accuracy_knn, accuracy_constant, difference (kNN minus constant), low, high, verdict ('kNN
+    higher', 'constant higher' or 'undecided' at level 1 - beta, pointwise in the radius),
+    baseline ('constant' or 'knn r=0'); cells without a baseline are left out.
+    """
+    grid = _radii(radii)
+    constants: dict[tuple, pd.DataFrame] = {}
+    flat: dict[tuple, pd.DataFrame] = {}
+    for params, results in sweep:
+        if params.get("kind") == "constant":
+            constants[(*_cell_key(params), float(params["sigma"]))] = results
+        elif params.get("kind") == "knn" and float(params.get("r", 0.0)) == 0.0:
+            flat[(*_cell_key(params), float(params["sigma_b"]))] = results
+    rows = []
+    for params, results in sweep:
+        if params.get("kind") != "knn" or float(params.get("r", 0.0)) == 0.0:
+            continue
+        key = (*_cell_key(params), float(params["sigma_b"]))
+        baseline, name = (constants[key], "constant") if key in constants else (flat.get(key), "knn r=0")
+        if baseline is None:
+            continue
+        diff = paired_difference(results, baseline, grid, beta, method, use=use)
+        for row in diff.itertuples(index=False):
+            verdict = {"a higher": "kNN higher", "b higher": "constant higher"}.get(row.verdict, "undecided")
+            rows.append({"label": params.get("label"), "sigma_b": float(params["sigma_b"]), "r": float(params["r"]),
+                         "k": params.get("k"), "model": params.get("model"), "n": params.get("n"),
+                         "alpha": params.get("alpha"), "radius": row.radius, "points": row.points,
+                         "accuracy_knn": row.accuracy_a, "accuracy_constant": row.accuracy_b,
+                         "difference": row.difference, "low": row.low, "high": row.high, "verdict": verdict,
+                         "baseline": name})
+    columns = ["label", "sigma_b", "r", "k", "model", "n", "alpha", "radius", "points", "accuracy_knn",
+               "accuracy_constant", "difference", "low", "high", "verdict", "baseline"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def waterfall_position(run: Mapping[str, Any], results: pd.DataFrame) -> dict:
+    """Where a run's certified-accuracy curve ends: its ceiling sigma_max * Phi^-1(alpha^(1/n))
+    (no radius of the run can exceed it; ``analysis.run_ceiling``), and the radius beyond which
+    its certified accuracy is 0 (the largest sound radius of a correct point; ``zero_sound``),
+    beside the same for the naive radius (``zero_naive``, no guarantee for input-dependent sigma).
+    0 where no point is correct; NaN for no points."""
+    _columns(results, "results", "correct", "radius", "naive_radius")
+    correct = results["correct"].to_numpy(dtype=bool)
+    if correct.size == 0:
+        zero_sound = zero_naive = float("nan")
+    else:
+        sound = np.nan_to_num(results["radius"].to_numpy(dtype=float), nan=0.0)[correct]
+        naive = np.nan_to_num(results["naive_radius"].to_numpy(dtype=float), nan=0.0)[correct]
+        zero_sound = float(sound.max()) if sound.size else 0.0
+        zero_naive = float(naive.max()) if naive.size else 0.0
+    return {"ceiling": float(run_ceiling(dict(run))), "zero_sound": zero_sound, "zero_naive": zero_naive}
 
 
 # ---------------------------------------------------------------------------------------------

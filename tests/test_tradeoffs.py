@@ -68,7 +68,7 @@ def _binom_tail_mp(k: int, n: int, p: float, upper: bool) -> mpmath.mpf:
     """P(X >= k) (upper) or P(X <= k) for X ~ Binomial(n, p), summed in 40-digit arithmetic."""
     with mpmath.workdps(40):
         p = mpmath.mpf(p)
-        terms = range(k, n + 1) if upper else range(0, k + 1)
+        terms = range(k, n + 1) if upper else range(k + 1)
         return mpmath.fsum(mpmath.binomial(n, j) * p ** j * (1 - p) ** (n - j) for j in terms)
 
 
@@ -610,3 +610,61 @@ def test_bad_input_is_one_line_naming_the_argument(call, word: str) -> None:
     with pytest.raises(InvalidArgument) as err:
         call(df)
     assert word in str(err.value) and "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables with error bars, kNN against constant, the waterfall position
+# ---------------------------------------------------------------------------------------------
+
+
+def test_interval_table_joins_intervals_and_both_high_probability_versions() -> None:
+    df = _run((400, 250, 90), 500)
+    out = tradeoffs.interval_table(df, RADII, beta=0.1, hp=(0.001, 0.01))
+    ci = tradeoffs.accuracy_intervals(df, RADII, beta=0.1)
+    assert out[ci.columns].equals(ci)
+    assert out["hp_reference"].tolist() == pytest.approx(
+        [float(_reference_mp(k / 500, 500, 0.001, 0.01)) for k in (400, 250, 90)], rel=1e-13)
+    w = stats.binom.isf(0.01, 500, 0.001)
+    assert out["hp_binomial"].tolist() == pytest.approx([(k - w) / 500 for k in (400, 250, 90)])
+    assert "hp_reference" not in tradeoffs.interval_table(df, RADII).columns
+
+
+def _cell(kind: str, value: float, r: float = 0.0, model: str = "m", n: int = 100) -> dict:
+    base = {"kind": kind, "model": model, "n": n, "alpha": 0.001, "r": r, "label": f"{kind} {value} {r}"}
+    return {**base, "sigma": value} if kind == "constant" else {**base, "sigma_b": value, "k": 20}
+
+
+def test_versus_constant_pairs_each_knn_cell_with_its_constant_sigma() -> None:
+    const25, const50 = _run((150, 100, 40), 200), _run((150, 120, 60), 200)
+    better, worse, tied = _run((150, 140, 80), 200), _run((150, 100, 10), 200), _run((150, 120, 60), 200)
+    flat = _run((150, 90, 30), 200)
+    sweep = [(_cell("constant", 0.25), const25), (_cell("knn", 0.25, 0.1), better), (_cell("knn", 0.25, 0.2), worse),
+             (_cell("constant", 0.5), const50), (_cell("knn", 0.5, 0.1), tied),
+             (_cell("knn", 0.12, 0.0), flat), (_cell("knn", 0.12, 0.1), better),  # no constant 0.12: knn r=0
+             (_cell("knn", 0.25, 0.1, model="other"), better)]  # another model has no baseline
+    out = tradeoffs.versus_constant(sweep, RADII)
+    assert sorted({(r.sigma_b, r.r, r.baseline) for r in out.itertuples()}) == [
+        (0.12, 0.1, "knn r=0"), (0.25, 0.1, "constant"), (0.25, 0.2, "constant"), (0.5, 0.1, "constant")]
+    at = {(r.sigma_b, r.r, r.radius): r for r in out.itertuples()}
+    assert at[(0.25, 0.1, 0.5)].verdict == "kNN higher" and at[(0.25, 0.2, 0.5)].verdict == "constant higher"
+    assert at[(0.5, 0.1, 0.5)].verdict == "undecided" and at[(0.5, 0.1, 0.5)].difference == 0
+    expected = tradeoffs.paired_difference(better, const25, RADII)
+    got = out[(out.sigma_b == 0.25) & (out.r == 0.1)]
+    assert got["low"].tolist() == pytest.approx(expected["low"].tolist())
+    assert got["difference"].tolist() == pytest.approx(expected["difference"].tolist())
+    assert tradeoffs.versus_constant([(_cell("constant", 0.25), const25)], RADII).empty
+
+
+def test_waterfall_position_is_where_the_curve_ends() -> None:
+    df = _random_run(np.random.default_rng(14), 80)
+    run = {"n": 1000, "alpha": 0.001, "sigma_max": 0.3}
+    pos = tradeoffs.waterfall_position(run, df)
+    assert pos["ceiling"] == pytest.approx(0.3 * stats.norm.ppf(0.001 ** (1 / 1000)))
+    curve = analysis.accuracy_curve(df)
+    assert analysis.accuracy_table(df, [pos["zero_sound"]])["certified_accuracy"].item() > 0
+    assert analysis.accuracy_table(df, [np.nextafter(pos["zero_sound"], np.inf)])["certified_accuracy"].item() == 0
+    assert pos["zero_sound"] == curve["radius"].max()
+    assert pos["zero_naive"] == df.loc[df["correct"], "naive_radius"].max()
+    none = tradeoffs.waterfall_position(run, df.assign(correct=False))
+    assert none["zero_sound"] == 0 and none["zero_naive"] == 0
+    assert math.isnan(tradeoffs.waterfall_position(run, df.iloc[:0])["zero_sound"])
