@@ -156,6 +156,35 @@ class JobManager:
         return self.start("certify", args, job_id=job_id, run_id=int(run_id), db=db, cwd=cwd,
                           extra={"processes": int(processes)})
 
+    def start_sweep(self, sweep_id: int, db: str | Path, cwd: str | Path | None = None, processes: int = 1) -> Job:
+        """Execute (or resume) sweep ``sweep_id`` of the store at ``db`` with ``smoothviz sweep --sweep``.
+
+        A job of this sweep that is still running is returned as it is. The sweep is marked
+        ``pending`` before the process starts; StoreError if another process executes it.
+        ``processes`` > 1 runs each of its certifications on that many ranks (torchrun).
+        """
+        from smoothviz.store import Store
+
+        job_id = sweep_job_id(sweep_id)
+        store = Store(db, create=False)
+        try:
+            record = store.sweep(int(sweep_id))
+            existing = self.get(job_id)
+            if existing is not None and existing.status == RUNNING:
+                return existing
+            if store.sweep_executing(int(sweep_id)):
+                raise StoreError(f"sweep {sweep_id} is already being executed by process {record['pid']} on "
+                                 f"{record['host']}")
+            if record["status"] != "pending":
+                store.set_sweep_status(int(sweep_id), "pending", "starting")
+        finally:
+            store.close()
+        args = ["sweep", "--sweep", str(int(sweep_id)), "--db", str(db)]
+        if processes > 1:
+            args += ["--processes", str(int(processes))]
+        return self.start("sweep", args, job_id=job_id, db=db, cwd=cwd,
+                          extra={"sweep_id": int(sweep_id), "processes": int(processes)})
+
     def _reap(self, job_id: str, proc: subprocess.Popen) -> None:
         rc = proc.wait()
         path = self._path(job_id, ".rc")
@@ -244,7 +273,8 @@ class JobManager:
         """Stop a running job; False if it was not running.
 
         A certify job is first asked through the store's cancel flag (it stops between batches
-        and records ``cancelled``); whatever still runs after ``grace_s`` seconds gets SIGTERM.
+        and records ``cancelled``), a sweep job through its sweep's (its run in flight stops, no
+        other starts); whatever still runs after ``grace_s`` seconds gets SIGTERM.
         """
         job = self.get(job_id)
         if job is None or job.status != RUNNING:
@@ -255,6 +285,11 @@ class JobManager:
             from smoothviz.store import Store
 
             Store(job.db).request_cancel(job.run_id)
+            threading.Thread(target=self._terminate_later, args=(job, grace_s), daemon=True).start()
+        elif job.kind == "sweep" and job.extra.get("sweep_id") is not None and job.db:
+            from smoothviz.store import Store
+
+            Store(job.db).request_sweep_cancel(int(job.extra["sweep_id"]))
             threading.Thread(target=self._terminate_later, args=(job, grace_s), daemon=True).start()
         else:
             self._terminate(job)
@@ -306,6 +341,11 @@ class JobManager:
 def certify_job_id(run_id: int) -> str:
     """The job id under which the dashboard executes store run ``run_id``."""
     return f"certify-run{int(run_id)}"
+
+
+def sweep_job_id(sweep_id: int) -> str:
+    """The job id under which the dashboard executes sweep ``sweep_id``."""
+    return f"sweep{int(sweep_id)}"
 
 
 # ---------------------------------------------------------------------- progress of a certify job

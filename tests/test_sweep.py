@@ -363,3 +363,28 @@ def test_cancel_stops_the_current_run_and_the_rest_and_a_rerun_finishes(tmp_path
     assert main(["sweep", *GRID, "--db", str(db)]) == 0
     with Store(db) as store:
         assert store.sweeps()[0]["status"] == "done" and store.sweeps()[0]["done"] == 24 and len(store.runs()) == 4
+
+
+def test_the_dashboards_job_runs_a_recorded_sweep_and_cancels_it(tmp_path: Path) -> None:
+    from smoothviz.jobs import CANCELLED, JobManager, sweep_job_id
+    from smoothviz.sweep import ModelChoice, SweepPlan, prepare_sweep, record_sweep
+
+    db = tmp_path / "jobs.db"
+    plan = SweepPlan(dataset="digits", split="test", models=(ModelChoice(MODEL, "c"),),
+                     sigmas=("knn:0.2,0.1,10", "knn:0.3,0.1,10", "constant:0.3"), ns=(500,), alphas=(0.001,), n0=20,
+                     indices=tuple(range(0, 360, 45)), seed=0, device="cpu")
+    with Store(db) as store:
+        sweep_id = record_sweep(store, prepare_sweep(plan, batch_size=4), batch_size=4)
+    manager = JobManager(tmp_path / "jobs")
+    job = manager.start_sweep(sweep_id, db, cwd=ROOT)
+    assert job.id == sweep_job_id(sweep_id) and manager.start_sweep(sweep_id, db, cwd=ROOT).pid == job.pid
+    deadline = time.monotonic() + 120
+    with Store(db) as store:
+        while store.sweep(sweep_id)["done"] < 2:
+            assert time.monotonic() < deadline and manager.is_running(job.id), manager.log_tail(job.id)
+            time.sleep(0.05)
+        assert manager.cancel(job.id)
+        assert manager.wait(job.id, timeout=60).status == CANCELLED
+        record = store.sweep(sweep_id)
+    assert record["status"] == "cancelled" and record["done"] < 24, manager.log_tail(job.id)
+    assert record["cells"][-1]["done"] == 0 and record["cells"][-1]["status"] == "pending"
