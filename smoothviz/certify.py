@@ -59,6 +59,7 @@ from smoothviz.votes import Classifier, argmax_classifier, check_sigma, count_vo
 ABSTAIN = -1
 STAGE_SELECTION, STAGE_ESTIMATION, STAGE_PREDICT = 0, 1, 2
 CANCEL_POLL_SECONDS = 0.5  # how often a running certification reads the store's cancel flag
+IN_FLIGHT_SECONDS = 2.0  # how often a running sequential run records the bounds of its points in flight
 
 ProgressFn = Callable[[dict], None]
 CancelFn = Callable[[], bool]
@@ -636,9 +637,33 @@ def run_certification(
     return status
 
 
+class _InFlightRecorder:
+    """The progress callback of a sequential run: records the engine's ``pool`` (the bounds of
+    the points in flight) in the store at most every ``interval`` seconds (default
+    IN_FLIGHT_SECONDS), then passes the progress on. The rows go when the run's status changes
+    (``Store.set_status``)."""
+
+    def __init__(self, store: Store, run_id: int, progress: ProgressFn | None, interval: float | None = None) -> None:
+        self.store, self.run_id, self.progress = store, run_id, progress
+        self.interval = IN_FLIGHT_SECONDS if interval is None else interval
+        self.last = -math.inf
+        self.written: object = None
+
+    def __call__(self, info: dict) -> None:
+        pool = info.get("pool")
+        now = time.monotonic()
+        if pool is not None and pool is not self.written and now - self.last >= self.interval:
+            self.store.set_in_flight(self.run_id, pool)
+            self.written, self.last = pool, now
+        if self.progress is not None:
+            self.progress(info)
+
+
 def _execute(store: Store, run: dict, prepared: PreparedRun, progress: ProgressFn | None, cancel: CancelFn,
              distribute: Distribute | None = None) -> str:
     run_id = int(run["id"])
+    if prepared.rule is not None:
+        progress = _InFlightRecorder(store, run_id, progress)
     store.set_sigma_params(run_id, prepared.sigma_fn.params())
     done = store.done_indices(run_id)
     todo = [i for i in prepared.indices if i not in done]

@@ -218,7 +218,8 @@ class _Tracker:
     (selection and estimation); ``in_flight``: points in the pool; ``pool``: their partial
     state after the last round, as lists (``idx``, ``samples``: estimation samples so far,
     ``lower`` and ``upper``: the bounds on p_A so far, valid at this moment like any reading of
-    the sequence), for a page that draws points while they are being decided.
+    the sequence, ``sigma``: sigma(x), ``class_a``: c_A, ``label``), for a page that draws what
+    is certified so far while points are being decided (``store.Store.set_in_flight``).
     """
 
     def __init__(self, total: int, n_max: int, progress: ProgressFn | None, cancel: CancelFn | None) -> None:
@@ -227,7 +228,8 @@ class _Tracker:
         self.done = 0
         self.samples = 0
         self.partial = 0.0
-        self.pool: dict[str, list] = {"idx": [], "samples": [], "lower": [], "upper": []}
+        self.pool: dict[str, list] = {key: [] for key in ("idx", "samples", "lower", "upper", "sigma", "class_a",
+                                                          "label")}
         self.t0 = time.perf_counter()
 
     def on_batch(self, rows: int) -> None:
@@ -236,11 +238,13 @@ class _Tracker:
             raise Cancelled("cancelled")
         self.report()
 
-    def round_done(self, decided: int, idx: Sequence[int], state: sq.State) -> None:
+    def round_done(self, decided: int, idx: Sequence[int], state: sq.State, class_a: Sequence[int],
+                   labels: Sequence[int]) -> None:
         self.done += decided
         self.partial = float(np.sum(state.t)) / self.n_max
         self.pool = {"idx": list(idx), "samples": state.t.tolist(), "lower": state.lower.tolist(),
-                     "upper": state.upper.tolist()}
+                     "upper": state.upper.tolist(), "sigma": state.sigma.tolist(),
+                     "class_a": [int(a) for a in class_a], "label": [int(y) for y in labels]}
         self.report()
 
     def report(self) -> None:
@@ -354,7 +358,7 @@ def iter_certify_sequential(
     at_start = np.flatnonzero(initial.decided)
     if at_start.size:
         yield from results(_take(initial, at_start), at_start, np.zeros((at_start.size, num_classes), np.int64))
-        tracker.round_done(int(at_start.size), [], _take(initial, np.zeros(0, dtype=np.int64)))
+        tracker.round_done(int(at_start.size), [], _take(initial, np.zeros(0, dtype=np.int64)), [], [])
     waiting = collections.deque(int(p) for p in np.flatnonzero(~initial.decided))
     active = np.zeros(0, dtype=np.int64)
     state = _take(initial, active)
@@ -399,5 +403,6 @@ def iter_certify_sequential(
             yield from results(_take(state, out), active[out], counts[out])
             keep = np.flatnonzero(~decided)
             active, state, counts = active[keep], _take(state, keep), counts[keep]
-        tracker.round_done(int(decided.sum()), [idx[p] for p in active], state)
+        tracker.round_done(int(decided.sum()), [idx[p] for p in active], state, class_a[active],
+                           [labels[p] for p in active])
 

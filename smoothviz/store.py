@@ -19,6 +19,12 @@ their number in the side table ``run_ranks``, created on first use like the sequ
 a run without a row there last ran in one process, and executing it again in one process
 removes its row.
 
+While a sequential run executes, the process running it records the bounds of the points it is
+sampling (the engine's pool: samples so far, lower and upper bound on p_A, sigma(x), c_A and the
+label) in the side table ``sequential_in_flight``, created on first use: one transaction replaces
+the run's rows every few seconds, and any change of the run's status removes them, so rows exist
+only while the run executes. A page reads them to draw what is certified so far.
+
 A sweep (``smoothviz.sweep``: a grid of certifications over sigma parameters, models, n and alpha
 on the same points, executed as one job) is one row of the side table ``sweeps`` (its identity,
 its configuration, status, process and cancel flag, like a run's) and one row of ``sweep_runs``
@@ -153,6 +159,24 @@ CREATE TABLE IF NOT EXISTS sequential_results (
     FOREIGN KEY (run_id, idx) REFERENCES results(run_id, idx) ON DELETE CASCADE
 );
 """
+
+# The side table of the points a running sequential run is sampling (see the module docstring).
+_IN_FLIGHT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sequential_in_flight (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    samples INTEGER NOT NULL,
+    lower REAL NOT NULL,
+    upper REAL NOT NULL,
+    sigma REAL,
+    class_a INTEGER,
+    label INTEGER,
+    updated REAL NOT NULL,
+    PRIMARY KEY (run_id, idx)
+)
+"""
+# What each in-flight row holds (``Store.set_in_flight`` takes them as lists, ``in_flight`` returns them).
+IN_FLIGHT_FIELDS = ("idx", "samples", "lower", "upper", "sigma", "class_a", "label")
 
 # The side table of runs executed on several processes (see the module docstring).
 _RANKS_SCHEMA = """
@@ -678,7 +702,8 @@ class Store:
 
     def set_status(self, run_id: int, status: str, message: str = "") -> None:
         """Set the run's status; "running" also records this process (pid, host) and the start,
-        and an execution by this one process (``set_world_size`` records more)."""
+        and an execution by this one process (``set_world_size`` records more). Any status
+        removes the run's in-flight rows: they belong to an execution in progress."""
         if status not in STATUSES:
             raise InvalidArgument(f"status {status!r}: expected one of {', '.join(STATUSES)}")
         now = time.time()
@@ -699,6 +724,8 @@ class Store:
                 )
             if cur.rowcount == 0:
                 raise StoreError(f"run {run_id} not found in {self.path}")
+            if self._has_table("sequential_in_flight"):
+                c.execute("DELETE FROM sequential_in_flight WHERE run_id=?", (int(run_id),))
 
     def set_world_size(self, run_id: int, size: int) -> None:
         """Record that the run's current execution spans ``size`` processes (torchrun ranks)."""
@@ -875,6 +902,49 @@ class Store:
         if info["n"] is None:
             return None
         return [int(info["n0"] or 0) + int(info["n"])] * int(info["done"])
+
+    def set_in_flight(self, run_id: int, pool: Mapping[str, Sequence[Any]]) -> None:
+        """Replace the run's in-flight rows by ``pool`` in one transaction.
+
+        ``pool`` holds one list per IN_FLIGHT_FIELDS, a point per position (the sequential
+        engine's progress ``pool``); an empty pool leaves none. Cheap enough to call every few
+        seconds while a run executes: one DELETE and one batched INSERT.
+        """
+        missing = [f for f in IN_FLIGHT_FIELDS if f not in pool]
+        if missing:
+            raise InvalidArgument(f"in-flight rows: lack {', '.join(missing)}")
+        columns = [list(pool[f]) for f in IN_FLIGHT_FIELDS]
+        if len({len(c) for c in columns}) > 1:
+            raise InvalidArgument("in-flight rows: the fields hold different numbers of points")
+        now = time.time()
+        rows = [(int(run_id), int(i), int(t), float(lo), float(up), _opt_float(s), _opt_int(a), _opt_int(y), now)
+                for i, t, lo, up, s, a, y in zip(*columns)]
+        key = _run_key(run_id)
+        with self._write() as c:
+            if key is None or c.execute("SELECT 1 FROM runs WHERE id=?", (key,)).fetchone() is None:
+                raise StoreError(f"run {quote(str(run_id))} not found in {self.path}")
+            c.execute(_IN_FLIGHT_SCHEMA)
+            c.execute("DELETE FROM sequential_in_flight WHERE run_id=?", (key,))
+            c.executemany(f"INSERT INTO sequential_in_flight (run_id, {', '.join(IN_FLIGHT_FIELDS)}, updated)"
+                          f" VALUES ({', '.join('?' * (len(IN_FLIGHT_FIELDS) + 2))})", rows)
+
+    def in_flight(self, run_id: int) -> pd.DataFrame:
+        """The run's in-flight rows (IN_FLIGHT_FIELDS and ``updated``, the time they were
+        written), ordered by idx; empty when nothing of the run is being sampled."""
+        import pandas as pd
+
+        columns = [*IN_FLIGHT_FIELDS, "updated"]
+        key = _run_key(run_id)
+        rows = [] if key is None or not self._has_table("sequential_in_flight") else self._query(
+            f"SELECT {', '.join(columns)} FROM sequential_in_flight WHERE run_id=? ORDER BY idx", (key,))
+        df = pd.DataFrame(rows, columns=columns)
+        for col in ("idx", "samples"):
+            df[col] = df[col].astype("int64")
+        for col in ("class_a", "label"):
+            df[col] = pd.array([None if pd.isna(v) else int(v) for v in df[col]], dtype="Int64")
+        for col in ("lower", "upper", "sigma", "updated"):
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+        return df
 
     def done_indices(self, run_id: int) -> set[int]:
         """Indices of the points already stored for the run."""
