@@ -298,7 +298,7 @@ class CertifyWork:
             ))
         return list(certify.iter_certify(
             engine.classify, xs, ys, list(indices), p.sigma_fn, self.n0, self.n, self.alpha, ds.num_classes,
-            engine.batch_size, p.device, self.seed, float(p.sigma_fn.r), ds.dim, progress=progress, cancel=cancel,
+            engine.batch_size, p.device, self.seed, p.sigma_fn.r, ds.dim, progress=progress, cancel=cancel,
             chunk_points=len(indices), sigmas=sigmas,
         ))
 
