@@ -34,6 +34,7 @@ from pages._ui import (
     shown,
     stop_on_error,
 )
+from pages._ui.live_section import certify_live
 from smoothviz import plots, plots_explore
 from smoothviz.data import DATASET_INFO, DEFAULT_DATASET
 from smoothviz.errors import SmoothvizError
@@ -437,3 +438,24 @@ with c2:
         if stored is not None:
             st.page_link(PAGES["counterexamples"], label=f"Real inputs that refute run #{stored}'s certificates",
                          icon=":material/search:", query_params={"run": str(stored)})
+
+# ---------------------------------------------------------------- certify live
+def live_rule(mode: str, cs: str, radius: float | None, budget: int):
+    """The sequential rule of the live section, at this page's α and this point's σ model."""
+    from smoothviz.sequential_engine import SequentialSettings
+
+    return SequentialSettings.create(mode, cs=cs, radius=radius).rule(float(alpha), budget, res.r, res.dim)
+
+
+def base_classifier():
+    """The base classifier of the model shown, as the engine calls it (argmax of the logits)."""
+    from smoothviz.votes import argmax_classifier
+
+    model = load_model(source[1], dataset=dataset_name)[0] if source[0] == "checkpoint" else \
+        foreign_model(source[1], source[2]).module
+    return argmax_classifier(model.eval())
+
+
+st.divider()
+certify_live((dataset_name, source, spec, reference_text, int(idx), int(n0), float(alpha), int(seed)), live_rule,
+             res.idx, res.label, res.sigma, int(n0), int(seed), res.dim, ds.test_x[res.idx], base_classifier(), names)

@@ -118,6 +118,11 @@ class LivePoint:
         """The point stopped by the user where it stands (the current bounds keep their guarantee)."""
         return dataclasses.replace(self, stopped=True)
 
+    def resume(self) -> LivePoint:
+        """The point sampled on after a stop: the sequence holds at every sample count at once, so
+        stopping, looking and going on is one more way of choosing when to stop."""
+        return dataclasses.replace(self, stopped=False)
+
 
 def _sound_radius(rule: Rule, lower: float, sigma: float, dim: int | None) -> float:
     return float(sq.sound_radius(lower, sigma, rule.r, dim if rule.r > 0 else None))
@@ -151,18 +156,30 @@ def step_rows(pending: int, draw: int, max_rows: int) -> int:
 
 def advance(point: LivePoint, classify: Classifier, x: Tensor, num_classes: int, batch_size: int = 1024,
             max_rows: int = 4 * NOISE_BLOCK) -> LivePoint:
-    """One small step: the n0 selection samples first, then up to about ``max_rows`` estimation
-    samples of the current draw; at the draw's checkpoint the rule reads the counts.
+    """One small step of about ``max_rows`` samples: the n0 selection samples first, then the
+    estimation draws in order, as many checkpoints as fit (the rule reads the counts at each).
 
-    ``classify`` maps a batch of noisy inputs to labels on x's device (``votes.argmax_classifier``
-    of the model); ``x`` is the point's input (its shape, no batch dimension). A finished point
-    comes back as it is. The counts are the engine's for (seed, idx) whatever ``max_rows`` and
-    ``batch_size`` are.
+    The first piece of a step is always drawn (the selection samples, or at least one noise block
+    of a draw); later pieces only while they fit in ``max_rows``. ``classify`` maps a batch of
+    noisy inputs to labels on x's device (``votes.argmax_classifier`` of the model); ``x`` is the
+    point's input (its shape, no batch dimension). A finished point comes back as it is. The
+    counts are the engine's for (seed, idx) whatever ``max_rows`` and ``batch_size`` are.
     """
     if max_rows < 1:
         raise InvalidArgument(f"max_rows = {max_rows} must be >= 1")
-    if point.finished:
-        return point
+    left = int(max_rows)
+    while not point.finished:
+        point, drawn = _piece(point, classify, x, num_classes, batch_size, left, first=left == max_rows)
+        left -= drawn
+        if drawn == 0 or left <= 0:
+            break
+    return point
+
+
+def _piece(point: LivePoint, classify: Classifier, x: Tensor, num_classes: int, batch_size: int, left: int,
+           first: bool) -> tuple[LivePoint, int]:
+    """The next piece of the point's sampling and the rows it drew (0: it does not fit in
+    ``left`` and is not the step's ``first``)."""
     generator = torch.Generator(device=x.device)
     xs = x.unsqueeze(0).to(torch.float32)
     sig = torch.tensor([point.sigma], dtype=torch.float32, device=x.device)
@@ -175,22 +192,26 @@ def advance(point: LivePoint, classify: Classifier, x: Tensor, num_classes: int,
         return counts[0]
 
     if point.class_a is None:
+        if point.n0 > left and not first:
+            return point, 0
         selection = votes(point.n0, derive_seed(point.seed, point.idx, STAGE_SELECTION), 0)
         return dataclasses.replace(point, class_a=int(selection.argmax()),  # first maximum on ties, as CERTIFY
-                                   selection=tuple(int(v) for v in selection))
-    rows, first = point.rule.next_draw(point.state)
+                                   selection=tuple(int(v) for v in selection)), point.n0
+    rows, first_blocks = point.rule.next_draw(point.state)
     draw = int(rows[0])
-    take = step_rows(point.pending_rows, draw, int(max_rows))
+    take = step_rows(point.pending_rows, draw, left)
+    if take > left and not first:
+        return point, 0
     counts = votes(take, derive_seed(point.seed, point.idx, STAGE_SEQUENTIAL),
-                   int(first[0]) + point.pending_rows // NOISE_BLOCK)
+                   int(first_blocks[0]) + point.pending_rows // NOISE_BLOCK)
     pending_rows, pending_votes = point.pending_rows + take, point.pending_votes + int(counts[point.class_a])
     if pending_rows < draw:
-        return dataclasses.replace(point, pending_rows=pending_rows, pending_votes=pending_votes)
+        return dataclasses.replace(point, pending_rows=pending_rows, pending_votes=pending_votes), take
     state = point.rule.update(point.state, [point.k + pending_votes], [point.t + draw])
     lower = float(state.lower[0])
     entry = (int(state.t[0]), lower, float(state.upper[0]), _sound_radius(point.rule, lower, point.sigma, point.dim))
     return dataclasses.replace(point, state=state, pending_rows=0, pending_votes=0,
-                               history=(*point.history, entry))
+                               history=(*point.history, entry)), take
 
 
 def history_arrays(point: LivePoint) -> dict[str, np.ndarray]:
