@@ -76,6 +76,7 @@ descriptions = {
     "playground": "2-D toy data: decision regions and certified circles",
     "train": "train a model with noise augmentation (background job)",
     "counterexamples": "explicit classifiers that break naive input-dependent certificates, on formulas and real data",
+    "tradeoffs": "sweeps over σ_b and r: heatmaps, Pareto front, envelope, error bars, per-class gaps",
 }
 cols = st.columns(3)
 i = 0

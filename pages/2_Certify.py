@@ -29,6 +29,7 @@ from pages._ui import (
     load_dataset, load_reference, load_sigma, one_line, run_label, save_upload, set_query, setup_page, short_spec,
     show_error, shown, stop_on_error, unusable_checkpoints,
 )
+from pages._ui.sweep_section import sweep_form, sweep_panel
 from smoothviz import analysis, cost, data, plots
 from smoothviz.errors import SmoothvizError
 from smoothviz.jobs import RUNNING, certify_job_id, live_progress
@@ -384,6 +385,18 @@ if current_run is not None:
         set_query(run=None)
         st.rerun()
     st.divider()
+if "sweep" in st.query_params:
+    raw_sweep = st.query_params.get("sweep")
+    try:
+        current_sweep = int(str(raw_sweep).strip())
+        if not 1 <= current_sweep <= INT_MAX:
+            raise ValueError
+    except ValueError:
+        st.error(f"the link's sweep = {shown(raw_sweep)} was not applied: not a sweep id", icon=ERROR_ICON)
+        set_query(sweep=None)
+    else:
+        sweep_panel(current_sweep)
+        st.divider()
 
 st.subheader("New certification" if current_run is not None else "Configuration")
 names = data.dataset_names()
@@ -701,6 +714,7 @@ elif indices and not errors:
         if spread:
             st.warning(spread, icon=WARNING_ICON)
 
+rate = None
 if indices and not errors:
     try:
         rate = sampling_rate(ckpt, device, int(batch_size)) if record is None else \
@@ -740,3 +754,5 @@ st.button("Run certification", type="primary", disabled=blocked, key="run_button
           on_click=start_run, args=(token, config))
 if current_run is None and st.session_state.get("_certify_start_error"):
     st.error(st.session_state.pop("_certify_start_error"), icon=ERROR_ICON)
+if config is not None:
+    sweep_form(config, rate)

@@ -157,6 +157,24 @@ def sigma_parameters(spec: str) -> dict:
             "sigma_min": p["sigma_min"], "sigma_max": p["sigma_max"]}
 
 
+def on_axes(items: Sequence[tuple[Mapping[str, Any], Any]]) -> list[tuple[dict, Any]]:
+    """The cells of ``items`` = (cell parameters, results) placed on the (sigma_b, r) plane of the
+    trade-off views: kNN cells as they are, a constant sigma at (sigma, 0) unless a kNN cell of
+    the same model, n and alpha with r = 0 has that sigma_b (the same sigma function, so the same
+    results). Parameters gain ``sigma_b`` and ``r``; the order is kept."""
+    def key(p: Mapping[str, Any], sigma_b: float) -> tuple:
+        return p.get("model"), p.get("n"), p.get("alpha"), float(sigma_b)
+
+    flat = {key(p, p["sigma_b"]) for p, _ in items if p.get("kind") == "knn" and float(p.get("r", 0.0)) == 0.0}
+    out = []
+    for params, results in items:
+        if params.get("kind") == "knn":
+            out.append((dict(params), results))
+        elif params.get("kind") == "constant" and key(params, params["sigma"]) not in flat:
+            out.append(({**params, "sigma_b": float(params["sigma"]), "r": 0.0}, results))
+    return out
+
+
 @dataclass(frozen=True)
 class SweepPlan:
     """What a sweep asks for, before anything is loaded or written.

@@ -28,6 +28,7 @@ PAGES = {
     "playground": "pages/5_2D_playground.py",
     "train": "pages/6_Train.py",
     "counterexamples": "pages/7_Counterexamples.py",
+    "tradeoffs": "pages/8_Trade_offs.py",
 }
 
 NAV = (
@@ -39,6 +40,7 @@ NAV = (
     ("playground", "2-D playground", ":material/scatter_plot:"),
     ("train", "Train", ":material/model_training:"),
     ("counterexamples", "Counterexamples", ":material/gpp_bad:"),
+    ("tradeoffs", "Trade-offs", ":material/tune:"),
 )
 
 
