@@ -13,7 +13,7 @@ from pages._ui import (
     ACTIVE, ERROR_ICON, PAGES, WARNING_ICON, entered_page, get_store, load_dataset, offer_examples, one_line,
     run_label, set_query, setup_page, short_spec, shown, stop_on_error,
 )
-from smoothviz import analysis, data, plots
+from smoothviz import analysis, data, plots, plots_tradeoffs, tradeoffs
 from smoothviz.audit import audit_warning
 from smoothviz.errors import SmoothvizError
 from smoothviz.store import export_csv, import_cohen_log
@@ -218,12 +218,26 @@ for label, (run, _) in data_by_label.items():  # an audit above the r the certif
 tabs = st.tabs(["Certified accuracy", "Radius distribution", "Sound vs naive", "Per class", "σ(x) vs radius",
                 "Table & downloads"])
 
+bars = st.toggle("error bars", value=True, key="cmp_bars",
+                 help="95% Clopper–Pearson interval over each run's test points, at each radius (pointwise), on the "
+                      "curves and in the table; the Trade-offs page has other levels, the bootstrap and paired "
+                      "differences.")
+
 with tabs[0]:
     curves = {k: analysis.accuracy_curve(res) for k, (_, res) in data_by_label.items()}
     ceilings = {k: analysis.run_ceiling(run) for k, (run, _) in data_by_label.items()}
-    st.plotly_chart(plots.waterfall_figure(curves, ceilings), key="fig_waterfall")
+    if bars:
+        reach = [c for c in ceilings.values() if np.isfinite(c)] + [float(df["radius"].max()) for df in curves.values()]
+        grid = np.linspace(0.0, max([*reach, 0.05]), 61)
+        bands = {k: tradeoffs.accuracy_intervals(res, grid) for k, (_, res) in data_by_label.items()}
+        st.plotly_chart(plots_tradeoffs.accuracy_band_figure(curves, bands, ceilings, "95% Clopper–Pearson",
+                                                             "Certified accuracy vs radius"), key="fig_waterfall")
+    else:
+        st.plotly_chart(plots.waterfall_figure(curves, ceilings), key="fig_waterfall")
     st.caption("Dashed: each run's ceiling σ·Φ⁻¹(α^{1/n}) — no point can be certified beyond it, even when "
-               "all n samples agree (the waterfall).")
+               "all n samples agree (the waterfall)."
+               + (" Shaded: a 95% Clopper–Pearson interval over the run's test points at each radius (pointwise: "
+                  "each radius on its own)." if bars else ""))
 
 with tabs[1]:
     certified = {k: res.loc[res["correct"], "radius"].to_numpy(float) for k, (_, res) in data_by_label.items()}
@@ -290,10 +304,19 @@ with tabs[5]:
                                                          "for an input-dependent σ (shown for comparison only)")
                    for c in table.columns if c.endswith("naive (no guarantee)")})
     config["σ"] = st.column_config.TextColumn("σ", help=f"Full σ specs: {full_specs}")
+    download = table.assign(**{"σ": [r.get("sigma_spec") for _, r, _ in entries]})
+    if bars:
+        ends = tradeoffs.interval_columns({k: res for k, _, res in entries}, analysis.DEFAULT_RADII)
+        for r in reversed(analysis.DEFAULT_RADII):
+            low, high = ends[f"R={r:g} low"].to_numpy(), ends[f"R={r:g} high"].to_numpy()
+            table.insert(table.columns.get_loc(f"R={r:g}") + 1, f"R={r:g} 95% CI",
+                         [f"[{a:.3f}, {b:.3f}]" for a, b in zip(low, high)])
+            at = download.columns.get_loc(f"R={r:g}") + 1
+            download.insert(at, f"R={r:g} high", high)
+            download.insert(at, f"R={r:g} low", low)
     st.dataframe(table, hide_index=True, column_config=config)
-    st.download_button("Download table (CSV)", table.assign(**{"σ": [r.get("sigma_spec") for _, r, _ in entries]})
-                       .to_csv(index=False), "certified_accuracy.csv", "text/csv", on_click="ignore", key="dl_table",
-                       icon=":material/download:")
+    st.download_button("Download table (CSV)", download.to_csv(index=False), "certified_accuracy.csv", "text/csv",
+                       on_click="ignore", key="dl_table", icon=":material/download:")
     pick = st.selectbox("per-point results of", [run["id"] for _, run, _ in entries],
                         format_func=lambda i: run_label(rows[i]), key="dl_run")
     buf = io.StringIO()

@@ -210,6 +210,7 @@ def accuracy_band_figure(
     bands: Mapping[str, pd.DataFrame],
     ceilings: Mapping[str, float] | None = None,
     band_name: str = "95% interval",
+    title: str = "Certified accuracy vs radius, with error bars",
 ) -> go.Figure:
     """Certified accuracy vs radius with its error band, one colour per run.
 
@@ -242,8 +243,7 @@ def accuracy_band_figure(
             fig.add_trace(go.Scatter(x=[top, top], y=[0.0, 1.0], mode="lines", name=f"ceiling {label}",
                                      line={"color": c, "dash": "dash", "width": 1}, legendgroup=label,
                                      hovertemplate=f"ceiling σΦ⁻¹(α^(1/n)) = {top:.3f}<extra></extra>"))
-    return _frame(fig, "Certified accuracy vs radius, with error bars", RADIUS_AXIS, ACCURACY_AXIS,
-                  yaxis_range=[0, 1.02])
+    return _frame(fig, title, RADIUS_AXIS, ACCURACY_AXIS, yaxis_range=[0, 1.02])
 
 
 def _fill(hex_colour: str, alpha: float = 0.18) -> str:

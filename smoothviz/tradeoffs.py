@@ -41,6 +41,7 @@ __all__ = [
     "grid_view",
     "high_probability_accuracy",
     "high_probability_bound",
+    "interval_columns",
     "interval_table",
     "paired_counts",
     "paired_difference",
@@ -337,6 +338,28 @@ def interval_table(
         for name in ("reference", "binomial"):
             out[f"hp_{name}"] = high_probability_accuracy(results, radii, alpha, rho, name, use)["high_probability"]
     return out
+
+
+def interval_columns(
+    runs: Mapping[str, pd.DataFrame],
+    radii: Sequence[float] = DEFAULT_RADII,
+    beta: float = 0.05,
+    method: str = "clopper-pearson",
+    use: str = "radius",
+) -> pd.DataFrame:
+    """One row per run (indexed by its name, in order): the ends of its certified accuracy's
+    (1 - beta) interval at each radius, columns ``R=<r> low`` and ``R=<r> high`` (beside the
+    ``R=<r>`` columns of ``analysis.compare_table``)."""
+    names, frames = _runs(runs)
+    grid = _radii(radii)
+    rows = []
+    for frame in frames:
+        table = accuracy_intervals(frame, grid, beta, method, use=use)
+        row: dict[str, float] = {}
+        for r, low, high in zip(grid, table["low"], table["high"]):
+            row[f"R={r:g} low"], row[f"R={r:g} high"] = float(low), float(high)
+        rows.append(row)
+    return pd.DataFrame(rows, index=pd.Index(names, name="run"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -276,3 +276,37 @@ def test_a_2x2_sweep_started_on_the_certify_page_lands_in_the_tradeoff_views(tmp
                for i in (0, 2)]
     assert np.allclose(np.array(heat["z"], dtype=float), acc)
     assert pd.notna(heat["z"][0][0])
+
+
+def test_compare_runs_shows_error_bars_on_its_curves_table_and_download(tmp_path: Path) -> None:
+    ids = constructed_sweep(Path(os.environ["SMOOTHVIZ_DB"]))
+    frames = _frames(ids)
+    const, better = ids[("constant", 0.25, 0.0)], ids[("knn", 0.25, 0.1)]
+    at = support.open_page("pages/3_Compare_runs.py", runs=f"{const},{better}")
+    assert not at.exception, [e.message for e in at.exception]
+    water = next(f for f in plotly_figures(at) if f["layout"]["title"]["text"] == "Certified accuracy vs radius")
+    band = next(t for t in water["data"] if t.get("fill") == "tonexty" and t["name"].startswith(f"#{const} "))
+    expected = tradeoffs.accuracy_intervals(frames[("constant", 0.25, 0.0)], band["x"])
+    assert band["y"] == pytest.approx(expected["high"].tolist())
+    table = at.dataframe[-1].value
+    ci = tradeoffs.accuracy_intervals(frames[("constant", 0.25, 0.0)], [0.5])
+    assert table.loc[0, "R=0.5 95% CI"] == f"[{ci['low'].item():.3f}, {ci['high'].item():.3f}]"
+    download = next(d for d in at.get("download_button") if d.proto.label == "Download table (CSV)")
+    assert download is not None
+    at.toggle(key="cmp_bars").set_value(False).run()
+    assert not at.exception
+    water = next(f for f in plotly_figures(at) if f["layout"]["title"]["text"] == "Certified accuracy vs radius")
+    assert not [t for t in water["data"] if t.get("fill") == "tonexty"]
+    assert "R=0.5 95% CI" not in at.dataframe[-1].value.columns
+
+
+def test_interval_columns_are_the_compare_tables_error_bars() -> None:
+    rng = np.random.default_rng(2)
+    runs = {name: pd.DataFrame({"correct": rng.random(40) < 0.8, "radius": rng.exponential(0.4, 40)})
+            for name in ("a", "b")}
+    out = tradeoffs.interval_columns(runs, (0.0, 0.5))
+    assert list(out.index) == ["a", "b"] and list(out.columns) == ["R=0 low", "R=0 high", "R=0.5 low", "R=0.5 high"]
+    for name, df in runs.items():
+        ref = tradeoffs.accuracy_intervals(df, (0.0, 0.5))
+        assert out.loc[name, ["R=0 low", "R=0.5 low"]].tolist() == pytest.approx(ref["low"].tolist())
+        assert out.loc[name, ["R=0 high", "R=0.5 high"]].tolist() == pytest.approx(ref["high"].tolist())
