@@ -388,3 +388,38 @@ def test_the_dashboards_job_runs_a_recorded_sweep_and_cancels_it(tmp_path: Path)
         record = store.sweep(sweep_id)
     assert record["status"] == "cancelled" and record["done"] < 24, manager.log_tail(job.id)
     assert record["cells"][-1]["done"] == 0 and record["cells"][-1]["status"] == "pending"
+
+
+def test_sequential_options_pass_to_every_run_of_the_sweep(tmp_path: Path, capsys) -> None:
+    from smoothviz.cli import main
+
+    db, alone = tmp_path / "seq.db", tmp_path / "alone.db"
+    common = ["--model", MODEL, "--n0", "20", "--points", "4", "--device", "cpu", "--quiet", "--sequential",
+              "--radius", "0.25", "--max-n", "500"]
+    assert main(["sweep", *common, "--sigma-grid", "constant:{0.2,0.3}", "--db", str(db)]) == 0
+    assert main(["certify", *common, "--sigma", "constant:0.3", "--db", str(alone)]) == 0
+    capsys.readouterr()
+    with Store(db) as store, Store(alone) as single:
+        cells = store.sweeps()[0]["cells"]
+        settings = [store.run(c["run_id"])["sequential"] for c in cells]
+        assert settings == [single.run(1)["sequential"]] * 2 and settings[0]["mode"] == "fixed-radius"
+        assert {store.run(c["run_id"])["n"] for c in cells} == {500}  # the budget
+        swept, ref = store.results(cells[1]["run_id"]), single.results(1)
+        assert swept["stop_reason"].notna().all()
+        assert swept[["idx", "samples", "stop_reason", "radius"]].equals(ref[["idx", "samples", "stop_reason", "radius"]])
+    code = main(["sweep", *common[:-5], "--sigma-grid", "constant:0.2", "--radius", "0.25", "--db", str(tmp_path / "x.db")])
+    assert code == 2 and "needs --sequential" in capsys.readouterr().err
+
+
+def test_processes_run_every_cell_on_ranks_with_the_counts_of_one_process(tmp_path: Path) -> None:
+    grid = ["sweep", "--model", MODEL, "--sigma-grid", "constant:{0.2,0.3}", "--n0", "20", "--n", "300", "--points",
+            "4", "--device", "cpu", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ranks, one = tmp_path / "ranks.db", tmp_path / "one.db"
+    for db, extra in ((ranks, ["--processes", "2"]), (one, [])):
+        done = subprocess.run([sys.executable, "-m", "smoothviz", *grid, *extra, "--db", str(db)], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+    with Store(ranks) as store:
+        assert [store.run(c["run_id"])["world_size"] for c in store.sweeps()[0]["cells"]] == [2, 2]
+    assert _results(ranks) == _results(one)
