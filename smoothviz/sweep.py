@@ -269,7 +269,7 @@ class SharedDistances:
     """The sigma functions of a sweep's runs, with kNN distances computed once per (data, split,
     k, reference) on the sweep's points: ``sigma_for(run)`` builds the first kNN sigma of a group
     from its spec, remembers the points' distances, and makes every other one of the group with
-    ``KNN.with_parameters`` (None for a constant sigma: it has nothing to share)."""
+    ``KNN.with_parameters`` (None for a constant sigma, or a kNN spec without m: they share nothing)."""
 
     def __init__(self, device: str | None = None) -> None:
         self.device = device
@@ -289,7 +289,7 @@ class SharedDistances:
         from smoothviz.sigma import parse_sigma_spec
 
         params = parse_sigma_spec(run["sigma_spec"])
-        if params["kind"] != "knn":
+        if params["kind"] != "knn" or params["m"] is None:  # a sweep's kNN runs record their m
             return None
         dev = resolve_device(self.device or run.get("device") or "auto")
         reference = (run.get("options") or {}).get("sigma_reference")
@@ -317,13 +317,15 @@ class SharedDistances:
 @dataclass
 class PreparedSweep:
     """A plan checked against the data and models: each sigma spec as the runs record it (m
-    resolved), sigma(x) warnings, the sampling rate of each model and the time estimate."""
+    resolved), sigma(x) warnings, the sampling rate of each model, the time estimate, and the kNN
+    functions that computed an m (cached for their reference points once the sweep is recorded)."""
 
     plan: SweepPlan
     specs: dict[str, str]
     warnings: list[str]
     rates: list[cost.Rate]
     estimate: cost.Estimate
+    computed: list[Any] = field(default_factory=list)
 
 
 def _run_fields(plan: SweepPlan, cell: Cell, spec: str, batch_size: int | str | None) -> dict:
@@ -366,7 +368,7 @@ def prepare_sweep(plan: SweepPlan, batch_size: int | str | None = None, rates_ca
     from smoothviz.certify import prepare_run, select_split
     from smoothviz.data import load_dataset
     from smoothviz.device import resolve_device
-    from smoothviz.knn_reference import build_run_sigma, remember_statistics
+    from smoothviz.knn_reference import build_run_sigma
     from smoothviz.sigma import (
         build_sigma,
         canonical_spec,
@@ -384,7 +386,9 @@ def prepare_sweep(plan: SweepPlan, batch_size: int | str | None = None, rates_ca
         raise InvalidArgument(f"indices {bad[:5]} are outside the {plan.split} split (size {xs.shape[0]})")
     dev = resolve_device(plan.device)
     points = xs[torch.tensor(list(plan.indices), dtype=torch.int64)].to(dev)
-    bases: dict[int, Any] = {}
+    bases: dict[int, Any] = {}  # per k: a kNN sigma function holding the points' distances
+    data_m: dict[int, float] = {}  # per k: m from the reference points, where a spec leaves it out
+    computed: list[Any] = []  # the functions that computed an m the kNN cache may remember
     specs: dict[str, str] = {}
     warnings: list[str] = []
     functions: dict[str, Any] = {}
@@ -393,15 +397,18 @@ def prepare_sweep(plan: SweepPlan, batch_size: int | str | None = None, rates_ca
         if params["kind"] == "constant":
             fn = build_sigma(spec)
         else:
-            base = bases.get(params["k"])
-            if base is None:
+            k = params["k"]
+            if k not in bases or (params["m"] is None and k not in data_m):
                 base = build_run_sigma(spec, dataset, plan.sigma_reference, dev)
-                remember_statistics(base)
-                with torch.inference_mode():
-                    base.remember_distances(points)
-                bases[params["k"]] = base
-            fn = base.with_parameters(params["sigma_b"], params["r"], params["m"], params["sigma_min"],
-                                      params["sigma_max"])
+                if params["m"] is None:
+                    data_m[k] = base.m
+                    computed.append(base)
+                if k not in bases:
+                    with torch.inference_mode():
+                        base.remember_distances(points)
+                    bases[k] = base
+            m = params["m"] if params["m"] is not None else data_m[k]
+            fn = bases[k].with_parameters(params["sigma_b"], params["r"], m, params["sigma_min"], params["sigma_max"])
         with torch.inference_mode():
             values = fn(points)
         check_sigma_values(values, fn.spec, list(plan.indices))
@@ -423,12 +430,16 @@ def prepare_sweep(plan: SweepPlan, batch_size: int | str | None = None, rates_ca
                                    ds.num_classes, prepared.device, run["options"], rates_cache)
         rates.append(rate)
         parts += [(len(plan.indices), plan.n0, c.n, rate) for c in cells if c.model == m]
-    return PreparedSweep(plan, specs, warnings, rates, sweep_estimate(parts))
+    return PreparedSweep(plan, specs, warnings, rates, sweep_estimate(parts), computed)
 
 
 def record_sweep(store: Store, prepared: PreparedSweep, batch_size: int | str | None = None) -> int:
     """Record a prepared sweep and its runs (status pending) in the store; returns the sweep's id."""
+    from smoothviz.knn_reference import remember_statistics
+
     plan = prepared.plan
+    for fn in prepared.computed:
+        remember_statistics(fn)
     identity = plan.identity()
     cells = []
     for position, cell in enumerate(plan.cells()):

@@ -423,3 +423,17 @@ def test_processes_run_every_cell_on_ranks_with_the_counts_of_one_process(tmp_pa
     with Store(ranks) as store:
         assert [store.run(c["run_id"])["world_size"] for c in store.sweeps()[0]["cells"]] == [2, 2]
     assert _results(ranks) == _results(one)
+
+
+def test_a_grid_mixing_given_and_computed_m_gives_each_spec_its_own_m() -> None:
+    from smoothviz.data import load_dataset
+    from smoothviz.sigma import build_sigma
+    from smoothviz.sweep import prepare_sweep
+
+    plan = _plan(sigmas=("knn:0.25,0.1,10,m=2.0", "knn:0.25,0.2,10", "constant:0.25"))
+    prepared = prepare_sweep(plan)
+    data_m = build_sigma("knn:0.25,0.2,10", load_dataset("digits").train_x).m
+    assert prepared.specs["knn:0.25,0.1,10,m=2.0"] == "knn:0.25,0.1,10,m=2.0"
+    assert prepared.specs["knn:0.25,0.2,10"] == f"knn:0.25,0.2,10,m={data_m!r}"
+    assert prepared.specs["constant:0.25"] == "constant:0.25"
+    assert len(prepared.computed) == 1 and len(prepared.rates) == 1 and prepared.estimate.seconds > 0
