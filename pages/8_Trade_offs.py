@@ -271,7 +271,7 @@ with tabs[0]:
                                                            view.points, zmax=max(acr_top, 1e-6)), key="fig_heat_acr")
             st.caption("Rows σ_b, columns r; a constant σ sits at r = 0 (kNN with r = 0 is the same σ). Sound "
                        "certificates only.")
-        versus = tradeoffs.versus_constant(sliced, table_radii, beta, "bonferroni")
+        versus = tradeoffs.versus_constant(sliced, table_radii, beta, "bonferroni", intersect=True)
         if versus.empty:
             st.info("No input-dependent run here has a constant-σ run (or kNN with r = 0) with the same σ_b to be "
                     "compared with.")

@@ -738,9 +738,11 @@ def versus_constant(
     beta: float = 0.05,
     method: str = "bonferroni",
     use: str = "radius",
+    intersect: bool = False,
 ) -> pd.DataFrame:
     """Each input-dependent (kNN, r > 0) cell of a sweep against constant sigma = its sigma_b on the
-    same points (same model, n and alpha), by ``paired_difference`` at each radius.
+    same points (same model, n and alpha), by ``paired_difference`` at each radius (``intersect``:
+    over the points both runs hold, for runs still partial).
 
     ``sweep`` holds (params, results) with params as a sweep cell records them (``kind``,
     ``sigma_b``/``sigma``, ``r``, ``model``, ``n``, ``alpha``, optionally ``label``). The baseline
@@ -766,7 +768,7 @@ def versus_constant(
         baseline, name = (constants[key], "constant") if key in constants else (flat.get(key), "knn r=0")
         if baseline is None:
             continue
-        diff = paired_difference(results, baseline, grid, beta, method, use=use)
+        diff = paired_difference(results, baseline, grid, beta, method, intersect=intersect, use=use)
         for row in diff.itertuples(index=False):
             verdict = {"a higher": "kNN higher", "b higher": "constant higher"}.get(row.verdict, "undecided")
             rows.append({"label": params.get("label"), "sigma_b": float(params["sigma_b"]), "r": float(params["r"]),

@@ -49,6 +49,13 @@ def test_a_2x2_sweep_on_digits_end_to_end(tmp_path: Path, capsys) -> None:
         for c, r in zip(cells, runs):  # the summary table is each run's certified accuracy
             acc = float(store.results(r["id"])["correct"].mean())
             assert f"{acc:.3f}" in next(line for line in out.splitlines() if line.strip().startswith(str(r["id"])))
+        # each kNN cell with r > 0 against its r = 0 cell (the constant sigma_b), paired on the same points
+        diff = tradeoffs.paired_difference(store.results(cells[1]["run_id"]), store.results(cells[0]["run_id"]),
+                                           [0.0, 0.25])
+    line = next(x for x in out.splitlines() if x.startswith(f"  run {cells[1]['run_id']} (sigma_b 0.2, r 0.1) vs knn r=0"))
+    for row in diff.itertuples():
+        verdict = {"a higher": "kNN higher", "b higher": "constant higher"}.get(row.verdict, "undecided")
+        assert f"R={row.radius:g} {row.difference:+.3f} [{row.low:+.3f}, {row.high:+.3f}] {verdict}" in line
     # the same command again: nothing new, nothing to do
     code, out, err = cli(capsys, *SWEEP, "--db", db)
     assert code == 0 and "sweep 1: resuming (4 of 4 runs done, 20 of 20 points stored)" in err

@@ -263,6 +263,27 @@ def print_summary(store, sweep_id: int, radii: list[float], stream=None) -> None
         acr = analysis.average_certified_radius(df) if len(df) else float("nan")
         print(f"{cell['run_id']:>5}  {label:<{width}}  {acc}  {acr:>6.3f}  {cell['done']:>4}/{cell['total']:<4}",
               file=stream)
+    _print_versus_constant(store, record, radii, stream)
+
+
+def _print_versus_constant(store, record: dict, radii: list[float], stream) -> None:
+    """Each kNN cell (r > 0) minus constant sigma = its sigma_b on the same points, with the
+    paired 95% Bonferroni interval and whether the data can tell them apart."""
+    from smoothviz import tradeoffs
+
+    cells = [c for c in record["cells"] if c["run_id"] is not None and c["done"]]
+    items = [({**c["cell"], "label": f"run {c['run_id']}"}, store.results(c["run_id"])) for c in cells]
+    versus = tradeoffs.versus_constant(items, radii, beta=0.05, method="bonferroni", intersect=True)
+    if versus.empty:
+        return
+    print("input-dependent minus constant sigma (same points; paired 95% Bonferroni interval, pointwise in R):",
+          file=stream)
+    for (label, baseline), group in versus.groupby(["label", "baseline"], sort=False):
+        first = group.iloc[0]
+        parts = [f"R={row.radius:g} {row.difference:+.3f} [{row.low:+.3f}, {row.high:+.3f}] {row.verdict}"
+                 for row in group.itertuples(index=False)]
+        print(f"  {label} (sigma_b {first['sigma_b']:g}, r {first['r']:g}) vs {baseline}: " + "; ".join(parts),
+              file=stream)
 
 
 def _list(args: argparse.Namespace) -> int:
