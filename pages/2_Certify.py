@@ -29,6 +29,10 @@ from pages._ui import (
     load_dataset, load_reference, load_sigma, one_line, run_label, save_upload, set_query, setup_page, short_spec,
     show_error, shown, stop_on_error, unusable_checkpoints,
 )
+from pages._ui.sequential_section import (
+    default_processes, done_sequential, estimate_text, live_sequential, processes_input, processes_limit,
+    reach_warning, rule_text, sequential_inputs, world_text,
+)
 from pages._ui.sweep_section import sweep_form, sweep_panel
 from smoothviz import analysis, cost, data, plots
 from smoothviz.errors import SmoothvizError
@@ -220,22 +224,30 @@ def results_figure(run: dict, results) -> object:
     return plots.waterfall_figure({label: curve}, {label: analysis.run_ceiling(run)})
 
 
-def start_job(run_id: int) -> None:
-    """Execute (or resume) the run in a background process; the run is pending from here on."""
-    job_manager().start_certify(run_id, db_path(), cwd=ROOT)
+def start_job(run_id: int, processes: int = 1) -> None:
+    """Execute (or resume) the run in a background process (``processes`` > 1: that many ranks
+    under torchrun); the run is pending from here on."""
+    job_manager().start_certify(run_id, db_path(), cwd=ROOT, processes=processes)
+
+
+def resumed_processes(run_id: int) -> int:
+    """Processes for resuming a run: as many as its last execution spanned, where this machine has them."""
+    run = get_store().run(run_id)
+    return max(1, min(int(run.get("world_size") or 1), processes_limit(str(run.get("device") or "auto"))))
 
 
 def resume(run_id: int) -> None:
     """Resume button callback: runs before the page is drawn, so the page already shows the new job."""
     try:
-        start_job(run_id)
+        start_job(run_id, resumed_processes(run_id))
     except SmoothvizError as exc:
         st.session_state["_certify_start_error"] = one_line(str(exc))
 
 
-def start_run(token: str, config: dict) -> None:
+def start_run(token: str, config: dict, processes: int = 1) -> None:
     """Run button callback, idempotent: a click on an already used button, or a click while an
-    identical run is pending or running, opens that run instead of creating another."""
+    identical run is pending or running, opens that run instead of creating another. ``processes``:
+    the ranks that execute it (not part of the run: any number gives the same results)."""
     used = st.session_state.setdefault("_certify_used_tokens", set())
     if token in used or config is None:
         return
@@ -247,9 +259,9 @@ def start_run(token: str, config: dict) -> None:
         status = store.run(run_id)["status"] if run_id is not None else None
         if status not in ACTIVE:
             run_id = store.create_run(**config)
-            start_job(run_id)
+            start_job(run_id, processes)
         elif status == "pending":  # recorded, perhaps not started yet: starting is idempotent
-            start_job(run_id)
+            start_job(run_id, processes)
     except SmoothvizError as exc:
         st.session_state["_certify_start_error"] = one_line(str(exc))
         return
@@ -277,12 +289,13 @@ def live_panel(run_id: int) -> None:
     run = store.run(run_id)
     engine = job_manager().engine_progress(job.id) if job is not None else None
     view = live_progress(int(prog["total"]), int(prog["done"]), int(run["n0"] or 0) + int(run["n"] or 0), engine,
-                         prog.get("rate_per_s"), prog.get("eta_s"), starting=job is not None)
+                         prog.get("rate_per_s"), prog.get("eta_s"), starting=job is not None,
+                         samples_in_flight=run.get("sequential") is None)
     st.progress(view.fraction, text=view.text())
     if job is None and prog["status"] == "pending":
         st.info("This run is recorded but no process is executing it.")
         if run["kind"] == "certify" and st.button("Start it", key=f"start{run_id}"):
-            start_job(run_id)
+            start_job(run_id, resumed_processes(run_id))
     if st.button("Cancel", key=f"cancel{run_id}", help="Stops after the current batch; finished points stay."):
         stopped = job is not None and job_manager().cancel(job.id)
         if not stopped and prog["status"] == "pending":  # nothing executes it: cancel the record itself
@@ -291,7 +304,9 @@ def live_panel(run_id: int) -> None:
             store.request_cancel(run_id)
         st.toast("Cancelling…")
     results = store.results(run_id)
-    if len(results):
+    if run.get("sequential") is not None:
+        live_sequential(store, run, results, key=f"live{run_id}")
+    elif len(results):
         st.plotly_chart(results_figure(run, results), key=f"live{run_id}")
 
 
@@ -319,8 +334,9 @@ def run_panel(run_id: int) -> None:
         return
     st.subheader(f"Run {run_label(run)}")
     described = (run.get("options") or {}).get("model") or {}
-    st.caption(f"{one_line(run['dataset'])} · {run['sigma_spec']} · n0 = {run['n0']}, n = {run['n']}, "
-               f"α = {run['alpha']} · checkpoint `{display_path(Path(run['checkpoint'])) if run['checkpoint'] else '—'}`"
+    world = world_text(run, job_manager().get(certify_job_id(run_id)))
+    st.caption(f"{one_line(run['dataset'])} · {run['sigma_spec']} · {rule_text(run)}, α = {run['alpha']}{world} · "
+               f"checkpoint `{display_path(Path(run['checkpoint'])) if run['checkpoint'] else '—'}`"
                + (f" · {described['description']}" if described.get("description") else ""))
     failed_start = st.session_state.pop("_certify_start_error", None)
     if failed_start:
@@ -352,6 +368,8 @@ def run_panel(run_id: int) -> None:
         c[2].metric("average certified radius", f"{summary['average_certified_radius']:.3f}")
         c[3].metric("abstentions", f"{summary['abstention_rate']:.1%}")
         st.plotly_chart(results_figure(run, results), key=f"final{run_id}")
+    if run.get("sequential") is not None:
+        done_sequential(store, run, results, key=f"final{run_id}")
     st.page_link(PAGES["compare"], label="Compare this run with others →", query_params={"runs": str(run_id)})
     if job_manager().get(certify_job_id(run_id)) is not None:
         with st.expander("Job log"):
@@ -599,7 +617,8 @@ elif spec:
                   " (sound input-dependent certificate; the naive radius is stored for comparison)"))
 
 st.markdown("**Monte Carlo and points**")
-devices = ["auto", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+gpus = torch.cuda.device_count()
+devices = ["auto", "cpu"] + (["cuda"] if gpus else []) + [f"cuda:{i}" for i in range(gpus)]
 if restore:
     st.session_state.update({
         "n0": link_int("n0", 1, cost.N_MAX) or 100, "n": link_int("n", 1, cost.N_MAX) or 1000,
@@ -620,9 +639,11 @@ if restore:
             st.session_state["indices"] = ""
     else:
         st.session_state["indices"] = ""
+sampling = sequential_inputs(restore, errors, link_choice, link_float, r_semi)
 p1, p2, p3, p4 = st.columns(4)
 n0 = p1.number_input("n0 (selection samples)", step=10, key="n0")
-n = p2.number_input("n (estimation samples)", step=100, key="n")
+n = p2.number_input("n_max (budget: estimation samples at most)" if sampling.sequential else
+                    "n (estimation samples)", step=100, key="n")
 alpha = p3.number_input("α (failure probability, in (0, 1))", step=0.001, format="%.6g", key="alpha")
 seed = p4.number_input("seed", step=1, key="seed")
 q1, q2, q3, q4 = st.columns(4)
@@ -644,14 +665,17 @@ if restore or bk not in st.session_state:
 batch_size = q4.number_input("batch size (noisy samples per forward pass)", step=256, key=bk,
                              help=f"never changes the counts; the engine's default here is {engine_batch}")
 check_number(errors, "batch size", batch_size, 1, INT_MAX)
+processes = processes_input(restore, errors, link_int, device, st.columns(4)[0])
 try:
     trained_with = parse_sigma_spec(meta.get("sigma") or "")
 except SmoothvizError:
     trained_with = None
 stem = Path(ckpt).stem
-nk = f"name@{ckpt}|{spec}"
+rule_name = sampling.settings.describe() if sampling.settings is not None else ""
+nk = f"name@{ckpt}|{spec}|{rule_name}"
 if restore or nk not in st.session_state:
-    st.session_state[nk] = stem if params == trained_with else f"{stem} {short_spec(spec)}"
+    st.session_state[nk] = (stem if params == trained_with else f"{stem} {short_spec(spec)}") \
+        + (f" {rule_name}" if rule_name else "")
 name = st.text_input("run name", key=nk)
 try:
     name = check_run_name(name)
@@ -668,7 +692,8 @@ if not any(e.startswith("points") for e in errors):
 # The link's refused values stay reported (and Run disabled) until that value is changed.
 link_errors: dict = st.session_state.get(LINK_ERRORS, {})
 current = {"dataset": dataset, "ckpt": ckpt, "sigma": spec, "n0": n0, "n": n, "alpha": alpha, "seed": seed,
-           "points": points, "device": device, "indices": index_text}
+           "points": points, "device": device, "indices": index_text, **sampling.current,
+           "processes": st.session_state.get("processes")}
 for key in list(link_errors):
     message, fallback = link_errors[key]
     if fallback is None:
@@ -686,7 +711,8 @@ for e in errors:
 # A model file and the user's files stay out of the link: a link never makes the page read a path.
 set_query(dataset=dataset if data_mode == DATA_MODES[0] else None, ckpt=ckpt if record is None else None,
           sigma=spec, n0=n0, n=n, alpha=alpha, seed=seed, points=points,
-          device=device, indices=index_text or None)
+          device=device, indices=index_text or None, **sampling.link,
+          processes=processes if processes not in (None, default_processes(device)) else None)
 st.session_state["_certify_drawn"] = True  # every widget drawn and the link rewritten: the next run keeps them
 st.session_state["_certify_sk"] = sk
 
@@ -702,9 +728,10 @@ elif indices and not errors:
         errors.append(str(exc))
     else:
         st.plotly_chart(plots.sigma_histogram_figure(sig_values), key="sigma_hist")
+        ceiling = analysis.run_ceiling({'sigma_max': float(sig_values.max()), 'n': n, 'alpha': alpha})
         st.caption(f"{plural(len(indices), 'point')} · σ(x) from {sig_values.min():.4g} to {sig_values.max():.4g} · "
-                   f"ceiling σ_maxΦ⁻¹(α^(1/n)) = "
-                   f"{analysis.run_ceiling({'sigma_max': float(sig_values.max()), 'n': n, 'alpha': alpha}):.3f}")
+                   f"ceiling σ_maxΦ⁻¹(α^(1/n)) = {ceiling:.3f}")
+        reach_warning(sampling, ceiling)
         try:
             check_sigma_values(sig_values, spec, indices)
         except SmoothvizError as exc:
@@ -724,7 +751,7 @@ if indices and not errors:
         errors.append(str(exc))
     else:
         estimate = cost.estimate_certify(len(indices), int(n0) + choice_samples, int(n), rate)
-        st.caption(f"Estimated time: {estimate.text}")
+        st.caption(estimate_text(estimate.text, sampling, int(n), processes or 1))
         if estimate.needs_flag:
             st.error(f"This certification would take {cost.duration_text(estimate.seconds)}, more than a day; "
                      "fewer points or a smaller n make it shorter.", icon=ERROR_ICON)
@@ -745,13 +772,15 @@ config = None if blocked else {
     "sigma_params": params, "r": r_semi, "n0": int(n0), "n": int(n), "alpha": float(alpha), "device": device,
     "indices": indices, "seed": int(seed), "batch_size": int(batch_size),
 }
+if config is not None and sampling.settings is not None:
+    config["sequential"] = sampling.settings.to_dict()
 if config is not None and record is not None:
     config.update(checkpoint=checkpoint, options={"model": record})
 if config is not None and reference_record is not None:
     config["options"] = {**config.get("options", {}), "sigma_reference": reference_record}
 token = st.session_state.setdefault("_certify_token", uuid.uuid4().hex)
 st.button("Run certification", type="primary", disabled=blocked, key="run_button",
-          on_click=start_run, args=(token, config))
+          on_click=start_run, args=(token, config, processes or 1))
 if current_run is None and st.session_state.get("_certify_start_error"):
     st.error(st.session_state.pop("_certify_start_error"), icon=ERROR_ICON)
 if config is not None:

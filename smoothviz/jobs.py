@@ -452,7 +452,7 @@ class LiveProgress:
 
 def live_progress(total: int, stored: int, samples_per_point: int, engine: EngineProgress | None,
                   store_rate: float | None = None, store_eta: float | None = None,
-                  starting: bool = True) -> LiveProgress:
+                  starting: bool = True, samples_in_flight: bool = True) -> LiveProgress:
     """Combine the store's count (``stored`` of ``total`` points committed) with the engine's.
 
     The engine counts only the points of its own session: on a resumed run the points stored
@@ -460,6 +460,9 @@ def live_progress(total: int, stored: int, samples_per_point: int, engine: Engin
     engine's sample fraction, so a run with a large n moves before its first point is stored.
     Without the engine's word, ``starting`` says whether the process is still preparing (a job
     of ours) or whether only the store's count is known (a run executed elsewhere).
+    ``samples_in_flight`` False leaves ``point_samples`` out: a sequential run's points take
+    different numbers of samples (``samples_per_point`` is then only the budget), so its samples
+    in flight are counted from the store's in-flight rows instead.
     """
     total = max(int(total), 0)
     stored = min(max(int(stored), 0), total)
@@ -472,7 +475,7 @@ def live_progress(total: int, stored: int, samples_per_point: int, engine: Engin
     done = max(stored, min(before + engine.done, total))
     fraction = max(stored, before + in_points) / total if total else 1.0
     within = before + in_points - done
-    point_samples = round(within * per_point) if 0 < within < 1 and done < total else None
+    point_samples = round(within * per_point) if samples_in_flight and 0 < within < 1 and done < total else None
     rate = engine.rate if engine.rate else store_rate
     eta = engine.eta_s if engine.rate else store_eta
     return LiveProgress(done, total, min(fraction, 1.0), per_point, point_samples, rate, eta, started=True)

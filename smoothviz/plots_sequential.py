@@ -16,7 +16,13 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from smoothviz import analysis
-from smoothviz.plots import ACCURACY_AXIS, NEUTRAL, RADIUS_AXIS, colour, waterfall_figure
+from smoothviz.plots import (
+    ACCURACY_AXIS,
+    NEUTRAL,
+    RADIUS_AXIS,
+    colour,
+    waterfall_figure,
+)
 
 SAMPLES_AXIS = "estimation samples drawn (log scale)"
 # The order of the stopping reasons (sequential_engine.REASON_NAMES) in figures: certified ones first.

@@ -6,13 +6,15 @@ reaches what a sequential run would store for it); the state lives in ``st.sessi
 LIVE_KEY with the configuration it belongs to, so any change of point, model, σ or rule starts
 afresh. The fragment reruns every LIVE_EVERY while sampling and draws one step of about
 STEP_SECONDS, so the page never blocks; Stop ends it at once, and leaving the page stops it (the
-fragment is no longer drawn, and entering the page again finds it stopped). At every moment the
-page shows the sentence the guarantee allows (``live.verdict``).
+fragment is no longer drawn, and entering the page again finds it stopped); a click that comes
+while a step is being drawn wins over that step (LOCK_KEY). At every moment the page shows the
+sentence the guarantee allows (``live.verdict``).
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -26,6 +28,7 @@ from smoothviz.noise import NOISE_BLOCK
 from smoothviz.sequential import FixedRadiusRule
 
 LIVE_KEY = "_ex_live"  # {"key": configuration, "point": LivePoint, "running": bool, "rate": samples/s}
+LOCK_KEY = "_ex_live_lock"  # the buttons' callbacks and the fragment's steps change the state one at a time
 LIVE_EVERY = 0.5  # seconds between two steps while sampling
 STEP_SECONDS = 0.25  # the time one step aims at
 STEP_ROWS = (NOISE_BLOCK, 64 * NOISE_BLOCK)  # rows of a step at least and at most
@@ -43,22 +46,30 @@ def _rows(rate: float | None) -> int:
     return int(min(max(rate * STEP_SECONDS, STEP_ROWS[0]), STEP_ROWS[1]))
 
 
+def _lock() -> threading.Lock:
+    """This session's lock over the live state: a click can be handled while a step is drawn."""
+    return st.session_state.setdefault(LOCK_KEY, threading.Lock())
+
+
 def _start(key: tuple, point: live.LivePoint) -> None:
-    st.session_state[LIVE_KEY] = {"key": key, "point": point, "running": not point.finished, "rate": None}
+    with _lock():
+        st.session_state[LIVE_KEY] = {"key": key, "point": point, "running": not point.finished, "rate": None}
 
 
 def _stop() -> None:
-    state = st.session_state.get(LIVE_KEY)
-    if state is not None:
-        state["point"] = state["point"].stop()
-        state["running"] = False
+    with _lock():
+        state = st.session_state.get(LIVE_KEY)
+        if state is not None:
+            state["point"] = state["point"].stop()
+            state["running"] = False
 
 
 def _continue() -> None:
-    state = st.session_state.get(LIVE_KEY)
-    if state is not None and not state["point"].decided:
-        state["point"] = state["point"].resume()
-        state["running"] = True
+    with _lock():
+        state = st.session_state.get(LIVE_KEY)
+        if state is not None and not state["point"].decided:
+            state["point"] = state["point"].resume()
+            state["running"] = True
 
 
 def certify_live(key: tuple, make_rule: Callable[[str, str, float | None, int], object], idx: int, label: int,
@@ -79,7 +90,7 @@ def certify_live(key: tuple, make_rule: Callable[[str, str, float | None, int], 
     mode = MODES[c1.radio("question", list(MODES), key="ex_live_mode")]
     cs = SEQUENCES[c2.selectbox("confidence sequence", list(SEQUENCES), key="ex_live_cs")]
     budget = c3.select_slider("budget n_max (estimation samples at most)", options=BUDGETS, value=100_000,
-                              key="ex_live_budget")
+                              format_func=lambda v: f"{v:,}", key="ex_live_budget")
     radius = c4.number_input(f"R (0 to {RADIUS_MAX:g})", value=0.25, step=0.05, format="%.4g", key="ex_live_radius",
                              disabled=mode != "fixed-radius")
     problem = None
@@ -123,20 +134,26 @@ def _running_panel(x: torch.Tensor, classify: Callable, num_classes: int, class_
     state = st.session_state.get(LIVE_KEY)
     if state is None or not state["running"]:
         st.rerun(scope="app")
-    t0, before = time.perf_counter(), state["point"].samples
+    t0, begun = time.perf_counter(), state["point"]
     try:
-        state["point"] = live.advance(state["point"], classify, x, num_classes, batch_size, _rows(state["rate"]))
+        stepped = live.advance(begun, classify, x, num_classes, batch_size, _rows(state["rate"]))
     except SmoothvizError as exc:
         state["running"] = False
         st.error(one_line(str(exc)), icon=ERROR_ICON)
         return
-    spent = time.perf_counter() - t0
-    if spent > 0 and state["point"].samples > before:
-        state["rate"] = (state["point"].samples - before) / spent
-    if state["point"].finished:
-        state["running"] = False
+    with _lock():
+        # Stopped, continued or started afresh while the step was drawn: the click wins, the step is dropped.
+        current = st.session_state.get(LIVE_KEY) is state and state["running"] and state["point"] is begun
+        if current:
+            state["point"] = stepped
+            spent = time.perf_counter() - t0
+            if spent > 0 and stepped.samples > begun.samples:
+                state["rate"] = (stepped.samples - begun.samples) / spent
+            if stepped.finished:
+                state["running"] = False
+    if not current or stepped.finished:
         st.rerun(scope="app")
-    _draw(state["point"], class_names)
+    _draw(stepped, class_names)
 
 
 def _draw(point: live.LivePoint, class_names: Sequence[str]) -> None:
