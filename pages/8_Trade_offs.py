@@ -241,23 +241,28 @@ curve_radii = np.linspace(0.0, top * 1.05, 61)
 st.caption(f"{plural(len(items), 'run')} · intervals at level {level:.0%}, pointwise in the radius: each covers its "
            "own radius with that probability, not all radii at once.")
 
+# The (sigma_b, r) plane of the heatmaps, the waterfall position and the per-class gaps holds one
+# model, n and alpha at a time (the Pareto front, envelope and error bars take every run).
+placed = [(p, res) for p, res in on_axes([(p, res) for p, _, res in items]) if p.get("kind") in ("knn", "constant")]
+models = sorted({str(p.get("model")) for p, _ in placed})
+ns = sorted({int(p["n"]) for p, _ in placed if p.get("n") is not None})
+alphas = sorted({float(p["alpha"]) for p, _ in placed if p.get("alpha") is not None})
+sliced: list = []
+if placed:
+    s1, s2, s3 = st.columns(3)
+    model = s1.selectbox("model (σ_b × r views)", models, key="to_model") if len(models) > 1 else models[0]
+    n_pick = s2.selectbox("n (σ_b × r views)", ns, key="to_n") if len(ns) > 1 else (ns[0] if ns else None)
+    a_pick = s3.selectbox("α (σ_b × r views)", alphas, key="to_alpha") if len(alphas) > 1 else \
+        (alphas[0] if alphas else None)
+    sliced = [(p, res) for p, res in placed if str(p.get("model")) == model and p.get("n") == n_pick
+              and p.get("alpha") == a_pick]
+
 tabs = st.tabs(["Heatmaps", "Pareto front", "Envelope", "Waterfall position", "Error bars", "Per class"])
 
 with tabs[0]:
-    placed = on_axes([(p, res) for p, _, res in items])
-    knn = [(p, res) for p, res in placed if p.get("kind") in ("knn", "constant")]
-    models = sorted({str(p.get("model")) for p, _ in knn})
-    ns = sorted({int(p["n"]) for p, _ in knn if p.get("n") is not None})
-    alphas = sorted({float(p["alpha"]) for p, _ in knn if p.get("alpha") is not None})
-    if not knn:
+    if not sliced:
         st.info("None of these runs has a constant or kNN σ: there is no (σ_b, r) plane to draw.")
     else:
-        s1, s2, s3 = st.columns(3)
-        model = s1.selectbox("model", models, key="to_model") if len(models) > 1 else models[0]
-        n_pick = s2.selectbox("n", ns, key="to_n") if len(ns) > 1 else (ns[0] if ns else None)
-        a_pick = s3.selectbox("α", alphas, key="to_alpha") if len(alphas) > 1 else (alphas[0] if alphas else None)
-        sliced = [(p, res) for p, res in knn if str(p.get("model")) == model and p.get("n") == n_pick
-                  and p.get("alpha") == a_pick]
         try:
             view = tradeoffs.grid_view(sliced, radius)
         except SmoothvizError as exc:
@@ -311,9 +316,8 @@ with tabs[2]:
     st.caption("Certified accuracy of every run at each radius; the best of each column in bold (ties all bold).")
 
 with tabs[3]:
-    placed = on_axes([(p, res) for p, _, res in items])
     positions = pd.DataFrame([{**tradeoffs.waterfall_position(runs_of[p["label"]], res), "sigma_b": p["sigma_b"],
-                               "r": p["r"], "run": p["label"]} for p, res in placed])
+                               "r": p["r"], "run": p["label"]} for p, res in sliced])
     if positions.empty:
         st.info("None of these runs has a constant or kNN σ.")
     else:
@@ -400,9 +404,8 @@ with tabs[4]:
 
 with tabs[5]:
     fair_method = "bootstrap" if ci == "bootstrap" else "bonferroni"
-    placed = on_axes([(p, res) for p, _, res in items])
     fair = []
-    for p, res in placed:
+    for p, res in sliced:
         names = class_names(runs_of[p["label"]]["dataset"])
         g = tradeoffs.fairness_interval(res, radius, beta, fair_method)
         worst = g["worst_class"]

@@ -139,7 +139,8 @@ def pareto_figure(front: pd.DataFrame, radius: float) -> go.Figure:
 def envelope_figure(curves: Mapping[str, pd.DataFrame], env: pd.DataFrame) -> go.Figure:
     """Every run's certified-accuracy curve (thin, grey) and the envelope (``tradeoffs.envelope``
     on a grid of radii): the best certified accuracy at each radius with its interval for the
-    best true accuracy among the runs (shaded), its markers coloured by the run that is best."""
+    best true accuracy among the runs (shaded), its markers coloured by the run that is best
+    (named on hover; one legend entry for them all, as a sweep has many runs)."""
     fig = go.Figure()
     for label, df in curves.items():
         x, y = step_points(df["radius"].to_numpy(float), df["certified_accuracy"].to_numpy(float))
@@ -158,14 +159,16 @@ def envelope_figure(curves: Mapping[str, pd.DataFrame], env: pd.DataFrame) -> go
     for i, name in enumerate(dict.fromkeys(b for b in env["best"] if b is not None)):
         at = env[env["best"] == name]
         fig.add_trace(go.Scatter(x=at["radius"], y=at["certified_accuracy"], mode="markers", name=f"best: {name}",
-                                 marker={"color": colour(i + 1), "size": 7},
+                                 marker={"color": colour(i + 1), "size": 7}, legendgroup="best", showlegend=i == 0,
+                                 legendgrouptitle={"text": "best run (colour; hover names it)"} if i == 0 else None,
                                  hovertemplate=f"{name}: %{{y:.3f}} at %{{x:.3f}}<extra>best here</extra>"))
     return _frame(fig, "Envelope: the best run at each radius", RADIUS_AXIS, ACCURACY_AXIS, yaxis_range=[0, 1.02])
 
 
 def envelope_markdown(table: EnvelopeTable, value_format: str = ".3f") -> str:
     """The literature's table as markdown: a row per run, a column per radius, the best entry of
-    each column in bold (every tied run), a run without points shown as a dash."""
+    each column in bold (every tied run; none where no run certifies anything, as every run ties
+    at 0 there), a run without points shown as a dash."""
     radii = list(table.accuracy.columns)
     lines = ["| run | " + " | ".join(f"R = {float(r):g}" for r in radii) + " |",
              "|---|" + "---:|" * len(radii)]
@@ -174,7 +177,8 @@ def envelope_markdown(table: EnvelopeTable, value_format: str = ".3f") -> str:
         for r in radii:
             value = table.accuracy.at[run, r]
             text = "–" if pd.isna(value) else format(float(value), value_format)
-            cells.append(f"**{text}**" if bool(table.best.at[run, r]) else text)
+            best = bool(table.best.at[run, r]) and float(table.accuracy[r].max()) > 0
+            cells.append(f"**{text}**" if best else text)
         name = str(run).replace("|", "\\|")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

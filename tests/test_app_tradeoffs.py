@@ -60,17 +60,18 @@ CELLS = {
 }
 
 
-def constructed_sweep(db: Path) -> dict:
-    """A finished sweep over CELLS recorded as smoothviz.sweep records one, with constructed results."""
+def constructed_sweep(db: Path, models: tuple[str, ...] = ("m.pt",)) -> dict:
+    """A finished sweep over CELLS (for each of ``models``) recorded as smoothviz.sweep records one,
+    with constructed results (a later model certifies one point fewer at radius 0.5)."""
     store = Store(db)
     cells = []
-    for kind, value, r in CELLS:
+    for model, (kind, value, r) in ((m, c) for m in models for c in CELLS):
         spec = f"constant:{value!r}" if kind == "constant" else f"knn:{value!r},{r!r},20,m=1.5"
         params = {"kind": kind, "r": r, **({"sigma": value} if kind == "constant" else {"sigma_b": value, "k": 20})}
-        run = {"name": f"sweep: m {spec} n=1000", "dataset": "digits", "split": "test", "checkpoint": "m.pt",
+        run = {"name": f"sweep: {model} {spec} n=1000", "dataset": "digits", "split": "test", "checkpoint": model,
                "sigma_spec": spec, "sigma_params": {}, "r": r, "n0": 100, "n": 1000, "alpha": 0.001, "device": "cpu",
                "indices": list(range(POINTS)), "seed": 0, "batch_size": None}
-        cell = {"position": len(cells), "model": "m.pt", "label": "m", "sigma_spec": spec, "spec": spec, **params,
+        cell = {"position": len(cells), "model": model, "label": model, "sigma_spec": spec, "spec": spec, **params,
                 "n": 1000, "alpha": 0.001, "trust_code": False, "run": {k: v for k, v in run.items() if k != "indices"}}
         cells.append((cell, run))
     sweep_id = store.create_sweep("constructed", {"g": 1}, {"dataset": "digits", "points": POINTS, "n0": 100,
@@ -78,11 +79,13 @@ def constructed_sweep(db: Path) -> dict:
                                                             "models": [{"checkpoint": "m.pt"}],
                                                             "indices": list(range(POINTS))}, cells)
     ids = {}
-    for cell, key in zip(store.sweep(sweep_id)["cells"], CELLS):
-        for row in _results(CELLS[key]):
+    keys = [(m, key) for m in range(len(models)) for key in CELLS]
+    for cell, (m, key) in zip(store.sweep(sweep_id)["cells"], keys):
+        counts = CELLS[key]
+        for row in _results((counts[0], counts[1], max(counts[2] - m, 0))):
             store.add_result(cell["run_id"], row)
         store.set_status(cell["run_id"], "done")
-        ids[key] = cell["run_id"]
+        ids[key if m == 0 else (m, *key)] = cell["run_id"]
     store.set_sweep_status(sweep_id, "done")
     store.close()
     return ids
@@ -310,3 +313,21 @@ def test_interval_columns_are_the_compare_tables_error_bars() -> None:
         ref = tradeoffs.accuracy_intervals(df, (0.0, 0.5))
         assert out.loc[name, ["R=0 low", "R=0.5 low"]].tolist() == pytest.approx(ref["low"].tolist())
         assert out.loc[name, ["R=0 high", "R=0.5 high"]].tolist() == pytest.approx(ref["high"].tolist())
+
+
+def test_the_sigma_b_r_views_take_one_model_at_a_time(tmp_path: Path) -> None:
+    constructed_sweep(Path(os.environ["SMOOTHVIZ_DB"]), models=("m.pt", "other.pt"))
+    at = open_page(sweep="1", radius="0.5")
+    assert at.selectbox(key="to_model").options == ["m.pt", "other.pt"]
+    for model, shift in (("m.pt", 0), ("other.pt", 1)):
+        at.selectbox(key="to_model").set_value(model).run()
+        assert not at.exception
+        heat = _by_title(at, "Certified accuracy at R = 0.5")["data"][0]
+        expected = (np.array([[20, 40, 5], [30, 30, 29]]) - shift) / POINTS
+        assert np.allclose(np.array(heat["z"], dtype=float), expected)
+        for trace in _by_title(at, "Waterfall position")["data"]:
+            assert len(trace["x"]) == len(set(trace["x"])) == 3  # one run per (sigma_b, r)
+        gap = _by_title(at, "Fairness gap at radius 0.5")
+        assert all(len(t["x"]) == 3 for t in gap["data"])
+    envelope = next(m.value for m in at.markdown if m.value.startswith("| run |"))
+    assert len(envelope.splitlines()) == 2 + 2 * len(CELLS)  # the envelope takes every run of both models

@@ -83,15 +83,17 @@ def test_envelope_figure_marks_the_best_run_and_its_table_bolds_it() -> None:
     assert list(band.y) == pytest.approx(env["high"].tolist())
     assert sum(t.line.color == NEUTRAL for t in fig.data if t.mode == "lines") == 2  # each run's curve, grey
 
-    table = tradeoffs.envelope_table(runs, (0.0, 0.5, 1.0))
+    table = tradeoffs.envelope_table(runs, (0.0, 0.5, 1.0, 50.0))
     text = plots_tradeoffs.envelope_markdown(table)
     lines = text.splitlines()
-    assert lines[0] == "| run | R = 0 | R = 0.5 | R = 1 |"
+    assert lines[0] == "| run | R = 0 | R = 0.5 | R = 1 | R = 50 |"
     for i, run in enumerate(table.accuracy.index):
         cells = [c.strip() for c in lines[2 + i].split("|")[2:-1]]
-        for j, r in enumerate(table.accuracy.columns):
+        for j, r in enumerate(table.accuracy.columns[:3]):
             value = f"{table.accuracy.at[run, r]:.3f}"
             assert cells[j] == (f"**{value}**" if table.best.at[run, r] else value)
+        assert cells[3] == "0.000"  # at R = 50 every run ties at 0: nothing is best there
+    assert sum(t.showlegend is not False for t in fig.data if t.name.startswith("best: ")) == 1
 
 
 def test_waterfall_position_band_paired_and_fairness_figures() -> None:
