@@ -265,6 +265,9 @@ def test_a_2x2_sweep_started_on_the_certify_page_lands_in_the_tradeoff_views(tmp
     at.button(key="sweep_start").click().run()
     assert not at.exception, [e.message for e in at.exception]
     assert at.query_params["sweep"] == "1"
+    # at once: the sweep's panel with its progress over the whole grid (4 runs x 4 points) and Cancel
+    assert len(at.get("progress")) == 1 and at.button(key="sweep_cancel1") is not None
+    assert any(c.value.startswith("digits · 4 runs × 4 points") for c in at.caption), [c.value for c in at.caption]
     wait_for(at, lambda a: any(s.value.startswith("Done: 4 runs") for s in a.success), timeout=240)
     with Store(Path(os.environ["SMOOTHVIZ_DB"])) as store:
         record = store.sweep(1)
