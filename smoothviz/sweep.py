@@ -220,8 +220,8 @@ class SweepPlan:
         if len(cells) > GRID_LIMIT:
             raise InvalidArgument(f"sweep: {len(cells):,} runs, more than {GRID_LIMIT:,}")
         if len(cells) > GRID_MAX and not allow_long:
-            raise InvalidArgument(f"sweep: {len(cells):,} runs, more than {GRID_MAX}; add --allow-long to record "
-                                  "them all, or give fewer values")
+            raise InvalidArgument(f"sweep: {len(cells):,} runs, more than {GRID_MAX}; give fewer values (the "
+                                  "command line records more with --allow-long)")
         seen: set[tuple] = set()
         for cell in cells:
             key = (self.models[cell.model].checkpoint, cell.sigma, cell.n, cell.alpha)
