@@ -11,7 +11,7 @@ import math
 import re
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from apptest_support import HOSTILE_QUERY_VALUES, hostile_store, open_page, stop_running
@@ -161,15 +161,24 @@ _SPECS = st.one_of(
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
 @given(spec=_SPECS)
+@example(spec=f"knn:1e-06,0.0,{N_TRAIN}")  # k leaves no training point out: refused
+@example(spec=f"knn:0.25,0.4,{N_TRAIN},m=1.5")  # with m given every training point may count
 def test_any_sigma_spec_in_the_link_is_applied_exactly_or_refused(spec):
     try:
         params = parse_sigma_spec(spec)
         valid = params["kind"] == "constant" or params["k"] <= N_TRAIN
     except SmoothvizError:
         valid = False
+    # without m= the mean neighbour distance leaves each training point out, so k = N_TRAIN is
+    # within the k widget's range but refused by the kNN rule, in its own line
+    one_short = valid and params["kind"] == "knn" and params["k"] == N_TRAIN and params["m"] is None
     at = open_page(CERTIFY, sigma=spec)
     assert not at.exception, [e.message for e in at.exception]
-    if valid:
+    if one_short:
+        assert _errors(at) == [f"sigma spec '{canonical_spec(params)}': k={N_TRAIN} exceeds the {N_TRAIN - 1} other "
+                               "training points (m is computed leaving each training point out; give m= to use all)"]
+        assert at.button(key="run_button").disabled
+    elif valid:
         assert _shown_spec(at) == canonical_spec(params)
         # a spec inside the limits may still give sigma(x) outside them on the chosen points:
         # that is the one other refusal, and it disables Run too

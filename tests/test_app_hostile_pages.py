@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from scipy.stats import norm
 
@@ -304,22 +304,33 @@ def shown_spec(at) -> str | None:
 N_TRAIN = 1437  # digits training split
 
 
-R_FINITE = 10.0  # digits distances differ from their mean by less than 5: sigma_b*exp(r*5) stays finite
+R_FINITE = 10.0  # the largest r the "valid" strategy draws: sigma_b*exp(r*(d - m)) stays finite on digits
 
 
 def spec_validity(spec: str) -> bool | None:
-    """True for a spec the explorer must apply, False for one it must refuse, None where the data decide:
-    k equal to the training set size (the mean neighbour distance then has one point short) or an r so
-    large that sigma(x) = sigma_b*exp(r*(d - m)) may overflow."""
+    """True for a spec the explorer must apply, False for one it must refuse, None where the data decide.
+
+    Without m= the mean neighbour distance leaves each training point out, so k may be at most
+    N_TRAIN - 1 (N_TRAIN with m=). Digits distances differ from their mean by less than 5, so
+    sigma(x) = sigma_b*exp(r*(d - m)) lies in [sigma_b*exp(-5r), sigma_b*exp(5r)]: inside the
+    sigma limits (after min=/max=) the spec must apply, otherwise the chosen point decides.
+    """
     try:
         params = parse_sigma_spec(spec)
     except SmoothvizError:
         return False
-    if len(spec) > 200 or (params["kind"] == "knn" and params["k"] > N_TRAIN):
+    if len(spec) > 200:
         return False
-    if params["kind"] == "knn" and (params["k"] == N_TRAIN or params["r"] > R_FINITE):
+    if params["kind"] == "constant":
+        return True
+    if params["k"] > (N_TRAIN if params.get("m") is not None else N_TRAIN - 1):
+        return False
+    if params["m"] is not None:  # a given m moves d - m out of the digits' range
         return None
-    return True
+    spread = min(5.0 * params["r"], 700.0)
+    low = max(params["sigma_b"] * math.exp(-spread), params["sigma_min"] or 0.0)
+    high = min(params["sigma_b"] * math.exp(spread), params["sigma_max"] or math.inf)
+    return True if SIGMA_MIN <= low and high <= SIGMA_MAX else None
 
 
 @pytest.mark.parametrize("shift", range(len(HOSTILE_QUERY_VALUES)))
@@ -364,6 +375,8 @@ def test_any_sigma_spec_typed_in_the_explorer_is_applied_exactly_or_refused(digi
 
     @SLOW
     @given(spec=_SPECS)
+    @example(spec="KNN:54,10,1")  # sigma(x0) = 101.8 lies above SIGMA_MAX: refused, not applied
+    @example(spec=f"knn:0.25,0.4,{N_TRAIN}")  # k leaves no training point out
     def check(spec):
         at.text_input(key="ex_sigma").set_value(spec).run()
         assert not at.exception, [e.message for e in at.exception]
