@@ -30,8 +30,8 @@ from pages._ui import (
     show_error, shown, stop_on_error, unusable_checkpoints,
 )
 from pages._ui.sequential_section import (
-    default_processes, done_sequential, estimate_text, live_sequential, processes_input, processes_limit,
-    reach_warning, rule_text, sequential_inputs, world_text,
+    alpha_text, default_processes, done_sequential, estimate_text, live_sequential, processes_input,
+    processes_limit, reach_warning, rule_text, sequential_inputs, world_text,
 )
 from pages._ui.sweep_section import sweep_form, sweep_panel
 from smoothviz import analysis, cost, data, plots
@@ -335,7 +335,7 @@ def run_panel(run_id: int) -> None:
     st.subheader(f"Run {run_label(run)}")
     described = (run.get("options") or {}).get("model") or {}
     world = world_text(run, job_manager().get(certify_job_id(run_id)))
-    st.caption(f"{one_line(run['dataset'])} · {run['sigma_spec']} · {rule_text(run)}, α = {run['alpha']}{world} · "
+    st.caption(f"{one_line(run['dataset'])} · {run['sigma_spec']} · {rule_text(run)}, α = {alpha_text(run)}{world} · "
                f"checkpoint `{display_path(Path(run['checkpoint'])) if run['checkpoint'] else '—'}`"
                + (f" · {described['description']}" if described.get("description") else ""))
     failed_start = st.session_state.pop("_certify_start_error", None)

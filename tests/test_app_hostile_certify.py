@@ -210,6 +210,11 @@ def test_certify_shows_every_kind_of_run(hostile, state):
         assert any("cannot be resumed: it records no checkpoint" in c.value for c in at.caption)
     if state in ("running", "pending"):
         assert len(at.get("progress")) == 1
+    assert not any(re.search(r"\b(None|nan)\b", c.value) for c in at.caption), [c.value for c in at.caption]
+    if state == "imported":  # a log records no n0
+        assert any("n0 = —" in c.value for c in at.caption), [c.value for c in at.caption]
+
+
 def test_overview_lists_a_store_with_every_kind_of_run(hostile):
     at = open_page("app.py")
     assert not at.exception, [e.message for e in at.exception]

@@ -198,16 +198,33 @@ def world_text(run: dict, job) -> str:
     return " · 1 process" if int(size) == 1 else f" · {int(size)} processes (torchrun)"
 
 
+def _count(value: object) -> str:
+    """A sample count for a caption; "—" where the run does not record it (an imported log has no n0)."""
+    try:
+        return f"{int(value):,}"
+    except (TypeError, ValueError, OverflowError):
+        return "—"
+
+
+def alpha_text(run: dict) -> str:
+    """The run's α for a caption; "—" where it records none."""
+    try:
+        alpha = float(run.get("alpha"))
+    except (TypeError, ValueError):
+        return "—"
+    return f"{alpha:g}" if math.isfinite(alpha) else "—"
+
+
 def rule_text(run: dict) -> str:
     """The run's sampling, for its caption: fixed n, or the sequential rule and budget."""
     settings = run.get("sequential")
     if settings is None:
-        return f"n0 = {run['n0']}, n = {run['n']}"
+        return f"n0 = {_count(run.get('n0'))}, n = {_count(run.get('n'))}"
     try:
         what = SequentialSettings.from_dict(settings).describe()
     except SmoothvizError:
         what = "sequential"
-    return f"sequential ({what}), n0 = {run['n0']}, budget n_max = {run['n']:,}"
+    return f"sequential ({what}), n0 = {_count(run.get('n0'))}, budget n_max = {_count(run.get('n'))}"
 
 
 def _dim(run: dict) -> int | None:

@@ -171,7 +171,9 @@ def add_point_arguments(parser: argparse.ArgumentParser) -> None:
                        help="every N-th point from 0 (the reference code's --skip: --skip 20 gives 500 of 10,000)")
     parser.add_argument("--batch-size", type=batch_size_arg, default=None,
                         help="noisy samples per forward pass, or 'auto' from free device memory "
-                             "(default 256 on CPU, 8192 on CUDA); it never changes the counts")
+                             "(default: measured on the model; on CPU the power of two from 256 to 8192 whose activations "
+                             "fit in 32 MiB, on CUDA the largest up to 8192 that fits the free memory); "
+                             "it never changes the counts")
     parser.add_argument("--seed", type=seed_arg, default=0,
                         help=f"seed from 0 to {cost.SEED_MAX} (each point's noise derives from it and its index)")
     parser.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP)
