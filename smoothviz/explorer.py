@@ -128,6 +128,9 @@ def explore_point(
         raise InvalidArgument(f"test index must be in [0, {num_test - 1}], got {idx}")
     if num_noisy < 1:
         raise InvalidArgument(f"num_noisy must be >= 1, got {num_noisy}")
+    if sigma_fn.r is None:
+        raise InvalidArgument(f"sigma spec {sigma_fn.spec!r} has no semi-elasticity, so no sound radius to explore; "
+                              "use a constant or kNN sigma")
     device = next(model.parameters()).device
     x = dataset.test_x[idx]
     label = int(dataset.test_y[idx])

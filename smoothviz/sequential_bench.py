@@ -143,7 +143,7 @@ def compare(case: Case, n0: int, n: int, alpha: float, seed: int, radii: Sequenc
 
     run["sigma_spec"] = read_checkpoint(case.checkpoint)["meta"]["sigma"]
     prepared = certify.prepare_run({**run, "batch_size": batch_size})
-    if float(prepared.sigma_fn.r) != 0.0:
+    if prepared.sigma_fn.r != 0.0:  # None for a data-dependent sigma, which has no sound radius
         raise InvalidArgument(f"{case.checkpoint}: the benchmark compares constant-sigma models")
     ds, engine = prepared.dataset, prepared.engine
     sigma = float(prepared.sigmas.max())

@@ -1399,10 +1399,7 @@ def import_cohen_log(
         source, source_name=source_name, num_classes=num_classes)
     now = time.time()
     with store._write() as c:
-        taken = c.execute("SELECT id FROM runs WHERE name=? ORDER BY id LIMIT 1", (cleaned,)).fetchone()
-        if taken is not None:
-            raise RunNameTaken(f"run name {quote(cleaned)} is already used by run {taken[0]}; choose another name",
-                               cleaned, int(taken[0]))
+        # the same bytes first: importing a file again under its default name is a duplicate, not a name clash
         for run_id, run_name, options in c.execute("SELECT id, name, options FROM runs WHERE kind='import'").fetchall():
             try:
                 recorded = json.loads(options).get("sha256")
@@ -1411,6 +1408,10 @@ def import_cohen_log(
             if recorded == log.sha256:
                 raise DuplicateImport(f"{log.source}: the same file was already imported as run {run_id} "
                                       f"({quote(run_name)})", int(run_id))
+        taken = c.execute("SELECT id FROM runs WHERE name=? ORDER BY id LIMIT 1", (cleaned,)).fetchone()
+        if taken is not None:
+            raise RunNameTaken(f"run name {quote(cleaned)} is already used by run {taken[0]}; choose another name",
+                               cleaned, int(taken[0]))
         run_id = store._insert_run(c, {
             "name": cleaned, "kind": "import", "created": now, "dataset": dataset, "split": "test",
             "sigma_spec": spec, "sigma_params": _json(params), "r": r, "n0": None, "n": n,

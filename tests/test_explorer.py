@@ -150,3 +150,11 @@ def test_sample_test_sigmas(digits):
     full = fn(digits.test_x).numpy().astype(np.float64)
     assert np.all(np.isin(np.round(a, 6), np.round(full, 6)))
     np.testing.assert_allclose(np.sort(everything), np.sort(full), rtol=1e-6)
+
+
+def test_a_data_dependent_sigma_is_refused_in_one_line(digits):
+    model = constant_model(10, digits.dim, 4)
+    sigma_fn = build_sigma("ddrs:0.12,0.5,4,n=8", model=model)
+    assert sigma_fn.r is None
+    with pytest.raises(InvalidArgument, match="no semi-elasticity, so no sound radius"):
+        explore_point(model, digits, 0, sigma_fn, n0=20, n=100, alpha=0.001)
