@@ -764,3 +764,40 @@ def test_two_nodes_meeting_at_a_rendezvous_certify_one_run(mlp, tmp_path) -> Non
     assert first.returncode == 0 and second.returncode == 0, first.stderr[-2000:] + err[-2000:]
     assert out == "" and err == "" and list(elsewhere.iterdir()) == []  # node 1 says and writes nothing
     _check_against_one_process(db, world_size=2)
+
+
+class _RefusingRanks:
+    """Rank 0's view of a world whose rank 1 refuses the plan."""
+
+    size = 2
+
+    def __init__(self) -> None:
+        self.shared: list = []
+
+    def share(self, message=None) -> dict:
+        self.shared.append(message)
+        return dict(message or {})
+
+    def agree(self, error):
+        return "rank 1: sigma(x) here differs from rank 0's by up to 0.5 (relative)"
+
+
+def test_a_new_run_that_another_rank_refuses_is_removed_and_a_resumed_one_kept(mlp, tmp_path) -> None:
+    from smoothviz.certify import prepare_run
+    from smoothviz.commands._torchrun import _RankZero
+    from smoothviz.store import Store
+
+    with Store(tmp_path / "s.db") as store:
+        config = dict(dataset="digits", split="test", checkpoint=str(mlp), sigma_spec="constant:0.25", sigma_params={},
+                      r=0.0, n0=10, n=100, alpha=0.01, device="cpu", indices=[0, 1, 2], seed=0, batch_size=None)
+        fresh = store.create_run("fresh", **config)
+        resumed = store.create_run("resumed", **config)
+        prepared = prepare_run(store.run(fresh))
+        store.add_result(resumed, dict(idx=0, label=0, predict=0, correct=True, p_a_lower=0.9, sigma=0.25, radius=0.3,
+                                       naive_radius=0.3, counts=[0] * 10, seconds=0.1))
+        store.set_status(resumed, "cancelled")
+        for run_id in (fresh, resumed):
+            with pytest.raises(distributed.RankFailed, match="rank 1: sigma"):
+                _RankZero(_RefusingRanks(), None).certify(store, run_id, prepared=prepared)
+        assert store.runs()["id"].tolist() == [resumed]
+        assert store.done_indices(resumed) == {0} and store.run(resumed)["status"] == "cancelled"

@@ -73,7 +73,13 @@ class _RankZero:
 
         if prepared is None:
             raise InvalidArgument("several ranks execute a prepared run only")
-        self._agree(store.run(run_id), prepared)
+        run = store.run(run_id)
+        try:
+            self._agree(run, prepared)
+        except distributed.RankFailed:
+            if run["status"] == "pending" and not store.done_indices(run_id):
+                store.delete_run(run_id)  # created by this command and never started: a refusal writes nothing
+            raise
 
         def distribute(prepared, run, todo, sink, progress, cancel) -> None:
             store.set_world_size(int(run["id"]), self.ranks.size)
