@@ -782,7 +782,8 @@ class _RefusingRanks:
         return "rank 1: sigma(x) here differs from rank 0's by up to 0.5 (relative)"
 
 
-def test_a_new_run_that_another_rank_refuses_is_removed_and_a_resumed_one_kept(mlp, tmp_path) -> None:
+def test_a_run_that_another_rank_refuses_is_removed_when_new_failed_when_recorded_and_kept_when_resumed(
+        mlp, tmp_path) -> None:
     from smoothviz.certify import prepare_run
     from smoothviz.commands._torchrun import _RankZero
     from smoothviz.store import Store
@@ -791,13 +792,15 @@ def test_a_new_run_that_another_rank_refuses_is_removed_and_a_resumed_one_kept(m
         config = dict(dataset="digits", split="test", checkpoint=str(mlp), sigma_spec="constant:0.25", sigma_params={},
                       r=0.0, n0=10, n=100, alpha=0.01, device="cpu", indices=[0, 1, 2], seed=0, batch_size=None)
         fresh = store.create_run("fresh", **config)
+        recorded = store.create_run("recorded", **config)  # as the dashboard records a run it then starts
         resumed = store.create_run("resumed", **config)
         prepared = prepare_run(store.run(fresh))
         store.add_result(resumed, dict(idx=0, label=0, predict=0, correct=True, p_a_lower=0.9, sigma=0.25, radius=0.3,
                                        naive_radius=0.3, counts=[0] * 10, seconds=0.1))
         store.set_status(resumed, "cancelled")
-        for run_id in (fresh, resumed):
+        for run_id, new_run in ((fresh, True), (recorded, False), (resumed, False)):
             with pytest.raises(distributed.RankFailed, match="rank 1: sigma"):
-                _RankZero(_RefusingRanks(), None).certify(store, run_id, prepared=prepared)
-        assert store.runs()["id"].tolist() == [resumed]
+                _RankZero(_RefusingRanks(), None, new_run=new_run).certify(store, run_id, prepared=prepared)
+        assert sorted(store.runs()["id"]) == [recorded, resumed]
+        assert store.run(recorded)["status"] == "failed" and store.run(recorded)["message"].startswith("rank 1: sigma")
         assert store.done_indices(resumed) == {0} and store.run(resumed)["status"] == "cancelled"

@@ -46,8 +46,8 @@ def _sigterm_ends_the_run(store, run_id: int) -> Iterator[None]:
 class _RankZero:
     """Rank 0's side of the start: the plan is shared exactly once, or else the reason it is not."""
 
-    def __init__(self, ranks, batch_size: int | str | None) -> None:
-        self.ranks, self.batch_size = ranks, batch_size
+    def __init__(self, ranks, batch_size: int | str | None, new_run: bool = False) -> None:
+        self.ranks, self.batch_size, self.new_run = ranks, batch_size, new_run
         self.shared = False
 
     def refuse(self, error: str) -> None:
@@ -76,9 +76,12 @@ class _RankZero:
         run = store.run(run_id)
         try:
             self._agree(run, prepared)
-        except distributed.RankFailed:
+        except distributed.RankFailed as exc:
             if run["status"] == "pending" and not store.done_indices(run_id):
-                store.delete_run(run_id)  # created by this command and never started: a refusal writes nothing
+                if self.new_run:  # created by this command and never started: a refusal writes nothing
+                    store.delete_run(run_id)
+                else:  # a run recorded beforehand (the dashboard's) says why it did not start
+                    store.set_status(run_id, "failed", str(exc))
             raise
 
         def distribute(prepared, run, todo, sink, progress, cancel) -> None:
@@ -155,7 +158,7 @@ def _on_ranks(args: argparse.Namespace, rank_zero: Callable[[_RankZero], int], m
             # the same command line on every rank: the code a model runs was allowed on each
             trust = bool(getattr(args, "model_code", None) or getattr(args, "trust_archive", False))
             return _worker(ranks, device, device_error, make_work, trust)
-        zero = _RankZero(ranks, args.batch_size)
+        zero = _RankZero(ranks, args.batch_size, new_run=getattr(args, "run", None) is None)
         try:
             if device_error is not None:
                 raise InvalidArgument(device_error)
