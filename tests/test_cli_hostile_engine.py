@@ -121,7 +121,7 @@ CASES = [
     ("certify-indices-outside", [*CI, "--indices", "400"], "--indices: '400' is outside the split (0 to 359)"),
     ("certify-indices-text", [*CI, "--indices", "a-b"], "--indices: 'a-b' is not an index"),
     ("certify-device", [*CM, "--device", "tpu"], "--device 'tpu': expected auto"),
-    ("certify-radii", [*CM, "--radii", "0,nan"], "--radii '0,nan': expected finite radii"),
+    ("certify-radii", [*CM, "--radii", "0,nan"], "--radii: 'nan' is not a finite radius >= 0"),
     ("certify-cuda-graphs", [*CM, "--cuda-graphs"], "--cuda-graphs needs a CUDA device"),
     ("certify-no-model", C, "--model: a checkpoint is required"),
     # data and sigma

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from pathlib import Path
 
+from smoothviz import cost
 from smoothviz.errors import InvalidArgument
 
 
@@ -86,6 +88,39 @@ def positive_int(text: str) -> int:
     if value > INT_MAX:
         raise argparse.ArgumentTypeError(f"{value} is larger than {INT_MAX} (2^63 - 1)")
     return value
+
+
+def bounded_int(low: int, high: int, bounds: str | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high], refused naming ``bounds`` (default ``low to high``)."""
+    span = bounds if bounds is not None else f"{low:,} to {high:,}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside {span}")
+        return value
+
+    return parse
+
+
+seed_arg = bounded_int(0, cost.SEED_MAX, f"0 to {cost.SEED_MAX}")
+"""A seed: an integer from 0 to cost.SEED_MAX (what every generator and the store take)."""
+
+
+def sample_count(text: str) -> int:
+    """A number of noisy samples per point: an integer from 1 to cost.N_MAX."""
+    value = positive_int(text)
+    if value > cost.N_MAX:
+        raise argparse.ArgumentTypeError(f"{value} exceeds {cost.N_MAX:,} samples per point")
+    return value
+
+
+def batch_size_arg(text: str) -> int | str:
+    """An integer >= 1 or 'auto'."""
+    return "auto" if text.strip().lower() == "auto" else positive_int(text)
 
 
 def dimension(text: str) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from smoothviz import cost
-from smoothviz.commands._args import add_db_argument
+from smoothviz.commands._args import add_db_argument, bounded_int
 from smoothviz.device import DEVICE_CHOICES_HELP
 from smoothviz.errors import CheckpointError, InvalidArgument
 from smoothviz.outputs import check_output_path
@@ -48,21 +48,6 @@ MAX_BUDGET_S = 86_400.0
 MAX_KNN_TRAIN = 200_000
 MAX_KNN_TEST = 100_000
 KNN_K = 20
-
-
-def _bounded(low: int, high: int):
-    """An argparse type: an integer in [low, high]."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is outside {low:,} to {high:,}")
-        return value
-
-    return parse
 
 
 def _seconds(text: str) -> float:
@@ -106,26 +91,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(CIFAR shape, random weights) or resnet50 (torchvision's ImageNet ResNet-50, "
                              "3x224x224, random weights); repeatable (default: digits and fashion-mnist, "
                              "plus resnet110 on CUDA)")
-    parser.add_argument("--n", type=_bounded(1, MAX_N), default=None,
+    parser.add_argument("--n", type=bounded_int(1, MAX_N), default=None,
                         help=f"noisy samples per point in each timed call, at most {MAX_N:,} "
                              "(default 10000 on CPU, 100000 on CUDA)")
-    parser.add_argument("--points", type=_bounded(1, MAX_POINTS), default=2,
+    parser.add_argument("--points", type=bounded_int(1, MAX_POINTS), default=2,
                         help=f"test points sampled together, at most {MAX_POINTS} (default 2)")
-    parser.add_argument("--repeats", type=_bounded(1, MAX_REPEATS), default=3,
+    parser.add_argument("--repeats", type=bounded_int(1, MAX_REPEATS), default=3,
                         help=f"timed repeats, at most {MAX_REPEATS}; medians are reported (default 3)")
     parser.add_argument("--variants", default=None,
                         help="comma-separated engine variants, each a name or names joined by '+' that combine "
                              "their options (fast-fp16+channels_last); an unknown name lists them (default: on "
                              "CPU all but channels_last, fast-fp16 and cuda-graphs; on CUDA all but contiguous)")
-    parser.add_argument("--batch-size", type=_bounded(1, MAX_BATCH_SIZE), default=None,
+    parser.add_argument("--batch-size", type=bounded_int(1, MAX_BATCH_SIZE), default=None,
                         help="the engine's batch size in every variant but batch-auto (default: the engine's "
                              "default for the device and model)")
     parser.add_argument("--ceiling-batches", type=_int_list, default=None,
                         help="batch sizes tried for the forward ceiling (default 64,256,1024,4096 on CPU and "
                              "the engine's batch for each model; on CUDA that batch B and B/8, B/2, 2B)")
-    parser.add_argument("--threads", type=_bounded(1, MAX_THREADS), default=None,
+    parser.add_argument("--threads", type=bounded_int(1, MAX_THREADS), default=None,
                         help="CPU threads (default: all cores allowed)")
-    parser.add_argument("--solver-points", type=_bounded(0, MAX_SOLVER_POINTS), default=1000,
+    parser.add_argument("--solver-points", type=bounded_int(0, MAX_SOLVER_POINTS), default=1000,
                         help="points for the radius-solver timing at dimension 3072 (0 skips it; default 1000)")
     parser.add_argument("--no-knn", action="store_true", help="skip the kNN sigma(x) timing")
     parser.add_argument("--knn-synthetic", type=_knn_sizes, default=None, metavar="TRAIN,TEST",

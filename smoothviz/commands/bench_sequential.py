@@ -14,11 +14,13 @@ import argparse
 import json
 import shlex
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 from smoothviz import cost
-from smoothviz.commands._args import add_db_argument, non_negative, open_probability, parse_radii, positive_int
+from smoothviz.commands._args import add_db_argument, non_negative, open_probability, parse_radii, positive_int, seed_arg
 from smoothviz.device import DEVICE_CHOICES_HELP
 from smoothviz.errors import InvalidArgument
 from smoothviz.outputs import check_output_path
@@ -32,6 +34,8 @@ DEFAULT_POINTS = {"digits": 90, "fashion-mnist": 30}
 DEFAULT_OUT_DIR = Path("benchmarks/results")
 MAX_POINTS = 10_000
 
+T = TypeVar("T")
+
 
 def _names(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
     names = [t.strip() for t in text.split(",") if t.strip()]
@@ -41,35 +45,26 @@ def _names(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
     return names
 
 
-def _counts(text: str) -> list[int]:
+def _numbers(text: str, flag: str, parse: Callable[[str], T]) -> list[T]:
+    """The comma-separated values of ``flag``, each read by the argparse type ``parse``; a bad one is refused."""
     try:
-        values = [positive_int(t) for t in text.split(",") if t.strip()]
+        return [parse(t) for t in text.split(",") if t.strip()]
     except argparse.ArgumentTypeError as exc:
-        raise InvalidArgument(f"--points {text!r}: {exc}") from None
+        raise InvalidArgument(f"{flag} {text!r}: {exc}") from None
+
+
+def _counts(text: str) -> list[int]:
+    values = _numbers(text, "--points", positive_int)
     if not values or max(values) > MAX_POINTS:
         raise InvalidArgument(f"--points {text!r}: expected point counts from 1 to {MAX_POINTS:,}, one per model")
     return values
 
 
 def _tolerances(text: str) -> list[float]:
-    try:
-        values = [non_negative(t) for t in text.split(",") if t.strip()]
-    except argparse.ArgumentTypeError as exc:
-        raise InvalidArgument(f"--tolerances {text!r}: {exc}") from None
+    values = _numbers(text, "--tolerances", non_negative)
     if not values:
         raise InvalidArgument(f"--tolerances {text!r}: expected comma-separated numbers >= 0")
     return values
-
-
-def _seed(text: str) -> int:
-    """An argparse type: a seed from 0 to cost.SEED_MAX."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 0 <= value <= cost.SEED_MAX:
-        raise argparse.ArgumentTypeError(f"{value} is outside 0 to {cost.SEED_MAX}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="confidence sequences, comma-separated: mixture (= betting), union (default mixture)")
     parser.add_argument("--tolerances", default="0",
                         help="radius-mode tolerances, comma-separated (default 0); max-radius is the ceiling")
-    parser.add_argument("--seed", type=_seed, default=0, help=f"seed from 0 to {cost.SEED_MAX} (default 0)")
+    parser.add_argument("--seed", type=seed_arg, default=0, help=f"seed from 0 to {cost.SEED_MAX} (default 0)")
     parser.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP)
     parser.add_argument("--batch-size", type=positive_int, default=None, help="noisy samples per forward pass")
     parser.add_argument("--out", type=Path, default=None,

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from smoothviz import cost, launch
-from smoothviz.commands._args import add_db_argument, open_probability, positive, positive_int
+from smoothviz.commands._args import add_db_argument, batch_size_arg, open_probability, parse_radii, positive, positive_int, sample_count, seed_arg
 from smoothviz.commands._sequential_args import (
     add_sequential_arguments,
     check_sequential,
@@ -42,41 +42,6 @@ HELP = "Certify test points (CERTIFY of Cohen et al. with constant or input-depe
 DEFAULT_N0 = 100
 DEFAULT_N = 100_000
 DEFAULT_ALPHA = 0.001
-
-
-def parse_radii(text: str) -> list[float]:
-    """Radii from ``0,0.25,0.5``; InvalidArgument names a bad entry."""
-    try:
-        radii = [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise InvalidArgument(f"--radii {text!r}: expected comma-separated numbers") from None
-    if not radii or any(not math.isfinite(r) or r < 0 for r in radii):
-        raise InvalidArgument(f"--radii {text!r}: expected finite radii >= 0")
-    return radii
-
-
-def seed_arg(text: str) -> int:
-    """A seed: an integer from 0 to cost.SEED_MAX."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 0 <= value <= cost.SEED_MAX:
-        raise argparse.ArgumentTypeError(f"{value} is outside 0 to {cost.SEED_MAX}")
-    return value
-
-
-def sample_count(text: str) -> int:
-    """A number of noisy samples per point: an integer from 1 to cost.N_MAX."""
-    value = positive_int(text)
-    if value > cost.N_MAX:
-        raise argparse.ArgumentTypeError(f"{value} exceeds {cost.N_MAX:,} samples per point")
-    return value
-
-
-def batch_size_arg(text: str) -> int | str:
-    """An integer >= 1 or 'auto'."""
-    return "auto" if text.strip().lower() == "auto" else positive_int(text)
 
 
 def input_shape_arg(text: str) -> tuple[int, ...]:
@@ -162,13 +127,7 @@ def add_point_arguments(parser: argparse.ArgumentParser) -> None:
                              "training split); its statistics are cached by content")
     parser.add_argument("--alpha", type=open_probability, default=DEFAULT_ALPHA,
                         help=f"failure probability in (0, 1) (default {DEFAULT_ALPHA})")
-    parser.add_argument("--split", choices=("test", "train"), default="test")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--points", type=positive_int, default=None,
-                       help="number of points, evenly spaced over the split (default: all)")
-    group.add_argument("--indices", default=None, help="indices such as 0-99,150,200")
-    group.add_argument("--skip", type=positive_int, default=None, metavar="N",
-                       help="every N-th point from 0 (the reference code's --skip: --skip 20 gives 500 of 10,000)")
+    add_split_arguments(parser, "every N-th point from 0 (the reference code's --skip: --skip 20 gives 500 of 10,000)")
     parser.add_argument("--batch-size", type=batch_size_arg, default=None,
                         help="noisy samples per forward pass, or 'auto' from free device memory "
                              "(default: measured on the model; on CPU the power of two from 256 to 8192 whose activations "
@@ -315,10 +274,8 @@ def resolve_points(args: argparse.Namespace) -> Resolved:
 
     A foreign model is loaded (on the CPU) and checked against the data before anything else.
     """
-    from smoothviz.certify import select_split
     from smoothviz.data import load_dataset
     from smoothviz.knn_reference import reference_record
-    from smoothviz.points import evenly_spaced, parse_indices
     from smoothviz.sigma import canonical_spec, parse_sigma_spec
 
     dataset, default_sigma, checkpoint, meta, description, trust = _resolve_model(args)
@@ -332,17 +289,33 @@ def resolve_points(args: argparse.Namespace) -> Resolved:
         if params["kind"] != "knn":
             raise InvalidArgument("--sigma-reference: only a knn sigma uses reference points")
         description = {**description, "sigma_reference": reference_record(args.sigma_reference, ds)}
+    return Resolved(dataset, spec, checkpoint, meta, split_indices(args, ds, dataset), description, trust)
+
+
+def add_split_arguments(parser: argparse.ArgumentParser, skip_help: str) -> None:
+    """``--split`` and one of ``--points``, ``--indices``, ``--skip``: the points ``split_indices`` chooses."""
+    parser.add_argument("--split", choices=("test", "train"), default="test")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--points", type=positive_int, default=None,
+                       help="number of points, evenly spaced over the split (default: all)")
+    group.add_argument("--indices", default=None, help="indices such as 0-99,150,200")
+    group.add_argument("--skip", type=positive_int, default=None, metavar="N", help=skip_help)
+
+
+def split_indices(args: argparse.Namespace, ds, dataset: str) -> list[int]:
+    """The indices of ``--split`` that ``--indices``, ``--skip`` or ``--points`` choose (default all), checked."""
+    from smoothviz.certify import select_split
+    from smoothviz.points import evenly_spaced, parse_indices
+
     xs, _ = select_split(ds, args.split)
     size = int(xs.shape[0])
     if size == 0:
         raise InvalidArgument(f"--split {args.split}: {dataset} has no {args.split} points")
     if args.indices is not None:
-        indices = parse_indices(args.indices, size)
-    elif args.skip is not None:
-        indices = list(range(0, size, args.skip))
-    else:
-        indices = evenly_spaced(args.points or size, size)
-    return Resolved(dataset, spec, checkpoint, meta, indices, description, trust)
+        return parse_indices(args.indices, size)
+    if args.skip is not None:
+        return list(range(0, size, args.skip))
+    return evenly_spaced(args.points or size, size)
 
 
 def print_warnings(estimate: cost.Estimate, sigma_warning: str | None) -> None:

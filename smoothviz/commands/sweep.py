@@ -25,25 +25,9 @@ import sys
 from pathlib import Path
 
 from smoothviz import cost, launch
-from smoothviz.commands._args import (
-    add_db_argument,
-    open_probability,
-    parse_radii,
-    positive_int,
-)
-from smoothviz.commands._sequential_args import (
-    add_sequential_arguments,
-    check_sequential,
-    sequential_settings,
-)
-from smoothviz.commands.certify import (
-    DEFAULT_ALPHA,
-    DEFAULT_N,
-    DEFAULT_N0,
-    batch_size_arg,
-    sample_count,
-    seed_arg,
-)
+from smoothviz.commands._args import add_db_argument, batch_size_arg, open_probability, parse_radii, sample_count, seed_arg
+from smoothviz.commands._sequential_args import add_sequential_arguments, check_sequential, sequential_settings
+from smoothviz.commands.certify import DEFAULT_ALPHA, DEFAULT_N, DEFAULT_N0, add_split_arguments, split_indices
 from smoothviz.device import DEVICE_CHOICES_HELP
 from smoothviz.errors import InvalidArgument
 
@@ -75,12 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"selection samples per point (default {DEFAULT_N0})")
     parser.add_argument("--alpha", default=str(DEFAULT_ALPHA), metavar="A[,A...]",
                         help=f"failure probabilities in (0, 1), one or several (default {DEFAULT_ALPHA})")
-    parser.add_argument("--split", choices=("test", "train"), default="test")
-    points = parser.add_mutually_exclusive_group()
-    points.add_argument("--points", type=positive_int, default=None,
-                        help="number of points, evenly spaced over the split (default: all)")
-    points.add_argument("--indices", default=None, help="indices such as 0-99,150,200")
-    points.add_argument("--skip", type=positive_int, default=None, metavar="N", help="every N-th point from 0")
+    add_split_arguments(parser, "every N-th point from 0")
     parser.add_argument("--seed", type=seed_arg, default=0, help="seed of every run's noise (default 0)")
     parser.add_argument("--batch-size", type=batch_size_arg, default=None,
                         help="noisy samples per forward pass, or 'auto'; it never changes the counts")
@@ -124,11 +103,9 @@ def _models(args: argparse.Namespace):
 
 def build_plan(args: argparse.Namespace):
     """The SweepPlan the arguments ask for, checked (grid, values, points); nothing is written."""
-    from smoothviz.certify import select_split
     from smoothviz.data import load_dataset
     from smoothviz.device import resolve_device
     from smoothviz.knn_reference import reference_record
-    from smoothviz.points import evenly_spaced, parse_indices
     from smoothviz.sigma import canonical_spec, parse_sigma_spec
     from smoothviz.sweep import SweepPlan, expand_sigma_grid, parse_values
 
@@ -161,16 +138,7 @@ def build_plan(args: argparse.Namespace):
         if not any(parse_sigma_spec(s)["kind"] == "knn" for s in sigmas):
             raise InvalidArgument("--sigma-reference: only a knn sigma uses reference points")
         reference = reference_record(args.sigma_reference, ds)
-    xs, _ = select_split(ds, args.split)
-    size = int(xs.shape[0])
-    if size == 0:
-        raise InvalidArgument(f"--split {args.split}: {dataset} has no {args.split} points")
-    if args.indices is not None:
-        indices = parse_indices(args.indices, size)
-    elif args.skip is not None:
-        indices = list(range(0, size, args.skip))
-    else:
-        indices = evenly_spaced(args.points or size, size)
+    indices = split_indices(args, ds, dataset)
     settings = sequential_settings(args)
     plan = SweepPlan(dataset=dataset, split=args.split, models=tuple(models), sigmas=tuple(sigmas), ns=tuple(ns),
                      alphas=tuple(alphas), n0=args.n0, indices=tuple(indices), seed=args.seed,

@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 
 from smoothviz import cost
-from smoothviz.commands._args import non_negative, positive, positive_int
-from smoothviz.commands.certify import seed_arg
+from smoothviz.commands._args import non_negative, positive, positive_int, seed_arg
 from smoothviz.data import DATASET_INFO, DEFAULT_DATASET
 from smoothviz.device import DEVICE_CHOICES_HELP
 from smoothviz.errors import Cancelled, InvalidArgument, SmoothvizError

@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from smoothviz.commands._args import add_db_argument, non_negative, open_probability, positive, positive_int
+from smoothviz.commands._args import add_db_argument, bounded_int, non_negative, open_probability, positive, positive_int
 
 NAME = "witness"
 HELP = (
@@ -34,26 +34,11 @@ HELP = (
 FORMULA_ARGUMENTS = ("dim", "sigma0", "pa", "sigma1", "distance")
 
 
-def seed(text: str) -> int:
-    """A seed: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"{value} is outside 0 to 2^63 - 1")
-    return value
+seed = bounded_int(0, 2**63 - 1, "0 to 2^63 - 1")
+"""A seed: an integer from 0 to 2^63 - 1."""
 
-
-def examples_count(text: str) -> int:
-    """How many example pairs to print: an integer from 0 to 1000."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 0 <= value <= 1000:
-        raise argparse.ArgumentTypeError(f"{value} is outside 0 to 1000")
-    return value
+examples_count = bounded_int(0, 1000, "0 to 1000")
+"""How many example pairs to print: an integer from 0 to 1000."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
