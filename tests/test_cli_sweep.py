@@ -236,3 +236,32 @@ def test_refusals_on_an_existing_store_change_nothing(tmp_path: Path, capsys) ->
     code, out, _ = cli(capsys, "table", "a", "--paired", f"a,{run_id}", "--intersect", "--json", "--db", db)
     assert code == 0 and json.loads(out)["paired"][0]["rows"][0]["points"] == 2
     assert np.isfinite(json.loads(out)["paired"][0]["rows"][0]["low"]) and ids
+
+
+def test_speed_options_reach_every_run_of_the_sweep(tmp_path: Path, capsys) -> None:
+    db = tmp_path / "speed.db"
+    argv = ["sweep", "--model", MODEL, "--sigma-grid", "constant:{0.2,0.3}", "--n0", "20", "--n", "200", "--points",
+            "3", "--device", "cpu", "--quiet", "--db", db]
+    code, _, err = cli(capsys, *argv, "--batch-size", "64", "--autocast", "bf16", "--no-channels-last")
+    assert code == 0, err
+    with Store(db) as store:
+        runs = [store.run(c["run_id"]) for c in store.sweep(1)["cells"]]
+    assert len(runs) == 2
+    for run in runs:
+        assert run["batch_size"] == 64
+        assert run["options"]["autocast"] == "bf16" and run["options"]["channels_last"] is False
+    # without the flags the runs take the engine's defaults: a new sweep, not a resumed one
+    code, _, err = cli(capsys, *argv)
+    assert code == 0 and "sweep 2 created" in err, err
+    with Store(db) as store:
+        plain = [store.run(c["run_id"]) for c in store.sweep(2)["cells"]]
+    assert all("autocast" not in r["options"] and "channels_last" not in r["options"] for r in plain)
+    # a recorded sweep keeps its own options: a speed flag with --sweep is refused, nothing changes
+    before = db.read_bytes()
+    for flag in (["--fast"], ["--no-channels-last"], ["--compile"]):
+        code, _, err = cli(capsys, "sweep", "--sweep", "1", "--db", db, *flag)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "keeps its own grid" in err, (flag, err)
+    assert db.read_bytes() == before
+    code, _, err = cli(capsys, *argv, "--cuda-graphs", "--new")
+    assert code == 2 and "--cuda-graphs needs a CUDA device" in err, err
+    assert db.read_bytes() == before

@@ -139,6 +139,11 @@ def add_point_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-long", action="store_true",
                         help="run even when the estimate exceeds a day (otherwise refused)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_speed_arguments(parser)
+
+
+def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
+    """The engine's speed flags (read by ``speed_options``), shared by every verb that creates runs."""
     speedy = parser.add_argument_group("speed options (recorded with the run)")
     fast = speedy.add_mutually_exclusive_group()
     fast.add_argument("--autocast", choices=("bf16", "fp16"), default=None,

@@ -10,7 +10,8 @@ n of ``--n`` and every alpha of ``--alpha`` (comma-separated). Each cell is a ce
 same points with the same seed. Rerunning the same command resumes the sweep: it creates nothing
 new and certifies only the missing runs and points. ``--sweep ID`` executes or resumes a recorded
 sweep, ``--cancel ID`` asks the process executing it to stop, ``--list`` shows the store's sweeps.
-``--sequential`` and its options apply to every run; ``--processes K`` runs each on K ranks.
+``--sequential`` and its options apply to every run, as do the speed options (``--autocast``/``--fast``,
+``--channels-last``, ``--compile``, ``--cuda-graphs``); ``--processes K`` runs each on K ranks.
 
 Refused in one line, with nothing written: an empty or malformed grid, a duplicate cell, more than
 64 runs without ``--allow-long``, a bad value of any option. Only the standard library and light
@@ -27,7 +28,7 @@ from pathlib import Path
 from smoothviz import cost, launch
 from smoothviz.commands._args import add_db_argument, batch_size_arg, open_probability, parse_radii, sample_count, seed_arg
 from smoothviz.commands._sequential_args import add_sequential_arguments, check_sequential, sequential_settings
-from smoothviz.commands.certify import DEFAULT_ALPHA, DEFAULT_N, DEFAULT_N0, add_split_arguments, split_indices
+from smoothviz.commands.certify import DEFAULT_ALPHA, DEFAULT_N, DEFAULT_N0, add_speed_arguments, add_split_arguments, speed_options, split_indices
 from smoothviz.device import DEVICE_CHOICES_HELP
 from smoothviz.errors import InvalidArgument
 
@@ -74,6 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--radii", default="0,0.25,0.5,0.75,1.0", help="radii of the summary table")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="with --list: print JSON")
+    add_speed_arguments(parser)
     add_sequential_arguments(parser)
 
 
@@ -142,7 +144,7 @@ def build_plan(args: argparse.Namespace):
     settings = sequential_settings(args)
     plan = SweepPlan(dataset=dataset, split=args.split, models=tuple(models), sigmas=tuple(sigmas), ns=tuple(ns),
                      alphas=tuple(alphas), n0=args.n0, indices=tuple(indices), seed=args.seed,
-                     device=str(resolve_device(args.device)), options={}, sigma_reference=reference,
+                     device=str(resolve_device(args.device)), options=speed_options(args), sigma_reference=reference,
                      sequential=None if settings is None else settings.to_dict(), name=args.name)
     plan.check(args.allow_long)
     return plan
@@ -191,8 +193,9 @@ def _recorded_sweep(args: argparse.Namespace):
     from smoothviz.store import Store
 
     grid = ("model", "sigma_grid", "sigma_reference", "indices", "skip", "points", "name", "sequential", "cs", "max_n",
-            "radius", "max_radius", "tolerance")
+            "radius", "max_radius", "tolerance", "autocast", "compile", "cuda_graphs")
     given = [f"--{n.replace('_', '-')}" for n in grid if getattr(args, n) not in (None, False)]
+    given += ["--channels-last"] if args.channels_last is not None else []
     if given:
         raise InvalidArgument(f"{given[0]} with --sweep {args.sweep}: a recorded sweep keeps its own grid")
     store = Store(args.db, create=False)
