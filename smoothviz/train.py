@@ -24,13 +24,14 @@ from torch import nn
 from smoothviz import cost, speed
 from smoothviz.data import DATASET_INFO, Dataset
 from smoothviz.device import resolve_device
-from smoothviz.errors import Cancelled, InvalidArgument
+from smoothviz.errors import Cancelled, InvalidArgument, SigmaSpecError
 from smoothviz.models import build_model, read_checkpoint, save_checkpoint
 from smoothviz.outputs import atomic_output
 from smoothviz.sigma import KNN, SigmaFunction, build_sigma, check_knn_k, parse_sigma_spec
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step")
+TRAINABLE_SIGMAS = ("constant", "knn")
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3}
 RESUME_FORMAT = "smoothviz-resume"
 _EVAL_BATCH = 1000
@@ -105,6 +106,15 @@ def _validate(dataset: Dataset, epochs: int, batch_size: int, lr: float, optimiz
         raise InvalidArgument(f"dataset {dataset.name!r} has an empty split")
 
 
+def trainable_sigma(sigma_spec: str) -> dict:
+    """The parsed spec of a sigma a training can draw its noise from; ddrs, which needs the trained model, is refused."""
+    params = parse_sigma_spec(sigma_spec)
+    if params["kind"] not in TRAINABLE_SIGMAS:
+        raise SigmaSpecError(f"sigma spec {sigma_spec!r}: training takes constant or knn; {params['kind']} optimises "
+                             "sigma(x) for an already trained model, so give it to certify or predict")
+    return params
+
+
 def epoch_message(epoch: int, epochs: int, loss: float, accuracy: float) -> str:
     """The line printed after each epoch (``plots_explore.epoch_history`` parses this format)."""
     return f"epoch {epoch}/{epochs}: loss {loss:.4f}, noisy train accuracy {accuracy:.4f}"
@@ -140,7 +150,7 @@ def estimate_training(
     """
     lr = float(DEFAULT_LR.get(optimizer, 1e-3) if lr is None else lr)
     _validate(dataset, epochs, batch_size, lr, optimizer, schedule, momentum, weight_decay)
-    params = parse_sigma_spec(sigma_spec)
+    params = trainable_sigma(sigma_spec)
     if params["kind"] == "knn":
         check_knn_k(params["k"], len(dataset.train_x), sigma_spec, leave_one_out=True)
     dev = resolve_device(device)
@@ -237,6 +247,7 @@ def train_model(
     out = Path(out)
     lr = float(DEFAULT_LR.get(optimizer, 1e-3) if lr is None else lr)
     _validate(dataset, epochs, batch_size, lr, optimizer, schedule, momentum, weight_decay)
+    trainable_sigma(sigma_spec)
     config = {
         "dataset": dataset.name, "arch": arch, "sigma": sigma_spec, "epochs": int(epochs),
         "batch_size": int(batch_size), "lr": lr, "optimizer": optimizer, "schedule": schedule,

@@ -168,6 +168,8 @@ CASES = [
     # train
     ("train-epochs-long", [*TO, "--epochs", str(10**12)], "this training would take"),
     ("train-epochs-long-default-out", [*T, "--epochs", str(10**12)], "more than a day; add --allow-long"),
+    ("train-sigma-ddrs", [*TO, "--sigma", "ddrs:0.1,0.5,4"], "training takes constant or knn; ddrs optimises"),
+    ("train-sigma-ddrs-default-out", [*T, "--sigma", "ddrs:0.1,0.5,4"], "training takes constant or knn"),
     ("train-epochs-zero", [*TO, "--epochs", "0"], "argument --epochs: 0 must be >= 1"),
     ("train-epochs-type", [*TO, "--epochs", "many"], "argument --epochs: 'many' is not an integer"),
     ("train-seed-huge", [*TO, "--seed", str(2**70)], "argument --seed"),

@@ -195,6 +195,16 @@ def test_estimate_training_checks_everything_before_any_distance(monkeypatch):
         train.estimate_training(ds, "mlp", "constant:0.1", 1, batch_size=1500, device="cpu")
 
 
+def test_a_ddrs_sigma_is_refused_before_any_model_or_file(tmp_path, monkeypatch):
+    ds = load_dataset("toy2d-moons")
+    monkeypatch.setattr(train, "_model", lambda *a, **k: pytest.fail("no model for a refused sigma"))
+    with pytest.raises(SigmaSpecError, match="training takes constant or knn; ddrs optimises"):
+        train.estimate_training(ds, "mlp", "ddrs:0.1,0.5,4", 1, device="cpu")
+    with pytest.raises(SigmaSpecError, match="training takes constant or knn; ddrs optimises"):
+        train_model(ds, "mlp", "ddrs:0.1,0.5,4", 1, tmp_path / "d.pt", device="cpu")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_choices_are_the_library_ones(capsys):
     from smoothviz import models
     from smoothviz.commands import train as train_cmd

@@ -124,13 +124,12 @@ def run(args: argparse.Namespace) -> int:
 
         from smoothviz.data import canonical_name, load_dataset
         from smoothviz.progress import ProgressBar
-        from smoothviz.sigma import parse_sigma_spec
-        from smoothviz.train import estimate_training, train_model
+        from smoothviz.train import estimate_training, train_model, trainable_sigma
 
         if args.threads:
             torch.set_num_threads(args.threads)
         name = canonical_name(args.dataset)
-        sigma = parse_sigma_spec(args.sigma)
+        sigma = trainable_sigma(args.sigma)
         arch = args.arch or DATASET_INFO[name].default_arch
         epochs = args.epochs or DEFAULT_EPOCHS.get(name, 50)
         out, default_out = _checked_out(args, name, arch, sigma)
