@@ -203,6 +203,15 @@ def _chunk_sigma(
     return sig
 
 
+def point_labels(x: Tensor, labels: Sequence[int] | Tensor, idx: Sequence[int]) -> tuple[list[int], list[int]]:
+    """``labels`` and ``idx`` as lists of ints, checked to give one entry per row of ``x`` (every engine's inputs)."""
+    labels = [int(v) for v in (labels.tolist() if isinstance(labels, Tensor) else labels)]
+    idx = [int(i) for i in idx]
+    if not (len(labels) == len(idx) == x.shape[0]):
+        raise InvalidArgument("x, labels and idx must have one entry per point")
+    return labels, idx
+
+
 def iter_certify(
     model: nn.Module | Classifier,
     x: Tensor,
@@ -235,10 +244,7 @@ def iter_certify(
     """
     _validate(n0, n, alpha, batch_size)
     device = torch.device(device)
-    labels = [int(v) for v in (labels.tolist() if isinstance(labels, Tensor) else labels)]
-    idx = [int(i) for i in idx]
-    if not (len(labels) == len(idx) == x.shape[0]):
-        raise InvalidArgument("x, labels and idx must have one entry per point")
+    labels, idx = point_labels(x, labels, idx)
     classify, new_input = _prepare(model, device)
     generator = torch.Generator(device=device)
     chunk = chunk_points or default_chunk_points(batch_size, n0 + n)
@@ -370,10 +376,7 @@ def predict_points(
     """
     _validate(None, n, alpha, batch_size)
     device = torch.device(device)
-    labels = [int(v) for v in (labels.tolist() if isinstance(labels, Tensor) else labels)]
-    idx = [int(i) for i in idx]
-    if not (len(labels) == len(idx) == x.shape[0]):
-        raise InvalidArgument("x, labels and idx must have one entry per point")
+    labels, idx = point_labels(x, labels, idx)
     if num_classes < 2:
         raise InvalidArgument(f"num_classes must be >= 2, got {num_classes}")
     classify, new_input = _prepare(model, device)

@@ -55,6 +55,7 @@ from smoothviz.certify import (
     ProgressFn,
     _check_totals,
     _prepare,
+    point_labels,
 )
 from smoothviz.errors import Cancelled, InvalidArgument
 from smoothviz.noise import NOISE_BLOCK, derive_seed
@@ -315,10 +316,7 @@ def iter_certify_sequential(
     if batch_size < 1:
         raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device)
-    labels = [int(v) for v in (labels.tolist() if isinstance(labels, Tensor) else labels)]
-    idx = [int(i) for i in idx]
-    if not (len(labels) == len(idx) == x.shape[0]):
-        raise InvalidArgument("x, labels and idx must have one entry per point")
+    labels, idx = point_labels(x, labels, idx)
     check_sigma(sigmas.reshape(-1), len(idx))
     classify, new_input = _prepare(model, device)
     generator = torch.Generator(device=device)
