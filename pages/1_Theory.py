@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import streamlit as st
 
-from pages._ui import ERROR_ICON, entered_page, set_query, setup_page, shown
+from pages._ui import entered_page, set_query, setup_page, shown
+from pages._ui.numbers import DEFAULT_PRESET, DIM_PRESETS, MAX_DIM, link_note, link_number, refused_number
 from smoothviz import bounds, plots
 from smoothviz.sigma import R_MAX, SIGMA_MAX, SIGMA_MIN
 
 setup_page("Theory", ":material/functions:")
 
-PRESETS = {
-    "digits": ("digits (8×8)", 64),
-    "mnist": ("MNIST / Fashion-MNIST (28×28)", 784),
-    "cifar10": ("CIFAR-10 (3×32×32)", 3072),
-    "imagenet": ("ImageNet (3×224×224)", 150528),
-    "custom": ("custom", None),
-}
-DEFAULT_PRESET = "cifar10"
-MAX_DIM = 150528
 CURVE_DIMS = (64, 784, 3072, 150528)
 RATIO_CHOICES = (0.8, 0.9, 0.95, 0.98, 0.99, 1.0, 1.01, 1.02, 1.05, 1.1, 1.25)
 # (default, smallest, largest) of each number the page reads; sigma0 is a slider over a part of the
@@ -33,43 +23,6 @@ NUMBERS = {
     "r": (0.02, 0.0, R_MAX),
 }
 NAMES = {"dim": "N", "sigma0": "σ₀", "pa": "p_A", "r": "r"}
-
-
-def from_url(key: str) -> float | int:
-    """The link's ``key`` for a widget's first run: a malformed value is ignored and one outside the range
-    clamped, each with a note, so the widget never holds a value it cannot show."""
-    default, lo, hi = NUMBERS[key]
-    raw = st.query_params.get(key)
-    if raw is None:
-        return default
-    integer = isinstance(default, int)
-    try:
-        value = float(str(raw).strip())
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or (integer and not value.is_integer()):
-        st.warning(f"The link's {key}={shown(raw)} is not {'an integer' if integer else 'a finite number'}; "
-                   f"using {NAMES[key]} = {default:g}.", icon=":material/link_off:")
-        return default
-    if not lo <= value <= hi:
-        clamped = min(max(value, lo), hi)
-        st.warning(f"The link's {key}={shown(raw)} is outside [{lo:g}, {hi:g}]; using {NAMES[key]} = {clamped:g}.",
-                   icon=":material/link_off:")
-        value = clamped
-    return int(value) if integer else value
-
-
-def refused(key: str, value: float | None) -> bool:
-    """True, with one error line naming the value, when a typed ``value`` lies outside its range."""
-    _, lo, hi = NUMBERS[key]
-    if value is None:
-        st.error(f"{NAMES[key]} is empty: enter a number in [{lo:g}, {hi:g}].", icon=ERROR_ICON)
-        return True
-    if not (math.isfinite(value) and lo <= value <= hi):
-        st.error(f"{NAMES[key]} = {value:g} is outside [{lo:g}, {hi:g}]; nothing is computed until it is inside.",
-                 icon=ERROR_ICON)
-        return True
-    return False
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -125,26 +78,26 @@ st.markdown(
 entering = entered_page()
 if entering or "preset" not in st.session_state:
     q_preset = st.query_params.get("preset")
-    if q_preset is not None and q_preset not in PRESETS:
-        st.warning(f"The link's preset={shown(q_preset)} is not one of {', '.join(PRESETS)}; "
-                   f"using {DEFAULT_PRESET}.", icon=":material/link_off:")
-    st.session_state.preset = q_preset if q_preset in PRESETS else DEFAULT_PRESET
-for number_key in NUMBERS:
+    if q_preset is not None and q_preset not in DIM_PRESETS:
+        link_note(f"The link's preset={shown(q_preset)} is not one of {', '.join(DIM_PRESETS)}; "
+                  f"using {DEFAULT_PRESET}.")
+    st.session_state.preset = q_preset if q_preset in DIM_PRESETS else DEFAULT_PRESET
+for number_key, limits in NUMBERS.items():
     if entering or number_key not in st.session_state:
-        st.session_state[number_key] = from_url(number_key)
+        st.session_state[number_key] = link_number(number_key, *limits, name=NAMES[number_key])
 
 c1, c2, c3, c4 = st.columns(4)
 preset = c1.selectbox(
-    "Input dimension (preset)", list(PRESETS), key="preset",
-    help="; ".join(f"{k}: {v[0]}, N = {v[1]:,}" for k, v in PRESETS.items() if v[1]),
+    "Input dimension (preset)", list(DIM_PRESETS), key="preset",
+    help="; ".join(f"{k}: {v[0]}, N = {v[1]:,}" for k, v in DIM_PRESETS.items() if v[1]),
 )
 # Typed numbers have no bounds in the widget (a browser keeps an out-of-range entry on screen without
 # sending it, so the page would compute with the previous value); they are checked here instead.
 if preset == "custom":
     dim = c1.number_input(f"N (custom dimension, {NUMBERS['dim'][1]:,} to {MAX_DIM:,})", step=1, key="dim")
 else:
-    dim = int(PRESETS[preset][1])
-    c1.caption(f"{PRESETS[preset][0]}: N = {dim:,}")
+    dim = int(DIM_PRESETS[preset][1])
+    c1.caption(f"{DIM_PRESETS[preset][0]}: N = {dim:,}")
 sigma0 = float(c2.slider("σ₀ (noise std at x₀, pixel units)", NUMBERS["sigma0"][1], NUMBERS["sigma0"][2],
                          step=0.01, key="sigma0"))
 p_a = c3.number_input("p_A (lower bound on the top-class probability)", step=0.001, format="%.6f", key="pa",
@@ -152,7 +105,8 @@ p_a = c3.number_input("p_A (lower bound on the top-class probability)", step=0.0
 r = c4.number_input("semi-elasticity r (per unit L2 distance)", step=0.005, format="%.4f", key="r",
                     help=f"in [0, {R_MAX:g}]")
 typed = [("dim", dim)] if preset == "custom" else []
-if any([refused(k, v) for k, v in [*typed, ("pa", p_a), ("r", r)]]):  # a list: every refused value says so
+# a list, not a generator: every refused value says so
+if any([refused_number(NAMES[k], v, *NUMBERS[k][1:]) for k, v in [*typed, ("pa", p_a), ("r", r)]]):
     st.stop()
 dim, p_a, r = int(dim), float(p_a), float(r)
 set_query(

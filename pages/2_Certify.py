@@ -24,11 +24,12 @@ import streamlit as st
 import torch
 
 from pages._ui import (
-    ACTIVE, ERROR_ICON, PAGES, ROOT, WARNING_ICON, db_path, display_path, engine_batch_size, entered_page,
+    ACTIVE, ERROR_ICON, PAGES, ROOT, WARNING_ICON, absolute, db_path, display_path, engine_batch_size, entered_page,
     executing_runs, foreign_batch_size, foreign_model, foreign_rate, get_store, job_manager, list_checkpoints,
-    load_dataset, load_reference, load_sigma, one_line, run_label, save_upload, set_query, setup_page, short_spec,
-    show_error, shown, stop_on_error, unusable_checkpoints,
+    load_dataset, load_reference, load_sigma, model_misfit, one_line, run_label, save_upload, set_query, setup_page,
+    short_spec, show_error, shown, stop_on_error, unusable_checkpoints,
 )
+from pages._ui.numbers import check_number
 from pages._ui.sequential_section import (
     alpha_text, default_processes, done_sequential, estimate_text, live_sequential, processes_input,
     processes_limit, reach_warning, rule_text, sequential_inputs, world_text,
@@ -125,18 +126,6 @@ def checked_spec(spec: str | None, n_train: int) -> tuple[dict | None, str | Non
 
 
 # ---------------------------------------------------------------- checks of the widgets' values
-def check_number(errors: list[str], label: str, value: float | None, low: float, high: float,
-                 open_ends: bool = False) -> None:
-    """Append one line when ``value`` is missing, not finite or outside its range."""
-    if value is None:
-        errors.append(f"{label} is empty")
-        return
-    inside = (low < value < high) if open_ends else (low <= value <= high)
-    if not math.isfinite(value) or not inside:
-        where = f"({low:g}, {high:g})" if open_ends else f"[{low:g}, {high:g}]"
-        errors.append(f"{label} = {value:g} is outside {where}")
-
-
 def sigma_errors(params: dict, n_train: int) -> list[str]:
     """What is wrong with the σ widgets' values, one line each (empty when the library accepts them)."""
     errors: list[str] = []
@@ -177,19 +166,6 @@ def sigma_on_points(dataset: str, spec: str, indices: tuple[int, ...], reference
     return sigma_fn(load_dataset(dataset).test_x[list(indices)]).detach().cpu().numpy().astype(float)
 
 
-@st.cache_data(max_entries=16, show_spinner="Checking the model against the data…")
-def model_misfit(model: str, weights: str | None, stamp: float, dataset: str) -> str | None:
-    """Why a foreign model does not fit the data (shape, classes, value range, a probe batch), or None."""
-    from smoothviz.model_sources import check_fits
-
-    loaded = foreign_model(model, weights)
-    try:
-        check_fits(loaded.module, loaded.info, load_dataset(dataset), loaded.info.source)
-    except SmoothvizError as exc:
-        return one_line(str(exc))
-    return None
-
-
 def take_upload() -> None:
     """Uploader callback: keep the uploaded file under uploads/ and put its path in the model field."""
     upload = st.session_state.get("model_upload")
@@ -198,12 +174,6 @@ def take_upload() -> None:
             st.session_state["model_path"] = str(save_upload(upload.name, upload.getvalue()))
         except SmoothvizError as exc:
             st.session_state["_certify_upload_error"] = one_line(str(exc))
-
-
-def absolute(text: str) -> str:
-    """A typed path as an absolute path (relative ones are taken from the repository)."""
-    path = Path(text.strip()).expanduser()
-    return str(path if path.is_absolute() else ROOT / path)
 
 
 @st.cache_data(max_entries=32, ttl=600, show_spinner="Measuring the sampling rate…")

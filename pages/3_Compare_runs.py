@@ -10,8 +10,8 @@ import pandas as pd
 import streamlit as st
 
 from pages._ui import (
-    ACTIVE, ERROR_ICON, PAGES, WARNING_ICON, entered_page, get_store, load_dataset, offer_examples, one_line,
-    run_label, set_query, setup_page, short_spec, shown, stop_on_error,
+    ACTIVE, ERROR_ICON, PAGES, WARNING_ICON, class_names, entered_page, get_store, offer_examples, one_line,
+    run_and_results, run_label, set_query, setup_page, short_spec, shown, stop_on_error,
 )
 from smoothviz import analysis, data, plots, plots_tradeoffs, tradeoffs
 from smoothviz.audit import audit_warning
@@ -21,21 +21,6 @@ from smoothviz.store import export_csv, import_cohen_log
 setup_page("Compare runs", ":material/compare_arrows:")
 
 MAX_NOTED = 5  # unknown run ids named in a note; the rest are counted
-
-
-@st.cache_data(max_entries=64, show_spinner=False)
-def run_and_results(db: str, run_id: int, stamp: tuple) -> tuple[dict, pd.DataFrame]:
-    """A run's record and per-point results, cached until the run changes (``stamp``)."""
-    store = get_store()
-    return store.run(run_id), store.results(run_id)
-
-
-@st.cache_data(max_entries=8, show_spinner=False)
-def class_names(dataset: str) -> list[str] | None:
-    try:
-        return list(load_dataset(dataset).class_names)
-    except SmoothvizError:
-        return None
 
 
 def upload_key() -> str:

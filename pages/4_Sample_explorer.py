@@ -16,8 +16,8 @@ import streamlit as st
 from pages._ui import (
     ERROR_ICON,
     PAGES,
-    ROOT,
     WARNING_ICON,
+    absolute,
     checkpoint_label,
     display_path,
     entered_page,
@@ -28,13 +28,14 @@ from pages._ui import (
     load_model,
     load_reference,
     load_sigma,
-    one_line,
+    model_misfit,
     set_query,
     setup_page,
     shown,
     stop_on_error,
 )
 from pages._ui.live_section import certify_live
+from pages._ui.numbers import link_note
 from smoothviz import plots, plots_explore
 from smoothviz.data import DATASET_INFO, DEFAULT_DATASET
 from smoothviz.errors import SmoothvizError
@@ -56,11 +57,6 @@ MAX_SPEC_CHARS = 200  # far longer than any sigma spec; a longer text is refused
 # (default, smallest, largest) of the Monte Carlo settings; the widgets have no bounds (a browser keeps
 # an out-of-range entry on screen without sending it), the page checks the values instead
 SETTINGS = {"n0": (100, 10, 1000), "alpha": (0.001, 1e-6, 0.5), "seed": (0, 0, 2**31 - 1)}
-
-
-def note(text: str) -> None:
-    """A URL value that could not be used as it stands: said once, in one line."""
-    st.warning(text, icon=":material/link_off:")
 
 
 def spec_problem(spec: str) -> str | None:
@@ -115,25 +111,6 @@ def explore(dataset: str, source: tuple, spec: str, idx: int, n0: int, n: int, a
         points = load_reference(reference, dataset)
         ds = replace(ds, train_x=points.x, train_y=points.y)
     return explore_point(model, ds, idx, load_sigma(dataset, spec, reference), n0=n0, n=n, alpha=alpha, seed=seed)
-
-
-@st.cache_data(max_entries=16, show_spinner="Checking the model against the data…")
-def model_misfit(model: str, weights: str | None, mtime: float, dataset: str) -> str | None:
-    """Why a model file does not fit the data (shape, classes, value range, a probe batch), or None."""
-    from smoothviz.model_sources import check_fits
-
-    loaded = foreign_model(model, weights)
-    try:
-        check_fits(loaded.module, loaded.info, load_dataset(dataset), loaded.info.source)
-    except SmoothvizError as exc:
-        return one_line(str(exc))
-    return None
-
-
-def absolute(text: str) -> str:
-    """A typed path as an absolute path (relative ones are taken from the repository)."""
-    path = Path(text.strip()).expanduser()
-    return str(path if path.is_absolute() else ROOT / path)
 
 
 def mtime(path: str) -> float:
@@ -213,7 +190,7 @@ else:
             st.page_link("pages/5_2D_playground.py", label="Open the 2-D playground", icon=":material/scatter_plot:",
                          query_params={"dataset": q_dataset})
         elif q_dataset not in IMAGE_DATASETS:
-            note(f"The link's dataset={shown(q_dataset)} is not a dataset of images; showing {DEFAULT_DATASET}.")
+            link_note(f"The link's dataset={shown(q_dataset)} is not a dataset of images; showing {DEFAULT_DATASET}.")
         st.session_state.ex_dataset = q_dataset if q_dataset in IMAGE_DATASETS else DEFAULT_DATASET
 
     with st.sidebar:
@@ -252,8 +229,8 @@ else:
         by_label = {v: k for k, v in labels.items()}
         q_ckpt = st.query_params.get("ckpt") if entering else None
         if q_ckpt is not None and q_ckpt not in by_label:
-            note(f"The link's ckpt={shown(q_ckpt)} is not one of the checkpoints for {dataset_name}; "
-                 f"showing {labels[paths[0]]}.")
+            link_note(f"The link's ckpt={shown(q_ckpt)} is not one of the checkpoints for {dataset_name}; "
+                      f"showing {labels[paths[0]]}.")
         st.session_state.ex_ckpt = by_label.get(q_ckpt, paths[0])
         st.session_state.ex_sigma = str(
             (str(st.query_params.get("sigma") or "").strip() if entering else None)
@@ -265,12 +242,12 @@ else:
         try:
             st.session_state.ex_idx = int(q_idx) if q_idx is not None else 0
         except ValueError:
-            note(f"The link's idx={shown(q_idx)} is not a test index; showing test point 0.")
+            link_note(f"The link's idx={shown(q_idx)} is not a test index; showing test point 0.")
             st.session_state.ex_idx = 0
     if entering or "ex_n" not in st.session_state:
         q_n = st.query_params.get("n")
         if q_n is not None and q_n not in {str(c) for c in N_CHOICES}:
-            note(f"The link's n={shown(q_n)} is not one of {', '.join(map(str, N_CHOICES))}; using 2000.")
+            link_note(f"The link's n={shown(q_n)} is not one of {', '.join(map(str, N_CHOICES))}; using 2000.")
         st.session_state.ex_n = int(q_n) if q_n in {str(c) for c in N_CHOICES} else 2000
 
     with st.sidebar:
@@ -286,8 +263,8 @@ else:
 
 if not 0 <= st.session_state.ex_idx < num_test:
     clamped = min(max(int(st.session_state.ex_idx), 0), num_test - 1)
-    note(f"Test index {st.session_state.ex_idx} is outside [0, {num_test - 1}] ({dataset_name} has "
-         f"{plots.plural(num_test, 'test point')}); showing {clamped}.")
+    link_note(f"Test index {st.session_state.ex_idx} is outside [0, {num_test - 1}] ({dataset_name} has "
+              f"{plots.plural(num_test, 'test point')}); showing {clamped}.")
     st.session_state.ex_idx = clamped
 
 with st.sidebar:

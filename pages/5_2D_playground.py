@@ -23,6 +23,7 @@ from pages._ui import (
     shown,
     stop_on_error,
 )
+from pages._ui.numbers import link_note, link_number
 from smoothviz import plots, plots_explore
 from smoothviz.sigma import R_MAX, SIGMA_MAX, SIGMA_MIN
 
@@ -55,33 +56,6 @@ CERTIFY_NUMBERS = {"pg_n0": ("n0", 100, 10, 1000), "pg_alpha": ("α", 0.001, 1e-
                    "pg_seed": ("seed", 0, 0, 2**31 - 1)}
 
 
-def note(text: str) -> None:
-    """A URL value that could not be used as it stands: said in one line."""
-    st.warning(text, icon=":material/link_off:")
-
-
-def url_number(key: str, default: float, lo: float, hi: float) -> float:
-    """A number from the URL for a widget's first run: malformed → ``default``, outside [lo, hi] → clamped,
-    each with a note. Integers stay integers when ``default`` is one."""
-    raw = st.query_params.get(key)
-    if raw is None:
-        return default
-    integer = isinstance(default, int)
-    try:
-        value = float(str(raw).strip())
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or (integer and not value.is_integer()):
-        note(f"The link's {key}={shown(raw)} is not {'an integer' if integer else 'a finite number'}; "
-             f"using {default:g}.")
-        return default
-    if not lo <= value <= hi:
-        clamped = min(max(value, lo), hi)
-        note(f"The link's {key}={shown(raw)} is outside [{lo:g}, {hi:g}]; using {clamped:g}.")
-        value = clamped
-    return int(value) if integer else value
-
-
 def url_choice(key: str, default, choices: tuple, text: str):
     """A URL value that must be one of ``choices`` (compared as text); anything else → ``default`` with a note."""
     raw = st.query_params.get(key)
@@ -89,7 +63,7 @@ def url_choice(key: str, default, choices: tuple, text: str):
         return default
     by_text = {str(c): c for c in choices}
     if raw not in by_text:
-        note(f"The link's {key}={shown(raw)} is not {text}; using {default}.")
+        link_note(f"The link's {key}={shown(raw)} is not {text}; using {default}.")
         return default
     return by_text[raw]
 
@@ -103,10 +77,10 @@ def url_points() -> list[int]:
     good = [int(t) for t in items if t.isdigit() and len(t) <= 9]
     bad = [t for t in items if not (t.isdigit() and len(t) <= 9)]
     if bad:
-        note(f"The link's pts has {plots.plural(len(bad), 'item')} that are not test indices: "
-             f"{', '.join(shown(t) for t in bad[:5])}.")
+        link_note(f"The link's pts has {plots.plural(len(bad), 'item')} that are not test indices: "
+                  f"{', '.join(shown(t) for t in bad[:5])}.")
     if len(good) > MAX_POINTS:
-        note(f"The link names {len(good)} test points; the playground certifies at most {MAX_POINTS}.")
+        link_note(f"The link names {len(good)} test points; the playground certifies at most {MAX_POINTS}.")
     return list(dict.fromkeys(good))[:MAX_POINTS]
 
 
@@ -119,12 +93,12 @@ if model_from_link:
     st.session_state.pg_model = st.query_params.get("model", FLY_TOKEN)
 for state_key, (url_key, _, default, lo, hi) in NUMBERS.items():
     if entering or state_key not in st.session_state:
-        st.session_state[state_key] = url_number(url_key, default, lo, hi)
+        st.session_state[state_key] = link_number(url_key, default, lo, hi)
 if entering or "pg_res" not in st.session_state:
-    res_url = url_number("res", 60, 20, 120)
+    res_url = link_number("res", 60, 20, 120)
     st.session_state.pg_res = int(round(res_url, -1))
     if st.session_state.pg_res != res_url:
-        note(f"The grid resolution moves in steps of 10: {res_url} is shown as {st.session_state.pg_res}.")
+        link_note(f"The grid resolution moves in steps of 10: {res_url} is shown as {st.session_state.pg_res}.")
 if entering or "pg_n" not in st.session_state:
     st.session_state.pg_n = url_choice("n", 300, N_GRID, f"one of {', '.join(map(str, N_GRID))}")
 if entering or "pg_points" not in st.session_state:
@@ -193,7 +167,7 @@ if st.session_state.pg_model not in sources:
     st.session_state.pg_model = by_label.get(wanted, ON_THE_FLY)
     if wanted != FLY_TOKEN and wanted not in by_label:
         what = f"The link's model={shown(str(wanted))}" if model_from_link else f"{display_path(Path(wanted))}"
-        note(f"{what} is not one of the checkpoints for {dataset_name}; training a small MLP on the fly instead.")
+        link_note(f"{what} is not one of the checkpoints for {dataset_name}; training a small MLP on the fly instead.")
 
 with st.sidebar:
     with st.form("pg_form"):
@@ -240,8 +214,8 @@ if refusals:
 num_test = len(ds.test_y)
 outside = [i for i in st.session_state.pg_points if not 0 <= i < num_test]
 if outside:
-    note(f"{dataset_name} has {plots.plural(num_test, 'test point')}: left out "
-         f"{', '.join(f'#{i}' for i in outside[:5])}{' and more' if len(outside) > 5 else ''}.")
+    link_note(f"{dataset_name} has {plots.plural(num_test, 'test point')}: left out "
+              f"{', '.join(f'#{i}' for i in outside[:5])}{' and more' if len(outside) > 5 else ''}.")
     st.session_state.pg_points = [i for i in st.session_state.pg_points if 0 <= i < num_test]
 
 

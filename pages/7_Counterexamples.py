@@ -9,7 +9,6 @@ import pandas as pd
 import streamlit as st
 
 from pages._ui import (
-    ERROR_ICON,
     PAGES,
     WARNING_ICON,
     entered_page,
@@ -21,20 +20,12 @@ from pages._ui import (
     shown,
     stop_on_error,
 )
+from pages._ui.numbers import DEFAULT_PRESET, DIM_PRESETS, MAX_DIM, link_note, link_number, refused_number
 from smoothviz import bounds, plots_witness, witness
 from smoothviz.sigma import R_MAX
 
 setup_page("Counterexamples", ":material/gpp_bad:")
 
-PRESETS = {
-    "digits": ("digits (8×8)", 64),
-    "mnist": ("MNIST / Fashion-MNIST (28×28)", 784),
-    "cifar10": ("CIFAR-10 (3×32×32)", 3072),
-    "imagenet": ("ImageNet (3×224×224)", 150528),
-    "custom": ("custom", None),
-}
-DEFAULT_PRESET = "cifar10"
-MAX_DIM = 150528
 # (default, smallest, largest) of each number the page reads from a link or a widget. The defaults
 # break the naive certificate in CIFAR-10's dimension: sigma1 4 % above sigma0 at half the naive radius.
 NUMBERS = {
@@ -55,47 +46,6 @@ ALPHA = 0.001
 VERIFY_POINTS = 12  # refuted points of a run checked by sampling on the page
 
 
-def note(text: str) -> None:
-    """A link value the page cannot use: said once, in one line."""
-    st.warning(text, icon=":material/link_off:")
-
-
-def from_url(key: str) -> float | int:
-    """The link's ``key`` for a widget: a malformed value is replaced by the default and one outside the range
-    clamped, each with a note (the Theory page's convention)."""
-    default, lo, hi = NUMBERS[key]
-    raw = st.query_params.get(key)
-    if raw is None:
-        return default
-    integer = isinstance(default, int)
-    try:
-        value = float(str(raw).strip())
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or (integer and not value.is_integer()):
-        note(f"The link's {key}={shown(raw)} is not {'an integer' if integer else 'a finite number'}; "
-             f"using {NAMES[key]} = {default:g}.")
-        return default
-    if not lo <= value <= hi:
-        clamped = min(max(value, lo), hi)
-        note(f"The link's {key}={shown(raw)} is outside [{lo:g}, {hi:g}]; using {NAMES[key]} = {clamped:g}.")
-        value = clamped
-    return int(value) if integer else value
-
-
-def refused(key: str, value: float | None) -> bool:
-    """True, with one error line naming the value, when a typed ``value`` lies outside its range."""
-    _, lo, hi = NUMBERS[key]
-    if value is None:
-        st.error(f"{NAMES[key]} is empty: enter a number in [{lo:g}, {hi:g}].", icon=ERROR_ICON)
-        return True
-    if not (math.isfinite(value) and lo <= value <= hi):
-        st.error(f"{NAMES[key]} = {value:g} is outside [{lo:g}, {hi:g}]; nothing is computed until it is inside.",
-                 icon=ERROR_ICON)
-        return True
-    return False
-
-
 def link_run() -> int | None:
     """The link's run id (None when absent; a note when it is not an id)."""
     raw = st.query_params.get("run")
@@ -104,7 +54,7 @@ def link_run() -> int | None:
     text = str(raw).strip()
     if text.isdigit() and len(text) <= 18:
         return int(text)
-    note(f"The link's run={shown(raw)} is not a run id; pick a run below.")
+    link_note(f"The link's run={shown(raw)} is not a run id; pick a run below.")
     return None
 
 
@@ -192,21 +142,21 @@ mode = st.radio("Show", MODES, key="cx_mode", horizontal=True,
 
 if mode == "formula":
     if entering or "cx_preset" not in st.session_state:
-        for key in NUMBERS:
-            st.session_state[f"cx_{key}"] = from_url(key)
+        for key, limits in NUMBERS.items():
+            st.session_state[f"cx_{key}"] = link_number(key, *limits, name=NAMES[key])
         dim_link = int(st.session_state.cx_dim)
-        st.session_state.cx_preset = next((k for k, (_, n) in PRESETS.items() if n == dim_link), "custom") \
+        st.session_state.cx_preset = next((k for k, (_, n) in DIM_PRESETS.items() if n == dim_link), "custom") \
             if "dim" in st.query_params else DEFAULT_PRESET
         st.session_state.cx_choose = "worst" if "r" in st.query_params else "pair"
     c1, c2, c3 = st.columns(3)
-    preset = c1.selectbox("Input dimension (preset)", list(PRESETS), key="cx_preset",
-                          format_func=lambda k: PRESETS[k][0] + (f", N = {PRESETS[k][1]:,}" if PRESETS[k][1] else ""))
+    preset = c1.selectbox("Input dimension (preset)", list(DIM_PRESETS), key="cx_preset",
+                          format_func=lambda k: DIM_PRESETS[k][0] + (f", N = {DIM_PRESETS[k][1]:,}" if DIM_PRESETS[k][1] else ""))
     # Typed numbers have no bounds in the widgets (a browser keeps an out-of-range entry without sending it);
     # the page checks them instead and refuses a value outside its range in one line.
     if preset == "custom":
         dim = c1.number_input(f"N (custom dimension, 1 to {MAX_DIM:,})", step=1, key="cx_dim")
     else:
-        dim = int(PRESETS[preset][1])
+        dim = int(DIM_PRESETS[preset][1])
         st.session_state.cx_dim = dim
     sigma0 = c2.number_input("σ₀ = σ(x₀) (pixel units)", step=0.01, format="%.4f", key="cx_sigma0",
                              help="in [0.01, 1]")
@@ -228,7 +178,7 @@ if mode == "formula":
     typed = [("dim", dim)] if preset == "custom" else []
     typed += [("sigma0", sigma0), ("pa", p_a), ("d", d)]
     typed += [("ratio", ratio)] if choose == "pair" else [("r", r_typed)]
-    if any([refused(k, v) for k, v in typed]):  # a list: every refused value says so
+    if any([refused_number(NAMES[k], v, *NUMBERS[k][1:]) for k, v in typed]):  # a list: every refused value says so
         st.stop()
     dim, sigma0, p_a, d = int(dim), float(sigma0), float(p_a), float(d)
     set_query(
@@ -355,7 +305,7 @@ if entering or st.session_state.get("cx_run") not in choices:
     wanted = link_run() if entering else None
     if wanted is not None and wanted not in choices:
         why = "is not in the store" if wanted not in rows else "has no input-dependent σ with results"
-        note(f"The link's run #{wanted} {why}; showing {run_label(rows[choices[0]])}.")
+        link_note(f"The link's run #{wanted} {why}; showing {run_label(rows[choices[0]])}.")
     st.session_state.cx_run = wanted if wanted in choices else choices[0]
 run_id = st.selectbox("Run", choices, key="cx_run",
                       format_func=lambda i: f"{run_label(rows[i])} · {rows[i]['dataset']} · {rows[i]['sigma_spec']}")

@@ -25,10 +25,11 @@ from pages._ui import (
     ACTIVE,
     ERROR_ICON,
     PAGES,
+    class_names,
     entered_page,
     get_store,
-    load_dataset,
     offer_examples,
+    run_and_results,
     set_query,
     setup_page,
     short_spec,
@@ -105,21 +106,6 @@ def link_runs(rows: dict[int, dict]) -> list[int] | None:
 
 
 # ---------------------------------------------------------------- data
-@st.cache_data(max_entries=256, show_spinner=False)
-def run_and_results(db: str, run_id: int, stamp: tuple) -> tuple[dict, pd.DataFrame]:
-    """A run's record and per-point results, cached until the run changes (``stamp``)."""
-    store = get_store()
-    return store.run(run_id), store.results(run_id)
-
-
-@st.cache_data(max_entries=8, show_spinner=False)
-def class_names(dataset: str) -> list[str] | None:
-    try:
-        return list(load_dataset(dataset).class_names)
-    except SmoothvizError:
-        return None
-
-
 def params_of(run: dict) -> dict:
     """What the views need of a run: its sigma's kind and parameters, model, n and alpha."""
     try:

@@ -12,11 +12,14 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
 from smoothviz.errors import SmoothvizError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = {
@@ -105,6 +108,12 @@ def display_path(path: Path) -> str:
         return str(path)
 
 
+def absolute(text: str) -> str:
+    """A path typed into a page as an absolute path (relative ones are taken from the repository)."""
+    path = Path(text.strip()).expanduser()
+    return str(path if path.is_absolute() else ROOT / path)
+
+
 def db_path() -> Path:
     """The results database: ``$SMOOTHVIZ_DB`` or ``runs/smoothviz.db`` in the repository."""
     env = os.environ.get("SMOOTHVIZ_DB")
@@ -121,6 +130,13 @@ def _store(path: str):
 def get_store():
     """The ``Store`` on the current database, shared by all sessions (it is thread-safe)."""
     return _store(str(db_path()))
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def run_and_results(db: str, run_id: int, stamp: tuple) -> tuple[dict, pd.DataFrame]:
+    """A run's record and per-point results, cached per database until the run changes (``stamp``)."""
+    store = get_store()
+    return store.run(run_id), store.results(run_id)
 
 
 @st.cache_resource
@@ -141,6 +157,15 @@ def load_dataset(name: str):
     from smoothviz import data
 
     return data.load_dataset(name)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def class_names(dataset: str) -> list[str] | None:
+    """The class names of ``dataset`` for labels and per-class tables, or None when it cannot be loaded."""
+    try:
+        return list(load_dataset(dataset).class_names)
+    except SmoothvizError:
+        return None
 
 
 @st.cache_resource(max_entries=8, show_spinner="Preparing σ(x)…")
@@ -245,6 +270,20 @@ def foreign_rate(model: str, weights: str | None, device: str, batch_size: int):
     from smoothviz import cost
 
     return _foreign_rate(model, weights, _stamp(model, weights), device, batch_size, str(cost.rates_file(db_path())))
+
+
+@st.cache_data(max_entries=16, show_spinner="Checking the model against the data…")
+def model_misfit(model: str, weights: str | None, mtime: float, dataset: str) -> str | None:
+    """Why a model file does not fit the data (shape, classes, value range, a probe batch), or None; ``mtime``
+    keys the cache to the file's version."""
+    from smoothviz.model_sources import check_fits
+
+    loaded = foreign_model(model, weights)
+    try:
+        check_fits(loaded.module, loaded.info, load_dataset(dataset), loaded.info.source)
+    except SmoothvizError as exc:
+        return one_line(str(exc))
+    return None
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading checkpoint…")

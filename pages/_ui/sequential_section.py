@@ -24,6 +24,7 @@ import streamlit as st
 import torch
 
 from pages._ui import WARNING_ICON, load_dataset
+from pages._ui.numbers import check_number
 from smoothviz import analysis, live, plots_sequential
 from smoothviz.errors import SmoothvizError
 from smoothviz.plots import plural
@@ -52,17 +53,6 @@ class SequentialChoice:
     @property
     def sequential(self) -> bool:
         return self.mode != "fixed-n"
-
-
-def _check(errors: list[str], label: str, value: float | None, low: float, high: float, open_ends: bool) -> None:
-    """One line when ``value`` is empty, not finite or outside [low, high] (or (low, high))."""
-    if value is None:
-        errors.append(f"{label} is empty")
-        return
-    inside = (low < value < high) if open_ends else (low <= value <= high)
-    if not math.isfinite(value) or not inside:
-        where = f"({low:g}, {high:g})" if open_ends else f"[{low:g}, {high:g}]"
-        errors.append(f"{label} = {value:g} is outside {where}")
 
 
 def sequential_inputs(restore: bool, errors: list[str], link_choice: Callable, link_float: Callable,
@@ -106,7 +96,7 @@ def sequential_inputs(restore: bool, errors: list[str], link_choice: Callable, l
     if mode == "fixed-radius":
         radius = c3.number_input(f"R (radius to decide, 0 to {RADIUS_MAX:g})", step=0.05, format="%.6g",
                                  key="seq_radius")
-        _check(mine, "R", radius, 0.0, RADIUS_MAX, open_ends=False)
+        check_number(mine, "R", radius, 0.0, RADIUS_MAX)
     else:
         max_radius = c3.number_input(f"max radius (empty: no cap; below {RADIUS_MAX:g})", value=None, step=0.05,
                                      format="%.6g", key="seq_max_radius",
@@ -116,8 +106,8 @@ def sequential_inputs(restore: bool, errors: list[str], link_choice: Callable, l
                                     help="a point stops once its radius grew by less than this over a doubling of "
                                          "its samples")
         if max_radius is not None:
-            _check(mine, "max radius", max_radius, 0.0, RADIUS_MAX, open_ends=True)
-        _check(mine, "tolerance", tolerance, 0.0, RADIUS_MAX, open_ends=False)
+            check_number(mine, "max radius", max_radius, 0.0, RADIUS_MAX, open_ends=True)
+        check_number(mine, "tolerance", tolerance, 0.0, RADIUS_MAX)
     if r_semi is None:
         mine.append("a sequential run stops at a certified radius, and a σ without semi-elasticity (ddrs) certifies "
                     "none; use fixed n")
