@@ -58,10 +58,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from smoothviz.cost import MAX_CHECKPOINT_BYTES, MAX_INPUT_ELEMENTS, bytes_text
+from smoothviz.cost import MAX_INPUT_ELEMENTS
 from smoothviz.data_sources import Preprocess
 from smoothviz.errors import CheckpointError, InvalidArgument
-from smoothviz.models import CHECKPOINT_FORMAT, Normalize, check_outputs
+from smoothviz.models import CHECKPOINT_FORMAT, Normalize, check_model_file, check_outputs
 from smoothviz.reference_archs import NORMALISATIONS, MacerLeNet, ReferenceCifarResNet, ReferenceNormalize
 
 ARCHIVE_METADATA = "smoothviz.json"  # extra file of an archive declaring its ModelInfo fields
@@ -152,15 +152,7 @@ def sha256_bytes(data: bytes) -> str:
 
 def _read_file(path: Path, what: str) -> bytes:
     """The bytes of a model file (read once, so what is hashed is what is loaded)."""
-    if not path.exists():
-        raise CheckpointError(f"{what} {path} not found")
-    if not path.is_file():
-        kind = "a directory" if path.is_dir() else "a device or special file"
-        raise CheckpointError(f"{what} {path} is {kind}, not a {what} file")
-    size = path.stat().st_size
-    if size > MAX_CHECKPOINT_BYTES:
-        raise CheckpointError(f"{what} {path} is {bytes_text(size)}, more than the "
-                              f"{bytes_text(MAX_CHECKPOINT_BYTES)} a model file may have")
+    check_model_file(path, what)
     try:
         return path.read_bytes()
     except OSError as exc:

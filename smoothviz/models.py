@@ -219,6 +219,20 @@ def _first_line(exc: BaseException) -> str:
     return (lines[0] if lines else type(exc).__name__)[:200]
 
 
+def check_model_file(path: Path, what: str) -> None:
+    """CheckpointError (one line naming ``what``) unless ``path`` is a regular file of at most
+    MAX_CHECKPOINT_BYTES, checked before anything reads it."""
+    if not path.exists():
+        raise CheckpointError(f"{what} {path} not found")
+    if not path.is_file():
+        kind = "a directory" if path.is_dir() else "a device or special file"
+        raise CheckpointError(f"{what} {path} is {kind}, not a {what} file")
+    size = path.stat().st_size
+    if size > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{what} {path} is {bytes_text(size)}, more than the "
+                              f"{bytes_text(MAX_CHECKPOINT_BYTES)} a model file may have")
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """The raw checkpoint dict, validated; CheckpointError (one line) otherwise. Runs no code.
 
@@ -226,15 +240,7 @@ def read_checkpoint(path: str | Path) -> dict:
     2 to 100,000 classes, so a tampered header cannot make anything allocate absurd layers.
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} not found")
-    if not path.is_file():
-        kind = "a directory" if path.is_dir() else "a device or special file"
-        raise CheckpointError(f"checkpoint {path} is {kind}, not a checkpoint file")
-    size = path.stat().st_size
-    if size > MAX_CHECKPOINT_BYTES:
-        raise CheckpointError(f"{path} is {bytes_text(size)}, more than the {bytes_text(MAX_CHECKPOINT_BYTES)} "
-                              "a checkpoint may have")
+    check_model_file(path, "checkpoint")
     try:
         with warnings.catch_warnings():  # torch warns about foreign pickle protocols: we refuse them anyway
             warnings.simplefilter("ignore")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,15 @@ HOSTILE_QUERY_VALUES = (
     "../../etc/passwd", "/etc/passwd", "%00", "\x00", "a" * 5000, "knn:0.25,0.4,5000",
     "knn:1,1e9,5", "constant:0.0001", "constant:1e308", "knn:0.25,0.4,20,min=0.00001", "1,2,x,-3",
 )
+
+
+def number(raw: str) -> float | None:
+    """The finite number a hostile link value ``raw`` spells, or None (what a page may apply as it is)."""
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def hostile_store(db: Path, tmp: Path) -> dict[str, int]:

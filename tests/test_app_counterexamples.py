@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import apptest_support as support
-from apptest_support import HOSTILE_QUERY_VALUES
+from apptest_support import HOSTILE_QUERY_VALUES, number
 from apptest_support import fresh_app_state  # noqa: F401  (autouse: a temporary store, no shared caches)
 from smoothviz import bounds, witness
 from smoothviz.examples import load_examples
@@ -109,14 +109,6 @@ def test_the_worst_for_r_finds_the_sound_radius() -> None:
 def _held(at, key: str) -> float:
     """The value the page computes with (N of a preset is in the session state; no widget holds it)."""
     return at.session_state["cx_dim"] if key == "dim" else at.number_input(key=f"cx_{key}").value
-
-
-def number(raw: str) -> float | None:
-    try:
-        value = float(raw)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
 
 
 @pytest.mark.parametrize("shift", range(0, len(HOSTILE_QUERY_VALUES), 3))

@@ -4,6 +4,7 @@ messages instead of tracebacks, and a real training job from start to finished c
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,17 @@ from apptest_support import fresh_app_state  # noqa: F401  (autouse: a temporary
 from smoothviz import bounds, data, models
 
 START = "FormSubmitter:train_form-Start training"  # the Train page's submit button
+
+
+def constant_checkpoint(folder: Path) -> Path:
+    """A second digits MLP in ``folder``, trained (its metadata says) with constant sigma 0.12; listed first."""
+    info = data.DATASET_INFO["digits"]
+    other = folder / "digits-const.pt"
+    models.save_checkpoint(other, models.build_model("mlp", info.input_shape, info.num_classes), {
+        "dataset": "digits", "arch": "mlp", "input_shape": list(info.input_shape),
+        "num_classes": info.num_classes, "sigma": "constant:0.12", "sigma_params": {}, "r": 0.0,
+    })
+    return other
 
 
 @pytest.fixture
@@ -101,12 +113,7 @@ def test_explorer_constant_sigma_and_bad_spec(digits_checkpoint):
 
 
 def test_explorer_checkpoint_change_brings_its_sigma(digits_checkpoint):
-    info = data.DATASET_INFO["digits"]
-    other = digits_checkpoint.parent / "digits-const.pt"
-    models.save_checkpoint(other, models.build_model("mlp", info.input_shape, info.num_classes), {
-        "dataset": "digits", "arch": "mlp", "input_shape": list(info.input_shape),
-        "num_classes": info.num_classes, "sigma": "constant:0.12", "sigma_params": {}, "r": 0.0,
-    })
+    other = constant_checkpoint(digits_checkpoint.parent)
     at = open_page("pages/4_Sample_explorer.py", n="1000")
     assert at.selectbox(key="ex_ckpt").value == str(other)  # sorted by path: digits-const.pt first
     assert at.text_input(key="ex_sigma").value == "constant:0.12"
@@ -121,12 +128,7 @@ def test_explorer_checkpoint_change_brings_its_sigma(digits_checkpoint):
 
 
 def test_explorer_applies_a_link_on_every_entry_not_only_the_first(digits_checkpoint):
-    info = data.DATASET_INFO["digits"]
-    other = digits_checkpoint.parent / "digits-const.pt"
-    models.save_checkpoint(other, models.build_model("mlp", info.input_shape, info.num_classes), {
-        "dataset": "digits", "arch": "mlp", "input_shape": list(info.input_shape),
-        "num_classes": info.num_classes, "sigma": "constant:0.12", "sigma_params": {}, "r": 0.0,
-    })
+    other = constant_checkpoint(digits_checkpoint.parent)
     at = open_page("pages/4_Sample_explorer.py", n="1000")
     assert at.selectbox(key="ex_ckpt").value == str(other)
     at.switch_page("app.py").run()  # elsewhere, then back through a link (e.g. from the Train page)

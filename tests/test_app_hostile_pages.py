@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from scipy.stats import norm
 
 import apptest_support as support
-from apptest_support import HOSTILE_QUERY_VALUES, hostile_store, stop_running
+from apptest_support import HOSTILE_QUERY_VALUES, hostile_store, number, stop_running
 from apptest_support import fresh_app_state  # noqa: F401  (autouse: a temporary store, no shared caches)
 from smoothviz import bounds
 from smoothviz.errors import SmoothvizError
@@ -56,15 +56,6 @@ def errors(at) -> list[str]:
 def named(at, key: str) -> bool:
     """A note on the page names the link's value for ``key``."""
     return any(w.startswith(f"The link's {key}=") for w in notes(at))
-
-
-def number(raw: str) -> float | None:
-    """The finite number ``raw`` spells, or None."""
-    try:
-        value = float(raw)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
 
 
 def check_one_line_messages(at) -> None:

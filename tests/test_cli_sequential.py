@@ -34,25 +34,10 @@ def cli(capsys, *argv) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def _hooked() -> bool:
-    """Whether ``certify`` has the sequential arguments (commands/_sequential_args.py)."""
-    import argparse
-
-    from smoothviz.commands import certify as certify_cmd
-
-    parser = argparse.ArgumentParser()
-    certify_cmd.add_arguments(parser)
-    return any("--sequential" in a.option_strings for a in parser._actions)
-
-
-needs_hook = pytest.mark.skipif(not _hooked(), reason="certify has no --sequential hook in this checkout yet "
-                                                      "(see smoothviz/commands/_sequential_args.py)")
-
 COMMON = ["certify", "--model", DIGITS, "--n0", 50, "--indices", "0,48,101,150", "--device", "cpu", "--quiet",
           "--batch-size", 128]
 
 
-@needs_hook
 def test_certify_sequential_records_the_rule_and_resumes(tmp_path: Path, capsys) -> None:
     db = tmp_path / "r.db"
     argv = [*COMMON, "--db", db, "--sequential", "--radius", 0.5, "--max-n", 3000, "--cs", "betting"]
@@ -90,7 +75,6 @@ def test_certify_sequential_records_the_rule_and_resumes(tmp_path: Path, capsys)
     assert code == 0 and "stop_reason" in out.splitlines()[0] and "samples" in out.splitlines()[0]
 
 
-@needs_hook
 @pytest.mark.parametrize("extra, fragment", [
     (["--sequential", "--radius", 0.5, "--max-radius", 0.9], "not allowed with argument --radius"),
     (["--sequential", "--max-n", 20], "--max-n 20 is below --n0 50"),
@@ -127,7 +111,6 @@ def _sequential_run(db: Path, execute: bool = True) -> None:
             assert certify.run_certification(s, run) == "done"
 
 
-@needs_hook
 def test_a_recorded_sequential_run_executes_with_its_rule(tmp_path: Path, capsys) -> None:
     """A run the dashboard created (pending in the store) runs by id with the rule it records."""
     db = tmp_path / "r.db"
